@@ -1,0 +1,154 @@
+//! Command-line interface: clap definitions (flags + env).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::progress::ProgressMode;
+
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RUNNERCTL_GIT_REV"), ")");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runnerctl",
+    version = LONG_VERSION,
+    about = "Keep a Nix-built Forgejo runner image fresh: update → build → verify → push → commit → git push",
+    long_about = "runnerctl updates the image flake's inputs, builds the image with Nix, checks it, \
+pushes it with skopeo, commits flake.lock and pushes the commit. Every stage checks whether its \
+work is already done, saves what it did, and a failed or killed run resumes where it stopped.",
+    after_help = "Examples:\n  runnerctl bump --dry-run\n  runnerctl bump --image docker://registry.example.org/infra/runners/nixos\n  runnerctl release --json\n  runnerctl status\n  runnerctl demo"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Update flake inputs, build, verify and push the image, commit flake.lock and push the commit.
+    #[command(after_help = "Examples:\n  runnerctl bump\n  runnerctl bump --dry-run\n  runnerctl bump --no-git-push --image oci:/tmp/nixos-oci\n  RUNNERCTL_REGISTRY_USER=ci RUNNERCTL_REGISTRY_PASSWORD=… runnerctl bump --image docker://registry.example.org/infra/runners/nixos")]
+    Bump(RunArgs),
+    /// Build, verify and push the image for flake.lock as committed (what CI runs on main).
+    #[command(after_help = "Examples:\n  runnerctl release\n  runnerctl release --dry-run --json")]
+    Release(RunArgs),
+    /// Show the saved state, stage by stage.
+    #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
+    Status(StatusArgs),
+    /// Run a real bump end to end in a throwaway workspace (stand-in nixpkgs, fixture flake, local OCI layout, bare remote).
+    Demo(DemoArgs),
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  runnerctl completions bash > /etc/bash_completion.d/runnerctl")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The flake directory (a git checkout).
+    #[arg(short = 'C', long = "flake", env = "RUNNERCTL_FLAKE", value_name = "DIR", default_value = ".")]
+    pub flake: PathBuf,
+
+    /// Where runnerctl keeps its state, logs and run lock [default: DIR/.runnerctl].
+    #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Progress display: live bars on a terminal, plain lines otherwise.
+    #[arg(long, value_enum, env = "RUNNERCTL_PROGRESS", default_value = "auto")]
+    pub progress: ProgressMode,
+
+    /// Only print errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Also stream the output of nix, skopeo and git.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// The flake output to build: DIR#NAME.
+    #[arg(long, env = "RUNNERCTL_ATTR", value_name = "NAME", default_value = "nixos")]
+    pub attr: String,
+
+    /// The root input whose lastModified gives {date}.
+    #[arg(long, env = "RUNNERCTL_INPUT", value_name = "NAME", default_value = "nixpkgs")]
+    pub input: String,
+
+    /// Update only these inputs (repeatable) [default: all inputs, like `nix flake update`].
+    #[arg(long = "update-input", env = "RUNNERCTL_UPDATE_INPUTS", value_delimiter = ',', value_name = "NAME")]
+    pub update_inputs: Vec<String>,
+
+    /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Tags to write (repeatable); {date} is the YYYYMMDD of the input's lastModified.
+    #[arg(long = "tag", env = "RUNNERCTL_TAGS", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+
+    /// Commit subject template; {date} is the date tag.
+    #[arg(long, env = "RUNNERCTL_COMMIT_MESSAGE", value_name = "TMPL", default_value = "chore(ci): Update nixos to {date}")]
+    pub commit_message: String,
+
+    /// Commit locally, but do not push the commit.
+    #[arg(long, env = "RUNNERCTL_NO_GIT_PUSH")]
+    pub no_git_push: bool,
+
+    /// Do not write the content-addressed `nix-<hash>` tag.
+    #[arg(long, env = "RUNNERCTL_NO_NIX_TAG")]
+    pub no_nix_tag: bool,
+
+    /// Skip the verify stage.
+    #[arg(long, env = "RUNNERCTL_NO_VERIFY")]
+    pub no_verify: bool,
+
+    /// Extra paths the image must contain (repeatable), e.g. bin/jq.
+    #[arg(long = "verify-require", env = "RUNNERCTL_VERIFY_REQUIRE", value_delimiter = ',', value_name = "PATH")]
+    pub verify_require: Vec<String>,
+
+    /// Replace the default required paths instead of adding to them.
+    #[arg(long, env = "RUNNERCTL_VERIFY_NO_DEFAULTS")]
+    pub verify_no_defaults: bool,
+
+    /// Show the plan and change nothing: flake.lock, git, remote and registry stay as they are.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Discard the saved state first (after a corrupt or foreign state file).
+    #[arg(long)]
+    pub reset_state: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where to make the throwaway workspace [default: a new temp dir, removed afterwards].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Keep the workspace (printed at the end).
+    #[arg(long)]
+    pub keep: bool,
+
+    #[arg(long, value_enum, env = "RUNNERCTL_PROGRESS", default_value = "auto")]
+    pub progress: ProgressMode,
+}

@@ -1,0 +1,259 @@
+//! Resolved options: what the CLI and environment asked for, validated.
+
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::auth::{AuthError, Credentials};
+use crate::cli::{Common, RunArgs};
+use crate::image::reference::{ImageRef, TagTemplate, DEFAULT_TAGS};
+use crate::progress::{ProgressMode, Verbosity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bump,
+    Release,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bump => "bump",
+            Mode::Release => "release",
+        }
+    }
+}
+
+/// Paths every image must contain, unless replaced.
+pub const DEFAULT_REQUIRED_PATHS: &[&str] = &["bin/bash", "bin/nix", "bin/node", "bin/git", "bin/curl"];
+
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    pub enabled: bool,
+    pub required_paths: Vec<String>,
+    /// Check Env (PATH, SSL_CERT_FILE, NIX_SSL_CERT_FILE, cert file present),
+    /// Cmd, and nix.conf features.
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub json: bool,
+    pub progress: ProgressMode,
+    pub verbosity: Verbosity,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub flake: PathBuf,
+    pub attr: String,
+    pub input: String,
+    pub update_inputs: Vec<String>,
+    pub image: ImageRef,
+    pub tag_templates: Vec<TagTemplate>,
+    pub tls_verify: bool,
+    pub commit_message: String,
+    pub git_push: bool,
+    pub nix_tag: bool,
+    pub verify: VerifyConfig,
+    pub dry_run: bool,
+    pub reset_state: bool,
+    pub state_dir: PathBuf,
+    pub output: Output,
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum ConfigError {
+    #[error("the flake directory {} does not exist", path.display())]
+    #[diagnostic(
+        code(runnerctl::config::flake_dir),
+        help("pass the directory that holds flake.nix with -C/--flake, or set RUNNERCTL_FLAKE")
+    )]
+    FlakeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{} has no flake.nix", path.display())]
+    #[diagnostic(
+        code(runnerctl::config::no_flake),
+        help("run runnerctl in the image repository, or pass its directory with -C/--flake")
+    )]
+    NoFlake { path: PathBuf },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Image(#[from] crate::image::reference::ImageRefError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tag(#[from] crate::image::reference::TagError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Auth(#[from] AuthError),
+
+    #[error("the commit message template is empty")]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("pass a subject with --commit-message, e.g. \"chore(ci): Update nixos to {{date}}\"")
+    )]
+    EmptyCommitMessage,
+
+    #[error("the commit message template uses {{{name}}}, which runnerctl does not know")]
+    #[diagnostic(code(runnerctl::config::commit_message), help("the only placeholder is {{date}}"))]
+    CommitPlaceholder { name: String },
+}
+
+pub fn output(common: &Common) -> Output {
+    Output {
+        json: common.json,
+        progress: common.progress,
+        verbosity: if common.quiet {
+            Verbosity::Quiet
+        } else if common.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        },
+    }
+}
+
+/// The flake dir, absolute, and the state dir.
+pub fn dirs(common: &Common) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let flake = std::fs::canonicalize(&common.flake).map_err(|source| ConfigError::FlakeDir {
+        path: common.flake.clone(),
+        source,
+    })?;
+    let state_dir = match &common.state_dir {
+        Some(dir) if dir.is_absolute() => dir.clone(),
+        Some(dir) => std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| dir.clone()),
+        None => flake.join(".runnerctl"),
+    };
+    Ok((flake, state_dir))
+}
+
+impl Config {
+    pub fn resolve(mode: Mode, args: &RunArgs) -> Result<Config, ConfigError> {
+        let (flake, state_dir) = dirs(&args.common)?;
+        if !flake.join("flake.nix").is_file() {
+            return Err(ConfigError::NoFlake { path: flake });
+        }
+        let image = match &args.image {
+            Some(text) => text.parse::<ImageRef>()?,
+            None => ImageRef::Oci {
+                dir: state_dir.join("oci"),
+            },
+        };
+        let templates: Vec<String> = if args.tags.is_empty() {
+            DEFAULT_TAGS.iter().map(|t| t.to_string()).collect()
+        } else {
+            args.tags.clone()
+        };
+        let tag_templates = templates.into_iter().map(TagTemplate::new).collect::<Vec<_>>();
+        // Check the templates now with a sample date, so a bad one fails
+        // before anything runs.
+        for template in &tag_templates {
+            template.expand("19700101")?;
+        }
+        check_commit_template(&args.commit_message)?;
+        let mut required_paths: Vec<String> = if args.verify_no_defaults {
+            Vec::new()
+        } else {
+            DEFAULT_REQUIRED_PATHS.iter().map(|p| p.to_string()).collect()
+        };
+        for extra in &args.verify_require {
+            let extra = extra.trim().trim_start_matches('/').to_string();
+            if !extra.is_empty() && !required_paths.contains(&extra) {
+                required_paths.push(extra);
+            }
+        }
+        Ok(Config {
+            mode,
+            flake,
+            attr: args.attr.clone(),
+            input: args.input.clone(),
+            update_inputs: args.update_inputs.clone(),
+            image,
+            tag_templates,
+            tls_verify: args.tls_verify,
+            commit_message: args.commit_message.clone(),
+            git_push: !args.no_git_push,
+            nix_tag: !args.no_nix_tag,
+            verify: VerifyConfig {
+                enabled: !args.no_verify,
+                required_paths,
+                check_config: !args.verify_no_defaults,
+            },
+            dry_run: args.dry_run,
+            reset_state: args.reset_state,
+            state_dir,
+            output: output(&args.common),
+            credentials: Credentials::from_env()?,
+        })
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.flake.join("flake.lock")
+    }
+
+    pub fn subject(&self, date: &str) -> String {
+        self.commit_message.replace("{date}", date)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{}.log", self.mode.as_str()))
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+
+    pub fn gc_root(&self) -> PathBuf {
+        self.state_dir.join("gcroots").join(&self.attr)
+    }
+
+    pub fn flake_dir(&self) -> &Path {
+        &self.flake
+    }
+}
+
+fn check_commit_template(template: &str) -> Result<(), ConfigError> {
+    if template.trim().is_empty() {
+        return Err(ConfigError::EmptyCommitMessage);
+    }
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                if name != "date" {
+                    return Err(ConfigError::CommitPlaceholder { name: name.to_string() });
+                }
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_templates() {
+        assert!(check_commit_template("chore(ci): Update nixos to {date}").is_ok());
+        assert!(matches!(check_commit_template("  "), Err(ConfigError::EmptyCommitMessage)));
+        assert!(matches!(
+            check_commit_template("bump {rev}"),
+            Err(ConfigError::CommitPlaceholder { name }) if name == "rev"
+        ));
+    }
+}

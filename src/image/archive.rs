@@ -1,0 +1,158 @@
+//! Turning the build output into an uncompressed docker-archive that every
+//! skopeo can read: a plain tar is used as is, a gzip archive is
+//! decompressed (skopeo 1.9 cannot read `.tar.gz`), and a stream script
+//! (nixpkgs' streamLayeredImage) is run into a file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::tool::{Cmd, Runner, ToolError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Tar,
+    Gzip,
+    /// An executable that writes the archive to stdout.
+    Script,
+}
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum ArchiveError {
+    #[error("could not read the build output {}", path.display())]
+    #[diagnostic(
+        code(runnerctl::archive::read),
+        help("the out path may have been garbage-collected; run again to rebuild it")
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the build output {} is a directory, not an image archive", path.display())]
+    #[diagnostic(
+        code(runnerctl::archive::dir),
+        help("--attr must name a dockerTools image: buildImage/buildLayeredImage (a .tar or .tar.gz) or streamLayeredImage (a script)")
+    )]
+    Directory { path: PathBuf },
+
+    #[error("could not write the image archive {}", path.display())]
+    #[diagnostic(code(runnerctl::archive::write), help("check free space in the state dir"))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Stream(#[from] ToolError),
+}
+
+/// What kind of file the build produced, from its first bytes.
+pub fn detect(path: &Path) -> Result<ArchiveKind, ArchiveError> {
+    let read = |source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.is_dir() {
+        return Err(ArchiveError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut head = [0u8; 2];
+    let mut file = File::open(path).map_err(read)?;
+    let n = file.read(&mut head).map_err(read)?;
+    Ok(kind_of(&head[..n]))
+}
+
+pub fn kind_of(head: &[u8]) -> ArchiveKind {
+    match head {
+        [0x1f, 0x8b, ..] => ArchiveKind::Gzip,
+        [b'#', b'!', ..] => ArchiveKind::Script,
+        _ => ArchiveKind::Tar,
+    }
+}
+
+/// An uncompressed docker-archive for `out`: `out` itself when it is one,
+/// else a file in `cache_dir` named after the out path's hash (reused by a
+/// resumed run; written to a temp file and renamed, so never half-written).
+pub async fn prepare(
+    runner: &Runner,
+    out: &Path,
+    hash_part: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf, ArchiveError> {
+    let kind = detect(out)?;
+    if kind == ArchiveKind::Tar {
+        return Ok(out.to_path_buf());
+    }
+    let target = cache_dir.join(format!("{hash_part}-image.tar"));
+    if target.is_file() {
+        return Ok(target);
+    }
+    let write = |source| ArchiveError::Write {
+        path: target.clone(),
+        source,
+    };
+    std::fs::create_dir_all(cache_dir).map_err(write)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(cache_dir)
+        .map_err(write)?;
+    match kind {
+        ArchiveKind::Gzip => {
+            let src = File::open(out).map_err(|source| ArchiveError::Read {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            let mut decoder = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(src));
+            let mut dst = std::io::BufWriter::new(tmp.as_file());
+            let copy = std::io::copy(&mut decoder, &mut dst);
+            copy.map_err(|source| ArchiveError::Read {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            drop(dst);
+        }
+        ArchiveKind::Script => {
+            runner.run(&Cmd::new(out).stdout_to(tmp.path())).await?;
+        }
+        ArchiveKind::Tar => {}
+    }
+    tmp.as_file().sync_all().map_err(write)?;
+    tmp.persist(&target).map_err(|e| write(e.error))?;
+    Ok(target)
+}
+
+/// Open an archive for reading, decompressing gzip on the fly.
+pub fn open(path: &Path) -> Result<Box<dyn Read>, ArchiveError> {
+    let read = |source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let kind = detect(path)?;
+    let file = std::io::BufReader::new(File::open(path).map_err(read)?);
+    Ok(match kind {
+        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        _ => Box::new(file),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of(&[0x1f, 0x8b, 8]), ArchiveKind::Gzip);
+        assert_eq!(kind_of(b"#!/nix/store/x-bash/bin/bash"), ArchiveKind::Script);
+        assert_eq!(kind_of(b"manifest.json\0"), ArchiveKind::Tar);
+        assert_eq!(kind_of(b""), ArchiveKind::Tar);
+    }
+}

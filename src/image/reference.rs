@@ -1,0 +1,1141 @@
+//! Image references (where an image is pushed) and image tags.
+//!
+//! An [`ImageRef`] names a repository without a tag: either
+//! `docker://HOST[:PORT]/PATH` (a registry) or `oci:DIR` (an OCI layout
+//! directory). Tags are separate [`Tag`] values, usually expanded from
+//! [`TagTemplate`]s such as `{date}`, and combined with [`ImageRef::at_tag`]
+//! into the transport strings `skopeo` understands.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use miette::{Diagnostic, SourceSpan};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Tag templates used when none are configured.
+pub const DEFAULT_TAGS: &[&str] = &["latest", "unstable", "{date}"];
+
+/// Placeholders a [`TagTemplate`] may contain.
+pub const KNOWN_PLACEHOLDERS: &[&str] = &["date"];
+
+/// Longest tag allowed by the OCI distribution specification.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// Longest repository name (host and path) accepted by registries.
+const MAX_NAME_LEN: usize = 255;
+
+const FORMS_HELP: &str = "accepted forms are `docker://HOST[:PORT]/PATH` (e.g. \
+    docker://registry.example.org/infra/runners/nixos or docker://localhost:5000/runner) \
+    and `oci:DIR` (an OCI layout directory); tags come from --tag";
+
+const PATH_GRAMMAR: &str = "each `/`-separated path component must match \
+    [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*: lowercase letters and digits, separated by \
+    `.`, `_`, `__` or dashes";
+
+const TAG_GRAMMAR: &str = "a tag must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}: \
+    1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`";
+
+/// Where images are pushed: a registry repository or an OCI layout directory.
+///
+/// Serializes as the string form (`docker://HOST/PATH` or `oci:DIR`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ImageRef {
+    /// `docker://HOST[:PORT]/PATH`.
+    Docker {
+        /// `host[:port]`, e.g. `registry.example.org` or `localhost:5000`.
+        registry: String,
+        /// Repository path, e.g. `infra/runners/nixos`.
+        repository: String,
+    },
+    /// `oci:DIR`.
+    Oci { dir: PathBuf },
+}
+
+/// Why a string is not an [`ImageRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Error, Diagnostic)]
+pub enum ImageRefError {
+    #[error("image reference `{input}` has no transport")]
+    #[diagnostic(code(runnerctl::image_ref::missing_transport), help("{hint}{FORMS_HELP}"))]
+    MissingTransport {
+        input: String,
+        /// `did you mean ...? ` or empty.
+        hint: String,
+        #[source_code]
+        src: String,
+        #[label("expected `docker://` or `oci:` here")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` uses unsupported transport `{transport}`")]
+    #[diagnostic(code(runnerctl::image_ref::unknown_transport), help("{FORMS_HELP}"))]
+    UnknownTransport {
+        input: String,
+        transport: String,
+        #[source_code]
+        src: String,
+        #[label("unsupported transport")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` has no registry host")]
+    #[diagnostic(code(runnerctl::image_ref::empty_host), help("{FORMS_HELP}"))]
+    EmptyHost {
+        input: String,
+        #[source_code]
+        src: String,
+        #[label("host expected here")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` has an invalid registry host `{host}`: {reason}")]
+    #[diagnostic(
+        code(runnerctl::image_ref::invalid_host),
+        help(
+            "the host is a DNS name or IP address (letters, digits, `.`, `-`, or an IPv6 \
+             address in brackets), optionally followed by `:PORT`; {FORMS_HELP}"
+        )
+    )]
+    InvalidHost {
+        input: String,
+        host: String,
+        reason: String,
+        #[source_code]
+        src: String,
+        #[label("{reason}")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` has no repository path after the host")]
+    #[diagnostic(code(runnerctl::image_ref::empty_path), help("{FORMS_HELP}"))]
+    EmptyPath {
+        input: String,
+        #[source_code]
+        src: String,
+        #[label("repository path expected here")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` contains the tag `{tag}`")]
+    #[diagnostic(
+        code(runnerctl::image_ref::tag_not_allowed),
+        help("write the reference without a tag and pass tags with --tag (e.g. --tag {tag}); {FORMS_HELP}")
+    )]
+    TagNotAllowed {
+        input: String,
+        tag: String,
+        #[source_code]
+        src: String,
+        #[label("tags come from --tag, not from the reference")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` contains a digest")]
+    #[diagnostic(
+        code(runnerctl::image_ref::digest_not_allowed),
+        help("images are pushed by tag; remove the `@...` part and pass tags with --tag; {FORMS_HELP}")
+    )]
+    DigestNotAllowed {
+        input: String,
+        #[source_code]
+        src: String,
+        #[label("digests are not allowed here")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` has uppercase letters in repository path component `{component}`")]
+    #[diagnostic(
+        code(runnerctl::image_ref::uppercase_path),
+        help("registries only accept lowercase repository paths; {PATH_GRAMMAR}")
+    )]
+    UppercaseRepository {
+        input: String,
+        component: String,
+        #[source_code]
+        src: String,
+        #[label("use lowercase here")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` has an invalid repository path component `{component}`")]
+    #[diagnostic(code(runnerctl::image_ref::invalid_path), help("{PATH_GRAMMAR}"))]
+    InvalidComponent {
+        input: String,
+        component: String,
+        #[source_code]
+        src: String,
+        #[label("invalid path component")]
+        span: SourceSpan,
+    },
+
+    #[error("image reference `{input}` is {len} characters long; registries accept at most {MAX_NAME_LEN} for HOST/PATH")]
+    #[diagnostic(
+        code(runnerctl::image_ref::name_too_long),
+        help("use a shorter repository path")
+    )]
+    NameTooLong { input: String, len: usize },
+
+    #[error("image reference `{input}` has an empty OCI directory")]
+    #[diagnostic(
+        code(runnerctl::image_ref::empty_oci_dir),
+        help("name the OCI layout directory, e.g. `oci:./out/image`; {FORMS_HELP}")
+    )]
+    EmptyOciDir {
+        input: String,
+        #[source_code]
+        src: String,
+        #[label("directory expected here")]
+        span: SourceSpan,
+    },
+}
+
+impl ImageRef {
+    /// The `skopeo` transport string for this image at `tag`:
+    /// `docker://HOST/PATH:TAG` or `oci:DIR:TAG`.
+    pub fn at_tag(&self, tag: &Tag) -> String {
+        match self {
+            ImageRef::Docker {
+                registry,
+                repository,
+            } => format!("docker://{registry}/{repository}:{tag}"),
+            ImageRef::Oci { dir } => format!("oci:{}:{tag}", dir.display()),
+        }
+    }
+
+    /// The registry `host[:port]`, for `docker://` references.
+    pub fn registry(&self) -> Option<&str> {
+        match self {
+            ImageRef::Docker { registry, .. } => Some(registry),
+            ImageRef::Oci { .. } => None,
+        }
+    }
+
+    /// The repository path, for `docker://` references.
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            ImageRef::Docker { repository, .. } => Some(repository),
+            ImageRef::Oci { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Docker {
+                registry,
+                repository,
+            } => write!(f, "docker://{registry}/{repository}"),
+            ImageRef::Oci { dir } => write!(f, "oci:{}", dir.display()),
+        }
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = ImageRefError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(image: ImageRef) -> String {
+        image.to_string()
+    }
+}
+
+const DOCKER_PREFIX: &str = "docker://";
+const OCI_PREFIX: &str = "oci:";
+
+fn span(start: usize, len: usize) -> SourceSpan {
+    (start, len).into()
+}
+
+impl FromStr for ImageRef {
+    type Err = ImageRefError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = input.strip_prefix(DOCKER_PREFIX) {
+            parse_docker(input, rest)
+        } else if let Some(rest) = input.strip_prefix(OCI_PREFIX) {
+            parse_oci(input, rest)
+        } else if let Some((transport, _)) = input.split_once("://") {
+            Err(ImageRefError::UnknownTransport {
+                input: input.to_owned(),
+                transport: format!("{transport}://"),
+                src: input.to_owned(),
+                span: span(0, transport.len() + 3),
+            })
+        } else {
+            let hint = if let Some(rest) = input.strip_prefix("docker:") {
+                format!("did you mean `docker://{}`? ", rest.trim_start_matches('/'))
+            } else if input.contains('/') && !input.starts_with(['/', '.']) {
+                format!("did you mean `docker://{input}`? ")
+            } else {
+                String::new()
+            };
+            Err(ImageRefError::MissingTransport {
+                input: input.to_owned(),
+                hint,
+                src: input.to_owned(),
+                span: span(0, 0),
+            })
+        }
+    }
+}
+
+fn parse_oci(input: &str, dir: &str) -> Result<ImageRef, ImageRefError> {
+    let base = OCI_PREFIX.len();
+    if dir.is_empty() {
+        return Err(ImageRefError::EmptyOciDir {
+            input: input.to_owned(),
+            src: input.to_owned(),
+            span: span(base, 0),
+        });
+    }
+    // skopeo splits `oci:DIR:REF` at the first colon after the transport, so
+    // anything after a colon would be taken as a tag.
+    if let Some(colon) = dir.find(':') {
+        let tag = &dir[colon + 1..];
+        if colon == 0 {
+            return Err(ImageRefError::EmptyOciDir {
+                input: input.to_owned(),
+                src: input.to_owned(),
+                span: span(base, 0),
+            });
+        }
+        return Err(ImageRefError::TagNotAllowed {
+            input: input.to_owned(),
+            tag: tag.to_owned(),
+            src: input.to_owned(),
+            span: span(base + colon, dir.len() - colon),
+        });
+    }
+    Ok(ImageRef::Oci {
+        dir: PathBuf::from(dir),
+    })
+}
+
+fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
+    let base = DOCKER_PREFIX.len();
+    let err_src = || input.to_owned();
+
+    // `NAME@ALGO:HEX`; other `@`s are rejected by the host/path grammar below.
+    if let Some(at) = rest.find('@').filter(|&at| rest[at..].contains(':')) {
+        return Err(ImageRefError::DigestNotAllowed {
+            input: input.to_owned(),
+            src: err_src(),
+            span: span(base + at, rest.len() - at),
+        });
+    }
+
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        return Err(ImageRefError::EmptyHost {
+            input: input.to_owned(),
+            src: err_src(),
+            span: span(base, 0),
+        });
+    }
+    if let Err(reason) = check_host(host) {
+        return Err(ImageRefError::InvalidHost {
+            input: input.to_owned(),
+            host: host.to_owned(),
+            reason,
+            src: err_src(),
+            span: span(base, host.len()),
+        });
+    }
+    let path_start = base + host.len() + 1;
+    if path.is_empty() {
+        return Err(ImageRefError::EmptyPath {
+            input: input.to_owned(),
+            src: err_src(),
+            span: span(path_start.min(input.len()), 0),
+        });
+    }
+
+    // A colon in the last component is a tag (`PATH:TAG`).
+    let last_start = path.rfind('/').map_or(0, |i| i + 1);
+    if let Some(colon) = path[last_start..].find(':') {
+        let colon = last_start + colon;
+        return Err(ImageRefError::TagNotAllowed {
+            input: input.to_owned(),
+            tag: path[colon + 1..].to_owned(),
+            src: err_src(),
+            span: span(path_start + colon, path.len() - colon),
+        });
+    }
+
+    let mut offset = 0;
+    for component in path.split('/') {
+        let at = span(path_start + offset, component.len());
+        if component.chars().any(|c| c.is_ascii_uppercase())
+            && is_path_component(&component.to_ascii_lowercase())
+        {
+            return Err(ImageRefError::UppercaseRepository {
+                input: input.to_owned(),
+                component: component.to_owned(),
+                src: err_src(),
+                span: at,
+            });
+        }
+        if !is_path_component(component) {
+            return Err(ImageRefError::InvalidComponent {
+                input: input.to_owned(),
+                component: component.to_owned(),
+                src: err_src(),
+                span: at,
+            });
+        }
+        offset += component.len() + 1;
+    }
+
+    let len = host.len() + 1 + path.len();
+    if len > MAX_NAME_LEN {
+        return Err(ImageRefError::NameTooLong {
+            input: input.to_owned(),
+            len,
+        });
+    }
+
+    Ok(ImageRef::Docker {
+        registry: host.to_owned(),
+        repository: path.to_owned(),
+    })
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn is_path_component(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        // One or more alphanumerics.
+        let start = i;
+        while i < b.len() && alnum(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == b.len() {
+            return true;
+        }
+        // A separator: `.`, `_`, `__` or one or more `-`.
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if b.get(i) == Some(&b'_') {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while b.get(i) == Some(&b'-') {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Checks `host[:port]`; returns a reason on failure.
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, port) = if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((addr, after)) = bracketed.split_once(']') else {
+            return Err("`[` without a closing `]`".to_owned());
+        };
+        if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+            return Err(format!("`{addr}` is not an IPv6 address"));
+        }
+        match after {
+            "" => return Ok(()),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return Err("unexpected text after `]`".to_owned()),
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (Some(name), Some(port)),
+            None => (Some(host), None),
+        }
+    };
+
+    if let Some(name) = name {
+        if name.is_empty() {
+            return Err("the host name is empty".to_owned());
+        }
+        for label in name.split('.') {
+            let ok = !label.is_empty()
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !ok {
+                return Err(format!("`{label}` is not a valid host name part"));
+            }
+        }
+    }
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.len() <= 5
+            && port.chars().all(|c| c.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+        if !valid {
+            return Err(format!("`{port}` is not a port number (1-65535)"));
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with a string that should be a [`Tag`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TagProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is {0} characters long, more than the {MAX_TAG_LEN} allowed")]
+    TooLong(usize),
+    #[error("it starts with `{0}`; a tag must start with a letter, digit or `_`")]
+    BadFirst(char),
+    #[error("it contains `{ch}` at position {index}; only letters, digits, `_`, `.` and `-` are allowed")]
+    BadChar { ch: char, index: usize },
+}
+
+/// Why a tag or tag template is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Diagnostic)]
+pub enum TagError {
+    #[error("`{tag}` is not a valid image tag: {problem}")]
+    #[diagnostic(code(runnerctl::tag::invalid), help("{TAG_GRAMMAR}"))]
+    Invalid { tag: String, problem: TagProblem },
+
+    #[error("tag template `{template}` produced `{tag}`, which is not a valid image tag: {problem}")]
+    #[diagnostic(code(runnerctl::tag::invalid_expansion), help("{TAG_GRAMMAR}"))]
+    InvalidExpansion {
+        template: String,
+        tag: String,
+        problem: TagProblem,
+    },
+
+    #[error("tag template `{template}` uses unknown placeholder `{{{placeholder}}}`")]
+    #[diagnostic(
+        code(runnerctl::tag::unknown_placeholder),
+        help("known placeholders: {known}")
+    )]
+    UnknownPlaceholder {
+        template: String,
+        placeholder: String,
+        /// The known placeholders, e.g. `{date}`.
+        known: String,
+        #[source_code]
+        src: String,
+        #[label("unknown placeholder")]
+        span: SourceSpan,
+    },
+
+    #[error("tag template `{template}` has an unmatched `{brace}`")]
+    #[diagnostic(
+        code(runnerctl::tag::unmatched_brace),
+        help("placeholders are written `{{date}}`; braces cannot appear in tags otherwise")
+    )]
+    UnmatchedBrace {
+        template: String,
+        brace: char,
+        #[source_code]
+        src: String,
+        #[label("unmatched")]
+        span: SourceSpan,
+    },
+}
+
+fn check_tag(s: &str) -> Result<(), TagProblem> {
+    let mut chars = s.chars();
+    let first = chars.next().ok_or(TagProblem::Empty)?;
+    if !(first.is_ascii_alphanumeric() || first == '_') {
+        return Err(TagProblem::BadFirst(first));
+    }
+    for (index, ch) in s.chars().enumerate().skip(1) {
+        if !(ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-')) {
+            return Err(TagProblem::BadChar { ch, index });
+        }
+    }
+    // All characters are ASCII now, so bytes == characters.
+    if s.len() > MAX_TAG_LEN {
+        return Err(TagProblem::TooLong(s.len()));
+    }
+    Ok(())
+}
+
+/// A valid image tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn parse(s: &str) -> Result<Tag, TagError> {
+        check_tag(s).map_err(|problem| TagError::Invalid {
+            tag: s.to_owned(),
+            problem,
+        })?;
+        Ok(Tag(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = TagError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tag::parse(s)
+    }
+}
+
+impl TryFrom<String> for Tag {
+    type Error = TagError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        check_tag(&s).map_err(|problem| TagError::Invalid {
+            tag: s.clone(),
+            problem,
+        })?;
+        Ok(Tag(s))
+    }
+}
+
+impl From<Tag> for String {
+    fn from(tag: Tag) -> String {
+        tag.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tag with optional placeholders, e.g. `{date}` or `nightly-{date}`.
+///
+/// [`TagTemplate::new`] accepts any string; problems are reported by
+/// [`TagTemplate::expand`]. Parsing with [`FromStr`] also checks the template
+/// up front by expanding it with a sample date.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TagTemplate(String);
+
+/// Sample value used to check templates when parsing them.
+const SAMPLE_DATE: &str = "19700101";
+
+impl TagTemplate {
+    pub fn new(template: impl Into<String>) -> TagTemplate {
+        TagTemplate(template.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the template contains `{date}`.
+    pub fn needs_date(&self) -> bool {
+        self.0.contains("{date}")
+    }
+
+    /// Replaces `{date}` with `date` and validates the result as a [`Tag`].
+    pub fn expand(&self, date: &str) -> Result<Tag, TagError> {
+        let template = &self.0;
+        let mut out = String::with_capacity(template.len() + date.len());
+        let mut rest = template.as_str();
+        let mut offset = 0;
+        while let Some(i) = rest.find(['{', '}']) {
+            if rest[i..].starts_with('}') {
+                return Err(TagError::UnmatchedBrace {
+                    template: template.clone(),
+                    brace: '}',
+                    src: template.clone(),
+                    span: (offset + i, 1).into(),
+                });
+            }
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let Some(close) = after.find(['{', '}']).filter(|&j| after[j..].starts_with('}'))
+            else {
+                return Err(TagError::UnmatchedBrace {
+                    template: template.clone(),
+                    brace: '{',
+                    src: template.clone(),
+                    span: (offset + i, 1).into(),
+                });
+            };
+            let name = &after[..close];
+            if name == "date" {
+                out.push_str(date);
+            } else {
+                return Err(TagError::UnknownPlaceholder {
+                    template: template.clone(),
+                    placeholder: name.to_owned(),
+                    known: KNOWN_PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    src: template.clone(),
+                    span: (offset + i, close + 2).into(),
+                });
+            }
+            let consumed = i + 1 + close + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        out.push_str(rest);
+
+        check_tag(&out).map_err(|problem| TagError::InvalidExpansion {
+            template: template.clone(),
+            tag: out.clone(),
+            problem,
+        })?;
+        Ok(Tag(out))
+    }
+
+    /// The [`DEFAULT_TAGS`] as templates.
+    pub fn defaults() -> Vec<TagTemplate> {
+        DEFAULT_TAGS.iter().map(|t| TagTemplate::new(*t)).collect()
+    }
+}
+
+impl FromStr for TagTemplate {
+    type Err = TagError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let template = TagTemplate::new(s);
+        template.expand(SAMPLE_DATE)?;
+        Ok(template)
+    }
+}
+
+impl fmt::Display for TagTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docker(registry: &str, repository: &str) -> ImageRef {
+        ImageRef::Docker {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+        }
+    }
+
+    fn parse_err(s: &str) -> ImageRefError {
+        match s.parse::<ImageRef>() {
+            Ok(r) => panic!("`{s}` parsed as {r:?}, expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn tag(s: &str) -> Tag {
+        Tag::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_docker_references() {
+        for (input, registry, repository) in [
+            (
+                "docker://registry.example.org/infra/runners/nixos",
+                "registry.example.org",
+                "infra/runners/nixos",
+            ),
+            ("docker://localhost:5000/runner", "localhost:5000", "runner"),
+            ("docker://127.0.0.1:34567/a/b", "127.0.0.1:34567", "a/b"),
+            ("docker://[::1]:5000/x", "[::1]:5000", "x"),
+            ("docker://Registry.Example.org/x", "Registry.Example.org", "x"),
+            (
+                "docker://r.io/a.b/c_d/e__f/g--h/i-j-k/0x1",
+                "r.io",
+                "a.b/c_d/e__f/g--h/i-j-k/0x1",
+            ),
+        ] {
+            let parsed: ImageRef = input.parse().unwrap();
+            assert_eq!(parsed, docker(registry, repository), "{input}");
+            assert_eq!(parsed.to_string(), input);
+            assert_eq!(parsed.registry(), Some(registry));
+            assert_eq!(parsed.repository(), Some(repository));
+        }
+    }
+
+    #[test]
+    fn parses_oci_references() {
+        let parsed: ImageRef = "oci:./out/image".parse().unwrap();
+        assert_eq!(
+            parsed,
+            ImageRef::Oci {
+                dir: PathBuf::from("./out/image")
+            }
+        );
+        assert_eq!(parsed.to_string(), "oci:./out/image");
+        assert_eq!(parsed.registry(), None);
+        assert_eq!(parsed.repository(), None);
+        let abs: ImageRef = "oci:/var/lib/images/My Image".parse().unwrap();
+        assert_eq!(abs.to_string(), "oci:/var/lib/images/My Image");
+    }
+
+    #[test]
+    fn at_tag_gives_skopeo_transport_strings() {
+        let t = tag("20260629");
+        let d: ImageRef = "docker://localhost:5000/infra/runner".parse().unwrap();
+        assert_eq!(d.at_tag(&t), "docker://localhost:5000/infra/runner:20260629");
+        let o: ImageRef = "oci:out/img".parse().unwrap();
+        assert_eq!(o.at_tag(&tag("latest")), "oci:out/img:latest");
+    }
+
+    #[test]
+    fn rejects_missing_or_unknown_transport() {
+        match parse_err("registry.example.org/infra/runner") {
+            ImageRefError::MissingTransport { hint, .. } => {
+                assert!(hint.contains("docker://registry.example.org/infra/runner"), "{hint}")
+            }
+            e => panic!("{e:?}"),
+        }
+        match parse_err("docker:registry.example.org/x") {
+            ImageRefError::MissingTransport { hint, .. } => {
+                assert!(hint.contains("docker://registry.example.org/x"), "{hint}")
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(parse_err(""), ImageRefError::MissingTransport { .. }));
+        match parse_err("https://registry.example.org/x") {
+            ImageRefError::UnknownTransport { transport, span, .. } => {
+                assert_eq!(transport, "https://");
+                assert_eq!((span.offset(), span.len()), (0, 8));
+            }
+            e => panic!("{e:?}"),
+        }
+        // Help lists the accepted forms.
+        let help = parse_err("foo").help().map(|h| h.to_string()).unwrap();
+        assert!(help.contains("docker://HOST[:PORT]/PATH") && help.contains("oci:DIR"));
+    }
+
+    #[test]
+    fn rejects_empty_host_or_path() {
+        assert!(matches!(parse_err("docker://"), ImageRefError::EmptyHost { .. }));
+        assert!(matches!(parse_err("docker:///x"), ImageRefError::EmptyHost { .. }));
+        assert!(matches!(parse_err("docker://host"), ImageRefError::EmptyPath { .. }));
+        assert!(matches!(parse_err("docker://host/"), ImageRefError::EmptyPath { .. }));
+        assert!(matches!(
+            parse_err("docker://localhost:5000"),
+            ImageRefError::EmptyPath { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_invalid_hosts() {
+        for input in [
+            "docker://host:/x",
+            "docker://host:99999/x",
+            "docker://host:0/x",
+            "docker://host:5a/x",
+            "docker://-host/x",
+            "docker://a..b/x",
+            "docker://ho st/x",
+            "docker://user@host/x",
+            "docker://[::1/x",
+            "docker://[zz]/x",
+        ] {
+            assert!(
+                matches!(parse_err(input), ImageRefError::InvalidHost { .. }),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_tags_and_digests_in_reference() {
+        match parse_err("docker://localhost:5000/infra/runner:latest") {
+            ImageRefError::TagNotAllowed { tag, span, .. } => {
+                assert_eq!(tag, "latest");
+                assert_eq!(span.offset(), "docker://localhost:5000/infra/runner".len());
+            }
+            e => panic!("{e:?}"),
+        }
+        let e = parse_err("docker://r.io/x:1");
+        assert!(e.help().unwrap().to_string().contains("--tag"));
+        match parse_err("oci:out/img:latest") {
+            ImageRefError::TagNotAllowed { tag, .. } => assert_eq!(tag, "latest"),
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            parse_err("docker://r.io/x@sha256:0123abcd"),
+            ImageRefError::DigestNotAllowed { .. }
+        ));
+        assert!(matches!(
+            parse_err("docker://r.io/x:tag@sha256:0123abcd"),
+            ImageRefError::DigestNotAllowed { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_uppercase_and_invalid_components() {
+        match parse_err("docker://r.io/infra/Runners") {
+            ImageRefError::UppercaseRepository {
+                component, span, ..
+            } => {
+                assert_eq!(component, "Runners");
+                assert_eq!((span.offset(), span.len()), ("docker://r.io/infra/".len(), 7));
+            }
+            e => panic!("{e:?}"),
+        }
+        for input in [
+            "docker://r.io/a//b",
+            "docker://r.io/a/",
+            "docker://r.io/-a",
+            "docker://r.io/a-",
+            "docker://r.io/.a",
+            "docker://r.io/a.",
+            "docker://r.io/a..b",
+            "docker://r.io/a___b",
+            "docker://r.io/a._b",
+            "docker://r.io/_a",
+            "docker://r.io/a b",
+            "docker://r.io/a:b/c",
+            "docker://r.io/é",
+        ] {
+            assert!(
+                matches!(parse_err(input), ImageRefError::InvalidComponent { .. }),
+                "{input}: {:?}",
+                parse_err(input)
+            );
+        }
+    }
+
+    #[test]
+    fn path_component_grammar() {
+        for ok in ["a", "0", "a.b", "a_b", "a__b", "a-b", "a---b", "a1.b2_c3__d4-e5"] {
+            assert!(is_path_component(ok), "{ok}");
+        }
+        for bad in ["", ".", "-", "_", "a_", "a__", "a___b", "a.-b", "A", "a/b"] {
+            assert!(!is_path_component(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejects_overlong_names() {
+        let ok = format!("docker://r.io/{}", "a".repeat(MAX_NAME_LEN - 5));
+        assert!(ok.parse::<ImageRef>().is_ok());
+        let long = format!("docker://r.io/{}", "a".repeat(MAX_NAME_LEN - 4));
+        assert!(matches!(
+            parse_err(&long),
+            ImageRefError::NameTooLong { len: 256, .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_empty_oci_dir() {
+        assert!(matches!(parse_err("oci:"), ImageRefError::EmptyOciDir { .. }));
+        assert!(matches!(parse_err("oci::tag"), ImageRefError::EmptyOciDir { .. }));
+    }
+
+    #[test]
+    fn image_ref_serde_round_trip() {
+        let r: ImageRef = serde_json::from_str("\"docker://localhost:5000/a/b\"").unwrap();
+        assert_eq!(r, docker("localhost:5000", "a/b"));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            "\"docker://localhost:5000/a/b\""
+        );
+        assert!(serde_json::from_str::<ImageRef>("\"docker://r.io/A\"").is_err());
+    }
+
+    #[test]
+    fn tag_grammar() {
+        for ok in ["latest", "20260629", "_x", "v1.2.3-rc_1", "A", "0"] {
+            assert_eq!(tag(ok).as_str(), ok);
+            assert_eq!(ok.parse::<Tag>().unwrap().to_string(), ok);
+        }
+        let cases = [
+            ("", TagProblem::Empty),
+            (".hidden", TagProblem::BadFirst('.')),
+            ("-x", TagProblem::BadFirst('-')),
+            ("a/b", TagProblem::BadChar { ch: '/', index: 1 }),
+            ("a:b", TagProblem::BadChar { ch: ':', index: 1 }),
+            ("ab{", TagProblem::BadChar { ch: '{', index: 2 }),
+            ("aé", TagProblem::BadChar { ch: 'é', index: 1 }),
+        ];
+        for (input, problem) in cases {
+            assert_eq!(
+                Tag::parse(input),
+                Err(TagError::Invalid {
+                    tag: input.to_owned(),
+                    problem
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn tag_length_boundary() {
+        let max = "a".repeat(128);
+        assert_eq!(tag(&max).as_str().len(), 128);
+        let over = "a".repeat(129);
+        assert!(matches!(
+            Tag::parse(&over),
+            Err(TagError::Invalid {
+                problem: TagProblem::TooLong(129),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tag_serde() {
+        let t: Tag = serde_json::from_str("\"latest\"").unwrap();
+        assert_eq!(t, tag("latest"));
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"latest\"");
+        assert!(serde_json::from_str::<Tag>("\".x\"").is_err());
+    }
+
+    #[test]
+    fn template_expansion() {
+        let t = TagTemplate::new("{date}");
+        assert!(t.needs_date());
+        assert_eq!(t.expand("20260629").unwrap().as_str(), "20260629");
+        let t = TagTemplate::new("nightly-{date}-{date}");
+        assert_eq!(t.expand("20260629").unwrap().as_str(), "nightly-20260629-20260629");
+        let t = TagTemplate::new("latest");
+        assert!(!t.needs_date());
+        assert_eq!(t.expand("ignored").unwrap().as_str(), "latest");
+        let defaults: Vec<String> = TagTemplate::defaults()
+            .iter()
+            .map(|t| t.expand("20260629").unwrap().to_string())
+            .collect();
+        assert_eq!(defaults, ["latest", "unstable", "20260629"]);
+    }
+
+    #[test]
+    fn template_unknown_placeholder() {
+        let err = TagTemplate::new("v-{version}").expand("20260629").unwrap_err();
+        match &err {
+            TagError::UnknownPlaceholder {
+                placeholder,
+                known,
+                span,
+                ..
+            } => {
+                assert_eq!(placeholder, "version");
+                assert_eq!(known, "{date}");
+                assert_eq!((span.offset(), span.len()), (2, 9));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(err.to_string().contains("`{version}`"), "{err}");
+        assert!(err.help().unwrap().to_string().contains("{date}"));
+    }
+
+    #[test]
+    fn template_unmatched_braces() {
+        for (template, brace, offset) in [("a{date", '{', 1), ("a}b", '}', 1), ("{x{date}", '{', 0)] {
+            match TagTemplate::new(template).expand("d") {
+                Err(TagError::UnmatchedBrace {
+                    brace: b, span, ..
+                }) => {
+                    assert_eq!((b, span.offset()), (brace, offset), "{template}")
+                }
+                other => panic!("{template}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn template_invalid_expansion_names_template_and_tag() {
+        let err = TagTemplate::new("{date}").expand("-2026").unwrap_err();
+        assert_eq!(
+            err,
+            TagError::InvalidExpansion {
+                template: "{date}".to_owned(),
+                tag: "-2026".to_owned(),
+                problem: TagProblem::BadFirst('-'),
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("`{date}`") && msg.contains("`-2026`"), "{msg}");
+        let help = err.help().unwrap().to_string();
+        assert!(help.contains("[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"), "{help}");
+
+        let long = TagTemplate::new(format!("{}{{date}}", "x".repeat(120)));
+        assert!(long.expand("12345678").is_ok());
+        assert!(matches!(
+            long.expand("123456789"),
+            Err(TagError::InvalidExpansion {
+                problem: TagProblem::TooLong(129),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn template_from_str_validates_up_front() {
+        assert!("{date}".parse::<TagTemplate>().is_ok());
+        assert!("latest".parse::<TagTemplate>().is_ok());
+        assert!(matches!(
+            "{commit}".parse::<TagTemplate>(),
+            Err(TagError::UnknownPlaceholder { .. })
+        ));
+        assert!(matches!(
+            ".{date}".parse::<TagTemplate>(),
+            Err(TagError::InvalidExpansion { .. })
+        ));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn image_ref_parse_never_panics_and_round_trips(
+                prefix in prop::sample::select(vec!["docker://", "oci:", "", "docker:", "x://"]),
+                body in "[a-zA-Z0-9:/@._\\-\\[\\] é]{0,40}",
+            ) {
+                let input = format!("{prefix}{body}");
+                if let Ok(parsed) = input.parse::<ImageRef>() {
+                    let shown = parsed.to_string();
+                    prop_assert_eq!(&shown, &input);
+                    prop_assert_eq!(shown.parse::<ImageRef>(), Ok(parsed.clone()));
+                    let tagged = parsed.at_tag(&Tag::parse("t").unwrap());
+                    prop_assert_eq!(tagged, format!("{input}:t"));
+                }
+            }
+
+            #[test]
+            fn valid_tags_are_accepted(s in "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}") {
+                prop_assert_eq!(Tag::parse(&s).map(|t| t.as_str().to_owned()), Ok(s));
+            }
+
+            #[test]
+            fn tag_parse_matches_grammar(s in "\\PC{0,3}[a-zA-Z0-9._/:-]{0,130}") {
+                let b = s.as_bytes();
+                let grammar = !b.is_empty()
+                    && b.len() <= 128
+                    && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+                    && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+                prop_assert_eq!(Tag::parse(&s).is_ok(), grammar);
+            }
+
+            #[test]
+            fn template_expand_never_panics(t in "[a-z{}.é-]{0,20}", d in "[0-9a-z{}]{0,10}") {
+                let _ = TagTemplate::new(t).expand(&d);
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! runnerctl: keeps a Nix-built Forgejo runner image fresh.
+//!
+//! The pipeline (`pipeline`) runs stages (`stage`) that call external tools
+//! through one runner (`tool`), save what they did (`state`) and send
+//! progress events (`progress`).
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod flake_lock;
+pub mod image;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod stage;
+pub mod state;
+pub mod status;
+pub mod store;
+pub mod tool;

@@ -1,0 +1,104 @@
+//! Thin: parse, run, map the outcome to an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use runnerctl::cli::{Cli, Command};
+use runnerctl::config::{self, Config, Mode};
+use runnerctl::progress::Reporter;
+use runnerctl::{demo, pipeline, status};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("runnerctl: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn print_error(err: &miette::Report) {
+    eprintln!("{err:?}");
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    if let Ok(text) = serde_json::to_string_pretty(value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Bump(args) => run_pipeline(Mode::Bump, args).await,
+        Command::Release(args) => run_pipeline(Mode::Release, args).await,
+        Command::Status(args) => {
+            let out = config::output(&args.common);
+            match status::status(&args.common).await {
+                Ok(doc) => {
+                    if out.json {
+                        print_json(&doc);
+                    } else {
+                        print!("{}", doc.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    print_error(&err);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => match demo::demo(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                print_error(&err);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "runnerctl", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
+    let out = config::output(&args.common);
+    let cfg = match Config::resolve(mode, &args) {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            let err = miette::Report::new(err);
+            if out.json {
+                let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
+                report.error = Some(runnerctl::report::ErrorReport {
+                    message: err.to_string(),
+                    help: err.help().map(|h| h.to_string()),
+                });
+                print_json(&report);
+            }
+            print_error(&err);
+            return ExitCode::FAILURE;
+        }
+    };
+    let reporter = Reporter::new(out.progress, out.verbosity);
+    let (report, err) = pipeline::run(cfg, reporter.clone()).await;
+    reporter.finish();
+    if out.json {
+        print_json(&report);
+    } else if out.verbosity > runnerctl::progress::Verbosity::Quiet {
+        print!("{}", report.render());
+    }
+    match err {
+        None => ExitCode::SUCCESS,
+        Some(err) => {
+            print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Runs the stages in order: check → act → record. Resumes an interrupted
+//! run, and in a dry run collects the plan instead of acting.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use miette::{Diagnostic, IntoDiagnostic};
+use thiserror::Error;
+
+use crate::auth::AuthFile;
+use crate::config::{Config, Mode};
+use crate::flake_lock::{DateTag, FlakeLock};
+use crate::image::reference::Tag;
+use crate::progress::{Event, Reporter};
+use crate::report::{ErrorReport, Report, StageReport};
+use crate::stage::{self, Check, Stage};
+use crate::state::{self, Outputs, StageRecord, StageStatus, State};
+use crate::tool::git::{Git, Upstream};
+use crate::tool::nix::{Evaluated, Nix};
+use crate::tool::skopeo::Skopeo;
+use crate::tool::Runner;
+
+/// Everything the stages share during one run.
+pub struct Ctx {
+    pub cfg: Config,
+    pub runner: Runner,
+    pub state: State,
+    /// The previous run of the same command did not finish: stages whose
+    /// recorded inputs are unchanged are not redone.
+    pub resume: bool,
+    pub nix: Option<Nix>,
+    pub skopeo: Option<Skopeo>,
+    pub git: Option<Git>,
+    pub branch: Option<String>,
+    pub upstream: Option<Upstream>,
+    /// The working flake.lock as last read, and its parse.
+    pub lock_text: String,
+    pub lock: Option<FlakeLock>,
+    /// bump: nothing new upstream, and flake.lock at HEAD is on the remote.
+    pub up_to_date: bool,
+    pub changes: Vec<String>,
+    pub date: Option<DateTag>,
+    pub tags: Vec<Tag>,
+    pub eval: Option<Evaluated>,
+    /// The uncompressed docker-archive to verify and push.
+    pub archive: Option<PathBuf>,
+    pub digest: Option<String>,
+    pub commit: Option<String>,
+    pub authfile: Option<AuthFile>,
+    pub report: Report,
+}
+
+#[derive(Debug, Error, Diagnostic)]
+#[error("runnerctl could not prepare {what}")]
+#[diagnostic(code(runnerctl::internal), help("this is a bug in runnerctl; please report it with the output above"))]
+pub struct Missing {
+    pub what: &'static str,
+}
+
+impl Ctx {
+    pub fn nix(&self) -> miette::Result<&Nix> {
+        self.nix.as_ref().ok_or_else(|| Missing { what: "nix" }.into())
+    }
+    pub fn skopeo(&self) -> miette::Result<&Skopeo> {
+        self.skopeo.as_ref().ok_or_else(|| Missing { what: "skopeo" }.into())
+    }
+    pub fn git(&self) -> miette::Result<&Git> {
+        self.git.as_ref().ok_or_else(|| Missing { what: "git" }.into())
+    }
+    pub fn reporter(&self) -> &Reporter {
+        self.runner.reporter()
+    }
+    pub fn lock(&self) -> miette::Result<&FlakeLock> {
+        self.lock.as_ref().ok_or_else(|| Missing { what: "flake.lock" }.into())
+    }
+
+    /// Read and parse the working flake.lock.
+    pub fn reload_lock(&mut self) -> miette::Result<()> {
+        let path = self.cfg.lock_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| LockRead { path: path.clone(), source })?;
+        let lock = crate::flake_lock::parse(&text, &path)?;
+        self.lock_text = text;
+        self.lock = Some(lock);
+        Ok(())
+    }
+
+    /// Compute the date tag and the tags from the current lock.
+    pub fn resolve_tags(&mut self) -> miette::Result<()> {
+        let date = self.lock()?.date_tag(&self.cfg.input)?;
+        let mut tags = Vec::new();
+        for template in &self.cfg.tag_templates {
+            let tag = template.expand(date.as_str())?;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        self.report.date = Some(date.to_string());
+        self.report.tags = tags.iter().map(|t| t.to_string()).collect();
+        self.report.commit_message = (self.cfg.mode == Mode::Bump).then(|| self.cfg.subject(date.as_str()));
+        self.date = Some(date);
+        self.tags = tags;
+        Ok(())
+    }
+
+    fn save(&self) -> miette::Result<()> {
+        if !self.cfg.dry_run {
+            state::save(&self.cfg.state_dir, &self.state)?;
+        }
+        Ok(())
+    }
+
+    pub fn record(&self, name: &str) -> Option<&StageRecord> {
+        self.state.stages.get(name)
+    }
+}
+
+#[derive(Debug, Error, Diagnostic)]
+#[error("could not read {}", path.display())]
+#[diagnostic(code(runnerctl::lock::read), help("run runnerctl in a flake that has a flake.lock (create one with `nix flake lock`)"))]
+pub struct LockRead {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// sha256 of some bytes, hex.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
+    let name = stage.name();
+    let started = Instant::now();
+    let started_at = state::now();
+    cx.reporter().emit(Event::StageStarted { stage: name });
+    let fingerprint = stage.fingerprint(cx);
+
+    let result: miette::Result<(StageStatus, stage::Done, Vec<String>)> = async {
+        match stage.check(cx).await? {
+            Check::Done(done) => Ok((StageStatus::Skipped, done, Vec::new())),
+            Check::Todo(_) if cx.cfg.dry_run => {
+                let plan = stage.plan(cx);
+                let note = stage.dry_run(cx).await?;
+                Ok((StageStatus::Planned, stage::Done::new(note), plan))
+            }
+            Check::Todo(_) => {
+                cx.state.stages.insert(
+                    name.to_string(),
+                    StageRecord {
+                        status: StageStatus::Running,
+                        fingerprint: fingerprint.clone(),
+                        outputs: Outputs::default(),
+                        note: None,
+                        started_at: Some(started_at.clone()),
+                        finished_at: None,
+                        duration_ms: None,
+                    },
+                );
+                cx.save()?;
+                let done = stage.run(cx).await?;
+                Ok((StageStatus::Done, done, Vec::new()))
+            }
+        }
+    }
+    .await;
+
+    let duration = started.elapsed();
+    let (status, note, outputs, commands, error) = match result {
+        Ok((status, done, commands)) => (status, done.note, done.outputs, commands, None),
+        Err(err) => (StageStatus::Failed, err.to_string(), Outputs::default(), Vec::new(), Some(err)),
+    };
+    cx.reporter().emit(Event::StageFinished {
+        stage: name,
+        status,
+        note: first_line(&note),
+        duration,
+    });
+    cx.report.stages.push(StageReport {
+        name: name.to_string(),
+        status,
+        note: first_line(&note),
+        duration_ms: duration.as_millis() as u64,
+        commands,
+    });
+    if status != StageStatus::Planned {
+        cx.state.stages.insert(
+            name.to_string(),
+            StageRecord {
+                status,
+                fingerprint,
+                outputs,
+                note: Some(first_line(&note)),
+                started_at: Some(started_at),
+                finished_at: Some(state::now()),
+                duration_ms: Some(duration.as_millis() as u64),
+            },
+        );
+        cx.save()?;
+    }
+    match error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn skip_stage(cx: &mut Ctx, name: &'static str, why: &str) -> miette::Result<()> {
+    cx.reporter().emit(Event::StageFinished {
+        stage: name,
+        status: StageStatus::Skipped,
+        note: why.to_string(),
+        duration: std::time::Duration::ZERO,
+    });
+    cx.report.stages.push(StageReport {
+        name: name.to_string(),
+        status: StageStatus::Skipped,
+        note: why.to_string(),
+        duration_ms: 0,
+        commands: Vec::new(),
+    });
+    if !cx.cfg.dry_run {
+        cx.state.stages.insert(
+            name.to_string(),
+            StageRecord {
+                status: StageStatus::Skipped,
+                fingerprint: None,
+                outputs: Outputs::default(),
+                note: Some(why.to_string()),
+                started_at: Some(state::now()),
+                finished_at: Some(state::now()),
+                duration_ms: Some(0),
+            },
+        );
+        cx.save()?;
+    }
+    Ok(())
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+pub const UP_TO_DATE: &str = "nothing to do: flake.lock is up to date and already on the remote";
+
+/// Run `bump` or `release`. Returns the report; on failure, the report is
+/// filled in and the error returned alongside it.
+pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Report>) {
+    let started = Instant::now();
+    let mut report = Report::new(cfg.mode.as_str(), cfg.dry_run);
+    report.flake = cfg.flake.display().to_string();
+    report.image = cfg.image.to_string();
+    report.state_file = cfg.state_dir.join(state::STATE_FILE).display().to_string();
+    report.log_file = cfg.log_path().display().to_string();
+
+    let result = run_inner(cfg, reporter, &mut report).await;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(outcome) => {
+            report.outcome = outcome.to_string();
+            (report, None)
+        }
+        Err(err) => {
+            report.outcome = "failure".into();
+            report.error = Some(ErrorReport {
+                message: err.to_string(),
+                help: err.help().map(|h| h.to_string()),
+            });
+            (report, Some(err))
+        }
+    }
+}
+
+async fn run_inner(cfg: Config, reporter: Reporter, report: &mut Report) -> miette::Result<&'static str> {
+    // The run lock and the state (not in a dry run: it changes nothing).
+    let _lock = if cfg.dry_run {
+        None
+    } else {
+        Some(state::lock(&cfg.state_dir)?)
+    };
+    let mut saved = if cfg.reset_state {
+        State::default()
+    } else {
+        match state::load(&cfg.state_dir) {
+            Ok(state) => state,
+            Err(err) if cfg.dry_run => {
+                reporter.info(format!("warning: {err} (ignored in a dry run)"));
+                State::default()
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    let mode = cfg.mode;
+    let resume = saved.command.as_deref() == Some(mode.as_str())
+        && !matches!(saved.outcome.as_deref(), Some("success") | Some("up-to-date"));
+    if !cfg.dry_run {
+        if !resume {
+            saved.stages.clear();
+        }
+        saved.command = Some(mode.as_str().to_string());
+        saved.started_at = Some(state::now());
+        saved.finished_at = None;
+        saved.outcome = None;
+    }
+
+    let mut runner = Runner::new(reporter);
+    if !cfg.dry_run {
+        runner = runner.with_log(&cfg.log_path()).into_diagnostic()?;
+    }
+    let mut cx = Ctx {
+        cfg,
+        runner,
+        state: saved,
+        resume,
+        nix: None,
+        skopeo: None,
+        git: None,
+        branch: None,
+        upstream: None,
+        lock_text: String::new(),
+        lock: None,
+        up_to_date: false,
+        changes: Vec::new(),
+        date: None,
+        tags: Vec::new(),
+        eval: None,
+        archive: None,
+        digest: None,
+        commit: None,
+        authfile: None,
+        report: std::mem::replace(report, Report::new(mode.as_str(), false)),
+    };
+    cx.save()?;
+    if resume {
+        cx.reporter().info(format!("resuming the unfinished {} run", mode.as_str()));
+    }
+
+    let result = stages(&mut cx).await;
+    let outcome = match &result {
+        Ok(_) if cx.cfg.dry_run => "dry-run",
+        Ok(_) if cx.up_to_date => "up-to-date",
+        Ok(_) => "success",
+        Err(_) => "failure",
+    };
+    if !cx.cfg.dry_run {
+        cx.state.outcome = Some(outcome.to_string());
+        cx.state.finished_at = Some(state::now());
+        cx.save()?;
+    }
+    cx.report.digest = cx.digest.clone();
+    cx.report.commit = cx.commit.clone();
+    cx.report.changes = cx.changes.clone();
+    if let Some(eval) = &cx.eval {
+        cx.report.drv_path = Some(eval.drv_path.to_string());
+        cx.report.out_path = Some(eval.out_path.to_string());
+    }
+    *report = std::mem::replace(&mut cx.report, Report::new(mode.as_str(), false));
+    result.map(|_| outcome)
+}
+
+async fn stages(cx: &mut Ctx) -> miette::Result<()> {
+    run_stage(cx, &stage::preflight::Preflight).await?;
+    if cx.cfg.mode == Mode::Bump {
+        run_stage(cx, &stage::update::Update).await?;
+        if cx.up_to_date {
+            for name in ["build", "verify", "push", "commit", "git-push"] {
+                skip_stage(cx, name, UP_TO_DATE)?;
+            }
+            return Ok(());
+        }
+    }
+    run_stage(cx, &stage::build::Build).await?;
+    if cx.cfg.verify.enabled {
+        run_stage(cx, &stage::verify::Verify).await?;
+    } else {
+        skip_stage(cx, "verify", "disabled by --no-verify")?;
+    }
+    run_stage(cx, &stage::push::Push).await?;
+    if cx.cfg.mode == Mode::Bump {
+        run_stage(cx, &stage::commit::Commit).await?;
+        if cx.cfg.git_push {
+            run_stage(cx, &stage::git_push::GitPush).await?;
+        } else {
+            skip_stage(cx, "git-push", "disabled by --no-git-push")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Progress: stages send [`Event`]s, a renderer draws them.
+//!
+//! No stage prints on its own account. `term` draws live spinners and bars
+//! with indicatif on a terminal; `plain` writes timestamped lines without
+//! escape codes for CI and pipes.
+
+pub mod nix_log;
+mod plain;
+mod term;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use nix_log::NixMsg;
+
+/// Which renderer to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Live bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Live spinners and bars (indicatif).
+    Term,
+    /// Timestamped lines, no escape codes.
+    Plain,
+}
+
+/// How much to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors only.
+    Quiet,
+    Normal,
+    /// Also stream every child's output.
+    Verbose,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    StageStarted {
+        stage: &'static str,
+    },
+    StageFinished {
+        stage: &'static str,
+        status: crate::state::StageStatus,
+        note: String,
+        duration: Duration,
+    },
+    Info(String),
+    Command {
+        command: String,
+    },
+    ChildLine {
+        program: String,
+        line: String,
+    },
+    Nix(NixMsg),
+    /// Push progress: what happened to one layer or tag.
+    Push(PushEvent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushEvent {
+    LayersPlanned { total: usize },
+    LayerChecked { skipped: bool, bytes: u64 },
+    TagWritten { tag: String, skipped: bool },
+}
+
+/// Something that draws events.
+pub trait Render: Send + Sync {
+    fn event(&self, event: &Event);
+    /// Stop drawing (clear live bars) before the summary is printed.
+    fn finish(&self) {}
+}
+
+struct Silent;
+impl Render for Silent {
+    fn event(&self, _: &Event) {}
+}
+
+/// A cheap, clonable handle stages use to send events.
+#[derive(Clone)]
+pub struct Reporter {
+    render: Arc<dyn Render>,
+}
+
+impl Reporter {
+    pub fn new(mode: ProgressMode, verbosity: Verbosity) -> Self {
+        let render: Arc<dyn Render> = if verbosity == Verbosity::Quiet {
+            Arc::new(Silent)
+        } else if use_term(mode) {
+            Arc::new(term::Term::new(verbosity))
+        } else {
+            Arc::new(plain::Plain::new(verbosity))
+        };
+        Reporter { render }
+    }
+
+    pub fn silent() -> Self {
+        Reporter {
+            render: Arc::new(Silent),
+        }
+    }
+
+    pub fn emit(&self, event: Event) {
+        self.render.event(&event);
+    }
+
+    pub fn info(&self, text: impl Into<String>) {
+        self.emit(Event::Info(text.into()));
+    }
+
+    pub fn finish(&self) {
+        self.render.finish();
+    }
+}
+
+/// Live drawing only on a real terminal, outside CI, without NO_COLOR.
+fn use_term(mode: ProgressMode) -> bool {
+    use std::io::IsTerminal;
+    match mode {
+        ProgressMode::Plain => false,
+        ProgressMode::Term => true,
+        ProgressMode::Auto => {
+            std::io::stderr().is_terminal()
+                && !env_flag("CI")
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
+        }
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| !v.is_empty() && v != "0" && v.to_ascii_lowercase() != "false")
+        .unwrap_or(false)
+}
+
+/// `1.2s`, `3m04s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        let whole = d.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}

@@ -1,0 +1,175 @@
+//! The run report: the `--json` document and the human summary.
+
+use serde::{Deserialize, Serialize};
+
+use crate::progress::format_duration;
+use crate::state::StageStatus;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub name: String,
+    pub status: StageStatus,
+    /// What the stage did or found, or why it was skipped.
+    pub note: String,
+    pub duration_ms: u64,
+    /// In a dry run: the exact commands the stage would run.
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// One document per run. Every field is always present (null or empty when
+/// unknown), so success, no-op and failure have the same shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub command: String,
+    /// `success`, `up-to-date`, `dry-run` or `failure`.
+    pub outcome: String,
+    pub dry_run: bool,
+    pub flake: String,
+    pub image: String,
+    pub date: Option<String>,
+    pub tags: Vec<String>,
+    pub digest: Option<String>,
+    pub drv_path: Option<String>,
+    pub out_path: Option<String>,
+    pub commit: Option<String>,
+    pub commit_message: Option<String>,
+    pub changes: Vec<String>,
+    pub stages: Vec<StageReport>,
+    pub duration_ms: u64,
+    pub state_file: String,
+    pub log_file: String,
+    pub error: Option<ErrorReport>,
+}
+
+impl Report {
+    pub fn new(command: &str, dry_run: bool) -> Self {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            command: command.to_string(),
+            outcome: "failure".into(),
+            dry_run,
+            flake: String::new(),
+            image: String::new(),
+            date: None,
+            tags: Vec::new(),
+            digest: None,
+            drv_path: None,
+            out_path: None,
+            commit: None,
+            commit_message: None,
+            changes: Vec::new(),
+            stages: Vec::new(),
+            duration_ms: 0,
+            state_file: String::new(),
+            log_file: String::new(),
+            error: None,
+        }
+    }
+
+    /// The human summary: the plan in a dry run, else a table of stages.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.dry_run {
+            out.push_str(&format!("Plan for `runnerctl {}` (dry run: nothing is changed)\n", self.command));
+        } else {
+            out.push_str(&format!("runnerctl {}: {}\n", self.command, self.outcome));
+        }
+        out.push('\n');
+        let width = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(8);
+        for stage in &self.stages {
+            out.push_str(&format!(
+                "  {} {:<width$}  {:<8} {:>6}  {}\n",
+                stage.status.symbol(),
+                stage.name,
+                stage.status.as_str(),
+                if self.dry_run { String::new() } else { format_duration(std::time::Duration::from_millis(stage.duration_ms)) },
+                stage.note,
+            ));
+            for command in &stage.commands {
+                out.push_str(&format!("      $ {command}\n"));
+            }
+        }
+        out.push('\n');
+        let mut facts: Vec<(&str, String)> = Vec::new();
+        if let Some(date) = &self.date {
+            facts.push(("date tag", date.clone()));
+        }
+        facts.push(("image", self.image.clone()));
+        if !self.tags.is_empty() {
+            facts.push(("tags", self.tags.join(", ")));
+        }
+        if let Some(out_path) = &self.out_path {
+            facts.push(("out path", out_path.clone()));
+        }
+        if let Some(digest) = &self.digest {
+            facts.push(("digest", digest.clone()));
+        }
+        if let Some(msg) = &self.commit_message {
+            facts.push(("commit message", msg.clone()));
+        }
+        if let Some(commit) = &self.commit {
+            facts.push(("commit", commit.clone()));
+        }
+        for change in &self.changes {
+            facts.push(("input change", change.clone()));
+        }
+        for (key, value) in facts {
+            out.push_str(&format!("  {key:<15} {value}\n"));
+        }
+        if !self.dry_run {
+            out.push_str(&format!(
+                "  {:<15} {}\n",
+                "took",
+                format_duration(std::time::Duration::from_millis(self.duration_ms))
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the schema: the exact set of top-level keys and their order.
+    #[test]
+    fn schema_is_pinned() {
+        let report = Report::new("bump", false);
+        let value = serde_json::to_value(&report).expect("serialize");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "schema_version", "command", "outcome", "dry_run", "flake", "image", "date", "tags",
+                "digest", "drv_path", "out_path", "commit", "commit_message", "changes", "stages",
+                "duration_ms", "state_file", "log_file", "error"
+            ]
+        );
+        assert_eq!(value["schema_version"], 1);
+        let stage = StageReport {
+            name: "build".into(),
+            status: StageStatus::Skipped,
+            note: "already in the store".into(),
+            duration_ms: 5,
+            commands: vec![],
+        };
+        let v = serde_json::to_value(&stage).expect("stage");
+        assert_eq!(v["status"], "skipped");
+        let keys: Vec<&str> = v.as_object().expect("obj").keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "status", "note", "duration_ms", "commands"]);
+    }
+}

@@ -1,0 +1,177 @@
+//! preflight: find the tools, read the lock, check the working tree and
+//! the branch, prepare credentials. Changes nothing.
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use super::{Check, Done, Stage};
+use crate::auth;
+use crate::config::Mode;
+use crate::pipeline::Ctx;
+use crate::tool::git::Git;
+use crate::tool::nix::Nix;
+use crate::tool::skopeo::Skopeo;
+use crate::tool::install_hint;
+
+pub struct Preflight;
+
+/// Files whose uncommitted changes would make the result untraceable.
+pub const GUARDED_PATHS: &[&str] = &["flake.lock", "flake.nix", "nix"];
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum PreflightError {
+    #[error("`{tool}` was not found on PATH")]
+    #[diagnostic(code(runnerctl::preflight::tool))]
+    MissingTool {
+        tool: &'static str,
+        #[help]
+        help: String,
+    },
+
+    #[error("{} is not inside a git repository", dir.display())]
+    #[diagnostic(
+        code(runnerctl::preflight::not_git),
+        help("runnerctl commits flake.lock and Nix only sees tracked files: run it in a git checkout of the image repository")
+    )]
+    NotGit { dir: std::path::PathBuf },
+
+    #[error("uncommitted changes in {}:\n{}", paths, lines.join("\n"))]
+    #[diagnostic(
+        code(runnerctl::preflight::dirty),
+        help("commit or stash them first (`git stash`), so that the image is built from what is committed; runnerctl only ever commits flake.lock")
+    )]
+    Dirty { paths: String, lines: Vec<String> },
+
+    #[error("HEAD is detached")]
+    #[diagnostic(
+        code(runnerctl::preflight::detached),
+        help("check out the branch to bump (`git switch main`), or pass --no-git-push to commit locally only")
+    )]
+    Detached,
+
+    #[error("branch `{branch}` has no upstream to push to")]
+    #[diagnostic(
+        code(runnerctl::preflight::no_upstream),
+        help("set one with `git branch --set-upstream-to=origin/{branch}`, or pass --no-git-push to commit locally only")
+    )]
+    NoUpstream { branch: String },
+
+    #[error("branch `{branch}` has {count} commit(s) that are not on {upstream} yet")]
+    #[diagnostic(
+        code(runnerctl::preflight::ahead),
+        help("push or drop them first (`git push`, or `git log {upstream}..HEAD` to see them); runnerctl pushes only its own bump commit")
+    )]
+    Ahead {
+        branch: String,
+        upstream: String,
+        count: u64,
+    },
+}
+
+fn locate(tool: &'static str) -> Result<std::path::PathBuf, PreflightError> {
+    which::which(tool).map_err(|_| PreflightError::MissingTool {
+        tool,
+        help: install_hint(tool),
+    })
+}
+
+impl Stage for Preflight {
+    fn name(&self) -> &'static str {
+        "preflight"
+    }
+
+    async fn check(&self, _cx: &mut Ctx) -> miette::Result<Check> {
+        Ok(Check::Todo("always runs".into()))
+    }
+
+    fn plan(&self, _cx: &Ctx) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
+        self.run(cx).await.map(|done| done.note)
+    }
+
+    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
+        // Locate every tool before anything changes.
+        let nix_path = locate("nix")?;
+        let git_path = locate("git")?;
+        let skopeo_path = locate("skopeo")?;
+        let nix = Nix::detect(&cx.runner, nix_path).await?;
+        let git = Git {
+            path: git_path,
+            dir: cx.cfg.flake.clone(),
+        };
+        cx.skopeo = Some(Skopeo { path: skopeo_path });
+
+        if git
+            .toplevel(&cx.runner)
+            .await
+            .is_err()
+        {
+            return Err(PreflightError::NotGit { dir: cx.cfg.flake.clone() }.into());
+        }
+
+        cx.reload_lock()?;
+        cx.resolve_tags()?;
+
+        // The working tree: the guarded files must be committed, except a
+        // flake.lock this tool updated in an interrupted run.
+        let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
+        if cx.cfg.mode == Mode::Bump && cx.resume {
+            let ours = cx
+                .record("update")
+                .and_then(|r| r.outputs.lock_hash.clone())
+                .is_some_and(|h| h == crate::pipeline::hash_hex(cx.lock_text.as_bytes()));
+            if ours {
+                dirty.retain(|line| !line.ends_with("flake.lock"));
+            }
+        }
+        if !dirty.is_empty() {
+            return Err(PreflightError::Dirty {
+                paths: GUARDED_PATHS.join(", "),
+                lines: dirty,
+            }
+            .into());
+        }
+
+        let mut note = format!("nix {}, skopeo, git", nix.version);
+        if cx.cfg.mode == Mode::Bump {
+            let branch = git.branch(&cx.runner).await?;
+            match (&branch, cx.cfg.git_push) {
+                (None, true) => return Err(PreflightError::Detached.into()),
+                (Some(branch), true) => {
+                    let upstream = git
+                        .upstream(&cx.runner, branch)
+                        .await?
+                        .ok_or_else(|| PreflightError::NoUpstream { branch: branch.clone() })?;
+                    let ahead = git.count(&cx.runner, &format!("{}..HEAD", upstream.tracking_ref())).await?;
+                    let head = git.rev_parse(&cx.runner, "HEAD").await?;
+                    let ours = cx.record("commit").and_then(|r| r.outputs.commit.clone());
+                    let only_ours = ahead == 1 && cx.resume && head.is_some() && head == ours;
+                    if ahead > 0 && !only_ours {
+                        return Err(PreflightError::Ahead {
+                            branch: branch.clone(),
+                            upstream: upstream.display(),
+                            count: ahead,
+                        }
+                        .into());
+                    }
+                    note.push_str(&format!("; branch {branch} → {}", upstream.display()));
+                    cx.upstream = Some(upstream);
+                }
+                (Some(branch), false) => note.push_str(&format!("; branch {branch} (no git push)")),
+                (None, false) => note.push_str("; detached HEAD (no git push)"),
+            }
+            cx.branch = branch;
+        }
+
+        cx.authfile = auth::auth_file(&cx.cfg.credentials, cx.cfg.image.registry())?;
+        if cx.authfile.is_some() {
+            note.push_str(&format!("; registry credentials: {}", cx.cfg.credentials.describe()));
+        }
+        cx.nix = Some(nix);
+        cx.git = Some(git);
+        Ok(Done::new(note))
+    }
+}

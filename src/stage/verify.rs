@@ -1,0 +1,67 @@
+//! verify: open the image archive and check it before anything leaves the
+//! machine. The checks are data (see `VerifyConfig`).
+
+use std::path::Path;
+
+use super::{Check, Done, Stage};
+use crate::image::{archive, verify};
+use crate::pipeline::{Ctx, Missing};
+
+pub struct Verify;
+
+impl Verify {
+    async fn verify(cx: &mut Ctx) -> miette::Result<String> {
+        let eval = cx.eval.clone().ok_or(Missing { what: "the out path" })?;
+        let archive = archive::prepare(
+            &cx.runner,
+            Path::new(eval.out_path.as_str()),
+            &eval.out_path.hash_part(),
+            &cx.cfg.cache_dir(),
+        )
+        .await?;
+        cx.archive = Some(archive.clone());
+        let cfg = cx.cfg.verify.clone();
+        let summary = verify::verify(&archive, &cfg)?;
+        Ok(summary.to_string())
+    }
+}
+
+impl Stage for Verify {
+    fn name(&self) -> &'static str {
+        "verify"
+    }
+
+    fn fingerprint(&self, cx: &Ctx) -> Option<String> {
+        cx.eval.as_ref().map(|e| e.out_path.to_string())
+    }
+
+    async fn check(&self, _cx: &mut Ctx) -> miette::Result<Check> {
+        // Cheap enough to always run, and it must never be skipped by a
+        // stale record.
+        Ok(Check::Todo("verify the image".into()))
+    }
+
+    fn plan(&self, cx: &Ctx) -> Vec<String> {
+        vec![format!(
+            "(built in) check Cmd, Env, certificates, nix.conf and required paths: {}",
+            cx.cfg.verify.required_paths.join(", ")
+        )]
+    }
+
+    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
+        // Only when the image is already built: a dry run builds nothing.
+        let built = match (&cx.nix, &cx.eval) {
+            (Some(nix), Some(eval)) => nix.is_valid(&cx.runner, &eval.out_path).await?,
+            _ => false,
+        };
+        if built {
+            Self::verify(cx).await.map(|s| format!("verified the built image: {s}"))
+        } else {
+            Ok("would verify the image once it is built".to_string())
+        }
+    }
+
+    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
+        Ok(Done::new(Self::verify(cx).await?))
+    }
+}

@@ -1,0 +1,385 @@
+//! The saved state: a versioned JSON file in the state dir, written
+//! atomically, guarded by an exclusive run lock.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const STATE_VERSION: u32 = 1;
+pub const STATE_FILE: &str = "state.json";
+pub const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    Pending,
+    Running,
+    Done,
+    Skipped,
+    Failed,
+    Planned,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Pending => "pending",
+            StageStatus::Running => "running",
+            StageStatus::Done => "done",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Failed => "failed",
+            StageStatus::Planned => "planned",
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            StageStatus::Done => "✔",
+            StageStatus::Skipped => "○",
+            StageStatus::Failed => "✘",
+            StageStatus::Planned => "…",
+            StageStatus::Pending | StageStatus::Running => "·",
+        }
+    }
+}
+
+/// What a stage produced. Every field is optional: each stage fills its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drv_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub status: StageStatus,
+    /// A hash of the inputs the stage's result depends on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub outputs: Outputs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// An image pushed from a given out path: lets a later run know the digest
+/// to expect without pushing again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub image: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub pushed_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// `bump` or `release`: the last run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// `success`, `up-to-date` or `failure`; absent while a run is under way
+    /// or after it was killed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageRecord>,
+    /// Out path → what was pushed from it.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: STATE_VERSION,
+            command: None,
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+            stages: BTreeMap::new(),
+            images: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum StateError {
+    #[error("could not read the state file {}", path.display())]
+    #[diagnostic(
+        code(runnerctl::state::io),
+        help("check the permissions of the state dir, or point --state-dir elsewhere")
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the state file {} is corrupt: {reason}", path.display())]
+    #[diagnostic(
+        code(runnerctl::state::corrupt),
+        help("run again with --reset-state to discard it (the stages will check the world again and redo only what is missing)")
+    )]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("here")]
+        span: SourceSpan,
+    },
+
+    #[error("the state file {} has version {found}, this runnerctl knows version {STATE_VERSION}", path.display())]
+    #[diagnostic(
+        code(runnerctl::state::version),
+        help("it was written by another runnerctl; use that version, or run with --reset-state to discard the saved state")
+    )]
+    UnknownVersion { path: PathBuf, found: u64 },
+
+    #[error("could not write the state file {}", path.display())]
+    #[diagnostic(
+        code(runnerctl::state::write),
+        help("check free space and the permissions of the state dir")
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("another runnerctl run{} holds the lock on {}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display())]
+    #[diagnostic(
+        code(runnerctl::state::locked),
+        help("wait for that run to finish; a lock left by a killed run is released automatically")
+    )]
+    Locked { path: PathBuf, pid: Option<u32> },
+}
+
+/// Parse a state file's text.
+pub fn parse(text: &str, path: &Path) -> Result<State, StateError> {
+    let corrupt = |reason: String, line: usize, column: usize| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+        span: offset_of(text, line, column).into(),
+        src: NamedSource::new(path.display().to_string(), text.to_string()),
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| corrupt(e.to_string(), e.line(), e.column()))?;
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    match version {
+        Some(v) if v == u64::from(STATE_VERSION) => {}
+        Some(found) => {
+            return Err(StateError::UnknownVersion {
+                path: path.to_path_buf(),
+                found,
+            })
+        }
+        None => return Err(corrupt("no \"version\" field".to_string(), 1, 1)),
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string(), 1, 1))
+}
+
+/// Byte offset of a 1-based line and column, clamped to the text.
+pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            return (offset + column.saturating_sub(1)).min(text.len());
+        }
+        offset += l.len();
+    }
+    text.len().saturating_sub(1)
+}
+
+/// Load the state, or a fresh one if there is none.
+pub fn load(dir: &Path) -> Result<State, StateError> {
+    let path = dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    parse(&text, &path)
+}
+
+/// Write the state atomically: a temp file in the same dir, fsync, rename.
+pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let write = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    ensure_dir(dir).map_err(write)?;
+    let mut text = serde_json::to_string_pretty(state)
+        .map_err(|e| write(std::io::Error::other(e)))?;
+    text.push('\n');
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
+    tmp.write_all(text.as_bytes()).map_err(write)?;
+    tmp.as_file().sync_all().map_err(write)?;
+    tmp.persist(&path).map_err(|e| write(e.error))?;
+    Ok(())
+}
+
+/// Create the state dir with a `.gitignore` so it never shows up in git.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(ignore, "# written by runnerctl\n*\n")?;
+    }
+    Ok(())
+}
+
+/// The exclusive run lock. Released when dropped, or by the OS when the
+/// process dies, so a killed run never blocks the next one.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+pub fn lock(dir: &Path) -> Result<RunLock, StateError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| StateError::Io {
+        path: path.clone(),
+        source,
+    };
+    ensure_dir(dir).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StateError::Locked {
+                pid: text.trim().parse().ok(),
+                path,
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+    }
+    file.set_len(0).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(RunLock { _file: file })
+}
+
+/// Now, as RFC 3339 UTC.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_atomic_save() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = State::default();
+        state.command = Some("bump".into());
+        state.stages.insert(
+            "build".into(),
+            StageRecord {
+                status: StageStatus::Done,
+                fingerprint: Some("abc".into()),
+                outputs: Outputs {
+                    out_path: Some("/nix/store/x".into()),
+                    ..Outputs::default()
+                },
+                note: None,
+                started_at: None,
+                finished_at: None,
+                duration_ms: Some(3),
+            },
+        );
+        save(dir.path(), &state).expect("save");
+        assert_eq!(load(dir.path()).expect("load"), state);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != STATE_FILE && n != ".gitignore")
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn missing_file_is_fresh_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load(dir.path()).expect("load"), State::default());
+    }
+
+    #[test]
+    fn corrupt_and_unknown_versions_are_errors() {
+        let p = Path::new("state.json");
+        assert!(matches!(parse("{\"version\": 1,", p), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            parse("{\"version\": 99}", p),
+            Err(StateError::UnknownVersion { found: 99, .. })
+        ));
+        assert!(matches!(parse("[]", p), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            parse("{\"version\": 1, \"stages\": 3}", p),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn second_lock_fails_naming_the_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock(dir.path()).expect("first lock");
+        match lock(dir.path()) {
+            Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        lock(dir.path()).expect("lock after release");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in ".{0,300}") {
+            let _ = parse(&text, Path::new("s.json"));
+        }
+    }
+}

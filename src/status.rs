@@ -1,0 +1,92 @@
+//! `runnerctl status`: the saved state, stage by stage.
+
+use serde::Serialize;
+
+use crate::cli::Common;
+use crate::config;
+use crate::state::{self, State};
+
+pub const STAGE_ORDER: &[&str] = &["preflight", "update", "build", "verify", "push", "commit", "git-push"];
+
+#[derive(Debug, Serialize)]
+pub struct StatusDoc {
+    pub schema_version: u32,
+    pub state_file: String,
+    /// False when no run has saved state yet.
+    pub exists: bool,
+    pub state: State,
+}
+
+impl StatusDoc {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if !self.exists {
+            out.push_str(&format!("No saved state at {}: runnerctl has not run here yet.\n", self.state_file));
+            return out;
+        }
+        let s = &self.state;
+        out.push_str(&format!(
+            "Last run: {} — {} (started {}, finished {})\n\n",
+            s.command.as_deref().unwrap_or("?"),
+            s.outcome.as_deref().unwrap_or("unfinished (interrupted; the next run resumes it)"),
+            s.started_at.as_deref().unwrap_or("?"),
+            s.finished_at.as_deref().unwrap_or("-"),
+        ));
+        let mut names: Vec<&String> = s.stages.keys().collect();
+        names.sort_by_key(|n| STAGE_ORDER.iter().position(|o| o == n).unwrap_or(usize::MAX));
+        for name in names {
+            let Some(r) = s.stages.get(name) else { continue };
+            out.push_str(&format!(
+                "  {} {:<10} {:<8} {:<22} {}\n",
+                r.status.symbol(),
+                name,
+                r.status.as_str(),
+                r.finished_at.as_deref().or(r.started_at.as_deref()).unwrap_or("-"),
+                r.note.as_deref().unwrap_or("")
+            ));
+            let o = &r.outputs;
+            let mut facts = Vec::new();
+            if let Some(v) = &o.date {
+                facts.push(format!("date {v}"));
+            }
+            if let Some(v) = &o.lock_hash {
+                facts.push(format!("lock sha256 {}", &v[..v.len().min(16)]));
+            }
+            if let Some(v) = &o.out_path {
+                facts.push(format!("out {v}"));
+            }
+            if let Some(v) = &o.digest {
+                facts.push(format!("digest {v}"));
+            }
+            if !o.tags.is_empty() {
+                facts.push(format!("tags {}", o.tags.join(",")));
+            }
+            if let Some(v) = &o.commit {
+                facts.push(format!("commit {v}"));
+            }
+            for fact in facts {
+                out.push_str(&format!("      {fact}\n"));
+            }
+        }
+        if !s.images.is_empty() {
+            out.push_str("\nImages pushed:\n");
+            for (out_path, image) in &s.images {
+                out.push_str(&format!("  {} {} ← {out_path}\n", image.image, image.digest));
+            }
+        }
+        out
+    }
+}
+
+pub async fn status(common: &Common) -> miette::Result<StatusDoc> {
+    let (_, state_dir) = config::dirs(common)?;
+    let path = state_dir.join(state::STATE_FILE);
+    let exists = path.exists();
+    let state = state::load(&state_dir)?;
+    Ok(StatusDoc {
+        schema_version: crate::report::SCHEMA_VERSION,
+        state_file: path.display().to_string(),
+        exists,
+        state,
+    })
+}
