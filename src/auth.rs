@@ -30,7 +30,10 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
     None,
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
     /// An existing containers auth.json, named by REGISTRY_AUTH_FILE.
     AuthFile(PathBuf),
 }
@@ -42,7 +45,10 @@ pub enum AuthError {
         code(runnerctl::auth::incomplete),
         help("set both RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD, or neither")
     )]
-    Incomplete { set: &'static str, missing: &'static str },
+    Incomplete {
+        set: &'static str,
+        missing: &'static str,
+    },
 
     #[error("REGISTRY_AUTH_FILE names {}, which cannot be read", path.display())]
     #[diagnostic(
@@ -56,7 +62,10 @@ pub enum AuthError {
     },
 
     #[error("could not write the temporary auth file")]
-    #[diagnostic(code(runnerctl::auth::write), help("check that the temp dir ($TMPDIR or /tmp) is writable"))]
+    #[diagnostic(
+        code(runnerctl::auth::write),
+        help("check that the temp dir ($TMPDIR or /tmp) is writable")
+    )]
     Write(#[source] std::io::Error),
 }
 
@@ -65,7 +74,10 @@ impl Credentials {
     /// REGISTRY_AUTH_FILE, else none.
     pub fn from_env() -> Result<Credentials, AuthError> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        match (get("RUNNERCTL_REGISTRY_USER"), get("RUNNERCTL_REGISTRY_PASSWORD")) {
+        match (
+            get("RUNNERCTL_REGISTRY_USER"),
+            get("RUNNERCTL_REGISTRY_PASSWORD"),
+        ) {
             (Some(user), Some(password)) => Ok(Credentials::UserPassword {
                 user,
                 password: Secret::new(password),
@@ -95,7 +107,9 @@ impl Credentials {
     pub fn describe(&self) -> String {
         match self {
             Credentials::None => "none".into(),
-            Credentials::UserPassword { user, .. } => format!("user {user} (from RUNNERCTL_REGISTRY_USER/PASSWORD)"),
+            Credentials::UserPassword { user, .. } => {
+                format!("user {user} (from RUNNERCTL_REGISTRY_USER/PASSWORD)")
+            }
             Credentials::AuthFile(path) => format!("auth file {}", path.display()),
         }
     }
@@ -103,7 +117,8 @@ impl Credentials {
 
 /// The containers-auth.json text for one registry.
 pub fn auth_json(registry: &str, user: &str, password: &Secret) -> String {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
     serde_json::json!({ "auths": { registry: { "auth": token } } }).to_string()
 }
 
@@ -125,7 +140,10 @@ impl AuthFile {
 }
 
 /// Prepare what skopeo needs for `registry`, if anything.
-pub fn auth_file(creds: &Credentials, registry: Option<&str>) -> Result<Option<AuthFile>, AuthError> {
+pub fn auth_file(
+    creds: &Credentials,
+    registry: Option<&str>,
+) -> Result<Option<AuthFile>, AuthError> {
     match (creds, registry) {
         (Credentials::UserPassword { user, password }, Some(registry)) => {
             // tempfile creates the file with mode 0600.
@@ -155,14 +173,18 @@ mod tests {
             user: "ci".into(),
             password: Secret::new("hunter2-Zebra".into()),
         };
-        let file = auth_file(&creds, Some("127.0.0.1:5000")).expect("auth").expect("some");
+        let file = auth_file(&creds, Some("127.0.0.1:5000"))
+            .expect("auth")
+            .expect("some");
         let path = file.path().to_path_buf();
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).expect("read");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let token = v["auths"]["127.0.0.1:5000"]["auth"].as_str().expect("auth");
-        let decoded = base64::engine::general_purpose::STANDARD.decode(token).expect("b64");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .expect("b64");
         assert_eq!(decoded, b"ci:hunter2-Zebra");
         drop(file);
         assert!(!path.exists());

@@ -6,7 +6,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::progress::ProgressMode;
 
-pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RUNNERCTL_GIT_REV"), ")");
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RUNNERCTL_GIT_REV"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +31,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Update flake inputs, build, verify and push the image, commit flake.lock and push the commit.
-    #[command(after_help = "Examples:\n  runnerctl bump\n  runnerctl bump --dry-run\n  runnerctl bump --no-git-push --image oci:/tmp/nixos-oci\n  RUNNERCTL_REGISTRY_USER=ci RUNNERCTL_REGISTRY_PASSWORD=… runnerctl bump --image docker://registry.example.org/infra/runners/nixos")]
+    #[command(
+        after_help = "Examples:\n  runnerctl bump\n  runnerctl bump --dry-run\n  runnerctl bump --no-git-push --image oci:/tmp/nixos-oci\n  RUNNERCTL_REGISTRY_USER=ci RUNNERCTL_REGISTRY_PASSWORD=… runnerctl bump --image docker://registry.example.org/infra/runners/nixos"
+    )]
     Bump(RunArgs),
     /// Build, verify and push the image for flake.lock as committed (what CI runs on main).
     #[command(after_help = "Examples:\n  runnerctl release\n  runnerctl release --dry-run --json")]
@@ -37,7 +44,9 @@ pub enum Command {
     /// Run a real bump end to end in a throwaway workspace (stand-in nixpkgs, fixture flake, local OCI layout, bare remote).
     Demo(DemoArgs),
     /// Print shell completions.
-    #[command(after_help = "Example:\n  runnerctl completions bash > /etc/bash_completion.d/runnerctl")]
+    #[command(
+        after_help = "Example:\n  runnerctl completions bash > /etc/bash_completion.d/runnerctl"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -47,7 +56,13 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// The flake directory (a git checkout).
-    #[arg(short = 'C', long = "flake", env = "RUNNERCTL_FLAKE", value_name = "DIR", default_value = ".")]
+    #[arg(
+        short = 'C',
+        long = "flake",
+        env = "RUNNERCTL_FLAKE",
+        value_name = "DIR",
+        default_value = "."
+    )]
     pub flake: PathBuf,
 
     /// Where runnerctl keeps its state, logs and run lock [default: DIR/.runnerctl].
@@ -77,15 +92,30 @@ pub struct RunArgs {
     pub common: Common,
 
     /// The flake output to build: DIR#NAME.
-    #[arg(long, env = "RUNNERCTL_ATTR", value_name = "NAME", default_value = "nixos")]
+    #[arg(
+        long,
+        env = "RUNNERCTL_ATTR",
+        value_name = "NAME",
+        default_value = "nixos"
+    )]
     pub attr: String,
 
     /// The root input whose lastModified gives {date}.
-    #[arg(long, env = "RUNNERCTL_INPUT", value_name = "NAME", default_value = "nixpkgs")]
+    #[arg(
+        long,
+        env = "RUNNERCTL_INPUT",
+        value_name = "NAME",
+        default_value = "nixpkgs"
+    )]
     pub input: String,
 
     /// Update only these inputs (repeatable) [default: all inputs, like `nix flake update`].
-    #[arg(long = "update-input", env = "RUNNERCTL_UPDATE_INPUTS", value_delimiter = ',', value_name = "NAME")]
+    #[arg(
+        long = "update-input",
+        env = "RUNNERCTL_UPDATE_INPUTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
     pub update_inputs: Vec<String>,
 
     /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
@@ -93,7 +123,12 @@ pub struct RunArgs {
     pub image: Option<String>,
 
     /// Tags to write (repeatable); {date} is the YYYYMMDD of the input's lastModified.
-    #[arg(long = "tag", env = "RUNNERCTL_TAGS", value_delimiter = ',', value_name = "TAG")]
+    #[arg(
+        long = "tag",
+        env = "RUNNERCTL_TAGS",
+        value_delimiter = ',',
+        value_name = "TAG"
+    )]
     pub tags: Vec<String>,
 
     /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
@@ -101,7 +136,12 @@ pub struct RunArgs {
     pub tls_verify: bool,
 
     /// Commit subject template; {date} is the date tag.
-    #[arg(long, env = "RUNNERCTL_COMMIT_MESSAGE", value_name = "TMPL", default_value = "chore(ci): Update nixos to {date}")]
+    #[arg(
+        long,
+        env = "RUNNERCTL_COMMIT_MESSAGE",
+        value_name = "TMPL",
+        default_value = "chore(ci): Update nixos to {date}"
+    )]
     pub commit_message: String,
 
     /// Commit locally, but do not push the commit.
@@ -117,7 +157,12 @@ pub struct RunArgs {
     pub no_verify: bool,
 
     /// Extra paths the image must contain (repeatable), e.g. bin/jq.
-    #[arg(long = "verify-require", env = "RUNNERCTL_VERIFY_REQUIRE", value_delimiter = ',', value_name = "PATH")]
+    #[arg(
+        long = "verify-require",
+        env = "RUNNERCTL_VERIFY_REQUIRE",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
     pub verify_require: Vec<String>,
 
     /// Replace the default required paths instead of adding to them.

@@ -26,7 +26,8 @@ impl Mode {
 }
 
 /// Paths every image must contain, unless replaced.
-pub const DEFAULT_REQUIRED_PATHS: &[&str] = &["bin/bash", "bin/nix", "bin/node", "bin/git", "bin/curl"];
+pub const DEFAULT_REQUIRED_PATHS: &[&str] =
+    &["bin/bash", "bin/nix", "bin/node", "bin/git", "bin/curl"];
 
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
@@ -105,7 +106,10 @@ pub enum ConfigError {
     EmptyCommitMessage,
 
     #[error("the commit message template uses {{{name}}}, which runnerctl does not know")]
-    #[diagnostic(code(runnerctl::config::commit_message), help("the only placeholder is {{date}}"))]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("the only placeholder is {{date}}")
+    )]
     CommitPlaceholder { name: String },
 }
 
@@ -131,7 +135,9 @@ pub fn dirs(common: &Common) -> Result<(PathBuf, PathBuf), ConfigError> {
     })?;
     let state_dir = match &common.state_dir {
         Some(dir) if dir.is_absolute() => dir.clone(),
-        Some(dir) => std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| dir.clone()),
+        Some(dir) => std::env::current_dir()
+            .map(|cwd| cwd.join(dir))
+            .unwrap_or_else(|_| dir.clone()),
         None => flake.join(".runnerctl"),
     };
     Ok((flake, state_dir))
@@ -154,7 +160,10 @@ impl Config {
         } else {
             args.tags.clone()
         };
-        let tag_templates = templates.into_iter().map(TagTemplate::new).collect::<Vec<_>>();
+        let tag_templates = templates
+            .into_iter()
+            .map(TagTemplate::new)
+            .collect::<Vec<_>>();
         // Check the templates now with a sample date, so a bad one fails
         // before anything runs.
         for template in &tag_templates {
@@ -164,7 +173,10 @@ impl Config {
         let mut required_paths: Vec<String> = if args.verify_no_defaults {
             Vec::new()
         } else {
-            DEFAULT_REQUIRED_PATHS.iter().map(|p| p.to_string()).collect()
+            DEFAULT_REQUIRED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
         };
         for extra in &args.verify_require {
             let extra = extra.trim().trim_start_matches('/').to_string();
@@ -206,7 +218,9 @@ impl Config {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.state_dir.join("logs").join(format!("{}.log", self.mode.as_str()))
+        self.state_dir
+            .join("logs")
+            .join(format!("{}.log", self.mode.as_str()))
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -233,7 +247,9 @@ fn check_commit_template(template: &str) -> Result<(), ConfigError> {
             Some(end) => {
                 let name = &after[..end];
                 if name != "date" {
-                    return Err(ConfigError::CommitPlaceholder { name: name.to_string() });
+                    return Err(ConfigError::CommitPlaceholder {
+                        name: name.to_string(),
+                    });
                 }
                 rest = &after[end + 1..];
             }
@@ -250,7 +266,10 @@ mod tests {
     #[test]
     fn commit_templates() {
         assert!(check_commit_template("chore(ci): Update nixos to {date}").is_ok());
-        assert!(matches!(check_commit_template("  "), Err(ConfigError::EmptyCommitMessage)));
+        assert!(matches!(
+            check_commit_template("  "),
+            Err(ConfigError::EmptyCommitMessage)
+        ));
         assert!(matches!(
             check_commit_template("bump {rev}"),
             Err(ConfigError::CommitPlaceholder { name }) if name == "rev"

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use miette::{Diagnostic, NamedSource, SourceSpan};
+use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode, SourceSpan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -126,110 +126,69 @@ pub struct LockedInput {
 }
 
 /// Errors reading or querying a `flake.lock`.
-#[derive(Debug, Error, Diagnostic)]
+///
+/// Each variant says what is wrong; [`LockError::path`] names the file and,
+/// when the lock was read with [`parse`], the diagnostic points into its text
+/// (`miette` source code and label). The help text says what to do.
+///
+/// Where in the file the problem is lives in a boxed [`Site`] so that the
+/// error stays small enough to return by value.
+#[derive(Debug, Error)]
 pub enum LockError {
     /// The text is not JSON, or not JSON of the shape of a lock file.
-    #[error("{path}:{line}:{column}: {message}")]
-    #[diagnostic(code(runnerctl::flake_lock::json))]
+    #[error("{}:{line}:{column}: {message}", .site.path.display())]
     Json {
-        path: PathBuf,
+        /// 1-based line of the problem.
         line: usize,
+        /// 1-based column (in characters) of the problem.
         column: usize,
+        /// What serde_json found wrong, without its position suffix.
         message: String,
-        #[source_code]
-        src: NamedSource<String>,
-        #[label("{message}")]
-        span: SourceSpan,
-        #[help]
-        help: String,
+        /// Whether the text is valid JSON of the wrong shape (rather than
+        /// not JSON at all).
+        shape: bool,
+        site: Box<Site>,
     },
 
     /// The `version` field is missing or not one of [`SUPPORTED_VERSIONS`].
-    #[error("{path}: unsupported flake.lock version {found}")]
-    #[diagnostic(
-        code(runnerctl::flake_lock::unsupported_version),
-        help(
-            "runnerctl reads flake.lock versions {supported}; regenerate the lock file with \
-             `nix flake lock` using a Nix that writes one of those, or upgrade runnerctl"
-        )
-    )]
+    #[error("{}: unsupported flake.lock version {found}", .site.path.display())]
     UnsupportedVersion {
         /// The version as written (JSON text), or `missing`.
         found: String,
-        supported: String,
-        path: PathBuf,
-        #[source_code]
-        src: NamedSource<String>,
-        #[label("version {found} is not supported")]
-        span: SourceSpan,
+        site: Box<Site>,
     },
 
     /// The node named by the top-level `root` field does not exist.
-    #[error("{path}: the root node `{root}` is not in `nodes`")]
-    #[diagnostic(
-        code(runnerctl::flake_lock::missing_root),
-        help(
-            "the lock file is inconsistent; restore it with `git checkout -- flake.lock` or \
-             regenerate it with `nix flake lock`"
-        )
-    )]
-    MissingRoot {
-        root: String,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("no node with this name")]
-        span: Option<SourceSpan>,
-    },
+    #[error("{}: the root node `{root}` is not in `nodes`", .site.path.display())]
+    MissingRoot { root: String, site: Box<Site> },
 
     /// The root node has no input of the requested name.
-    #[error("{path}: the flake has no input named `{input}`")]
-    #[diagnostic(code(runnerctl::flake_lock::input_not_in_root))]
+    #[error("{}: the flake has no input named `{input}`", .site.path.display())]
     InputNotInRoot {
         input: String,
-        /// Names of the root node's inputs.
+        /// Names of the root node's inputs, sorted.
         available: Vec<String>,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("the root node's inputs are declared here")]
-        span: Option<SourceSpan>,
-        #[help]
-        help: String,
+        site: Box<Site>,
     },
 
     /// A node input refers to a node key that does not exist.
-    #[error("{path}: input `{input}` refers to node `{node}`, which is not in `nodes`")]
-    #[diagnostic(
-        code(runnerctl::flake_lock::missing_node),
-        help(
-            "the lock file is inconsistent; restore it with `git checkout -- flake.lock` or \
-             regenerate it with `nix flake lock`"
-        )
+    #[error(
+        "{}: input `{input}` refers to node `{node}`, which is not in `nodes`",
+        .site.path.display()
     )]
     MissingNode {
         /// The root input being resolved.
         input: String,
         /// The node key that is missing.
         node: String,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("refers to a missing node")]
-        span: Option<SourceSpan>,
+        site: Box<Site>,
     },
 
     /// A `follows` path names an input that does not exist.
     #[error(
-        "{path}: input `{input}` follows `{}`, but `{missing}` has no input `{segment}`",
+        "{}: input `{input}` follows `{}`, but `{missing}` has no input `{segment}`",
+        .site.path.display(),
         .follows.join("/")
-    )]
-    #[diagnostic(
-        code(runnerctl::flake_lock::dangling_follows),
-        help(
-            "fix the `follows` declaration in flake.nix (see `nix flake metadata` for the \
-             input tree), then run `nix flake lock`"
-        )
     )]
     DanglingFollows {
         /// The root input being resolved.
@@ -240,71 +199,201 @@ pub enum LockError {
         missing: String,
         /// The path segment that was not found.
         segment: String,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("this follows path does not resolve")]
-        span: Option<SourceSpan>,
+        site: Box<Site>,
     },
 
     /// `follows` declarations refer to each other in a loop.
     #[error(
-        "{path}: resolving input `{input}` loops through `follows`: {}",
+        "{}: resolving input `{input}` loops through `follows`: {}",
+        .site.path.display(),
         .chain.join(" -> ")
-    )]
-    #[diagnostic(
-        code(runnerctl::flake_lock::follows_cycle),
-        help(
-            "fix the `follows` declarations in flake.nix so they do not refer to each other \
-             in a loop, then run `nix flake lock`"
-        )
     )]
     FollowsCycle {
         input: String,
         /// The chain of `node.inputs.name` look-ups, ending where it repeats.
         chain: Vec<String>,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("this follows path leads back to itself")]
-        span: Option<SourceSpan>,
+        site: Box<Site>,
     },
 
-    /// Resolution needed more nested `follows` look-ups than allowed.
-    #[error("{path}: resolving input `{input}` needs more than {limit} nested `follows` steps")]
-    #[diagnostic(
-        code(runnerctl::flake_lock::follows_too_deep),
-        help(
-            "simplify the `follows` declarations in flake.nix and run `nix flake lock`, or \
-             pick another input with `--input`"
-        )
+    /// Resolution needed more `follows` look-ups than allowed.
+    #[error(
+        "{}: resolving input `{input}` needs too many `follows` look-ups \
+         (more than {MAX_FOLLOWS_DEPTH} nested or {MAX_RESOLVE_STEPS} in total)",
+        .site.path.display()
     )]
-    FollowsTooDeep {
-        input: String,
-        limit: usize,
-        path: PathBuf,
-    },
+    FollowsTooDeep { input: String, site: Box<Site> },
 
     /// The resolved node records no `lastModified` time.
-    #[error("{path}: input `{input}` (node `{node}`) has no lastModified time")]
-    #[diagnostic(
-        code(runnerctl::flake_lock::no_last_modified),
-        help(
-            "inputs of type `{kind}` do not record a lastModified time (e.g. `path:` inputs), \
-             so no date tag can be derived from `{input}`; pick another input with `--input`"
-        )
+    #[error(
+        "{}: input `{input}` (node `{node}`) has no lastModified time",
+        .site.path.display()
     )]
     NoLastModified {
         input: String,
         node: String,
         /// The locked `type`, or `unlocked` if the node has no `locked` attribute.
         kind: String,
-        path: PathBuf,
-        #[source_code]
-        src: Option<NamedSource<String>>,
-        #[label("locked without lastModified")]
-        span: Option<SourceSpan>,
+        site: Box<Site>,
     },
+}
+
+/// Where a [`LockError`] happened: the file, and if known its text and the
+/// span of the offending part.
+#[derive(Debug)]
+pub struct Site {
+    path: PathBuf,
+    src: Option<NamedSource<String>>,
+    span: Option<SourceSpan>,
+}
+
+impl Site {
+    fn in_text(path: &Path, text: &str, span: SourceSpan) -> Box<Site> {
+        Box::new(Site {
+            path: path.to_owned(),
+            src: Some(NamedSource::new(
+                path.display().to_string(),
+                text.to_owned(),
+            )),
+            span: Some(span),
+        })
+    }
+}
+
+const RESTORE_HELP: &str = "restore it with `git checkout -- flake.lock` or regenerate it with \
+                            `nix flake lock`";
+
+impl LockError {
+    fn site(&self) -> &Site {
+        match self {
+            LockError::Json { site, .. }
+            | LockError::UnsupportedVersion { site, .. }
+            | LockError::MissingRoot { site, .. }
+            | LockError::InputNotInRoot { site, .. }
+            | LockError::MissingNode { site, .. }
+            | LockError::DanglingFollows { site, .. }
+            | LockError::FollowsCycle { site, .. }
+            | LockError::FollowsTooDeep { site, .. }
+            | LockError::NoLastModified { site, .. } => site,
+        }
+    }
+
+    /// The lock file the error is about (`flake.lock` if the lock was not
+    /// read with [`parse`]).
+    pub fn path(&self) -> &Path {
+        &self.site().path
+    }
+
+    /// Byte span of the offending part of the file, if known.
+    pub fn span(&self) -> Option<SourceSpan> {
+        self.site().span
+    }
+
+    fn code_name(&self) -> &'static str {
+        match self {
+            LockError::Json { .. } => "json",
+            LockError::UnsupportedVersion { .. } => "unsupported_version",
+            LockError::MissingRoot { .. } => "missing_root",
+            LockError::InputNotInRoot { .. } => "input_not_in_root",
+            LockError::MissingNode { .. } => "missing_node",
+            LockError::DanglingFollows { .. } => "dangling_follows",
+            LockError::FollowsCycle { .. } => "follows_cycle",
+            LockError::FollowsTooDeep { .. } => "follows_too_deep",
+            LockError::NoLastModified { .. } => "no_last_modified",
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            LockError::Json { message, .. } => message.clone(),
+            LockError::UnsupportedVersion { found, .. } => {
+                format!("version {found} is not supported")
+            }
+            LockError::MissingRoot { .. } => "no node with this name".to_owned(),
+            LockError::InputNotInRoot { .. } => {
+                "the root node's inputs are declared here".to_owned()
+            }
+            LockError::MissingNode { .. } => "refers to a missing node".to_owned(),
+            LockError::DanglingFollows { .. } => "this follows path does not resolve".to_owned(),
+            LockError::FollowsCycle { .. } => "this follows path leads back to itself".to_owned(),
+            LockError::FollowsTooDeep { .. } => "resolution starts here".to_owned(),
+            LockError::NoLastModified { .. } => "locked without lastModified".to_owned(),
+        }
+    }
+
+    fn help_text(&self) -> String {
+        match self {
+            LockError::Json { shape: false, .. } => {
+                format!("flake.lock is not valid JSON; {RESTORE_HELP}")
+            }
+            LockError::Json { shape: true, .. } => format!(
+                "the file is JSON but not shaped like a flake.lock (`version`, `root` and \
+                 `nodes` with `inputs`/`locked` entries); {RESTORE_HELP}"
+            ),
+            LockError::UnsupportedVersion { .. } => format!(
+                "runnerctl reads flake.lock versions {}; regenerate the lock file with \
+                 `nix flake lock` using a Nix that writes one of those, or upgrade runnerctl",
+                supported_list()
+            ),
+            LockError::MissingRoot { .. } | LockError::MissingNode { .. } => {
+                format!("the lock file is inconsistent; {RESTORE_HELP}")
+            }
+            LockError::InputNotInRoot { available, .. } if available.is_empty() => {
+                "the flake has no inputs at all, so there is nothing to take a date from; add \
+                 an input to flake.nix and run `nix flake lock`"
+                    .to_owned()
+            }
+            LockError::InputNotInRoot { available, .. } => format!(
+                "the flake's inputs are: {}; pass one of them with `--input NAME`",
+                available.join(", ")
+            ),
+            LockError::DanglingFollows { .. } => {
+                "fix the `follows` declaration in flake.nix (`nix flake metadata` shows the \
+                 input tree), then run `nix flake lock`"
+                    .to_owned()
+            }
+            LockError::FollowsCycle { .. } => {
+                "fix the `follows` declarations in flake.nix so they do not refer to each \
+                 other in a loop, then run `nix flake lock`"
+                    .to_owned()
+            }
+            LockError::FollowsTooDeep { .. } => {
+                "simplify the `follows` declarations in flake.nix and run `nix flake lock`, \
+                 or pick another input with `--input NAME`"
+                    .to_owned()
+            }
+            LockError::NoLastModified { input, kind, .. } => format!(
+                "the lock entry of type `{kind}` records no lastModified time (as for `path:` \
+                 inputs), so no date tag can be derived from `{input}`; pick another input, \
+                 e.g. a `github:` one, with `--input NAME`"
+            ),
+        }
+    }
+}
+
+impl Diagnostic for LockError {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(format!(
+            "runnerctl::flake_lock::{}",
+            self.code_name()
+        )))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.help_text()))
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.site().src.as_ref().map(|src| src as &dyn SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let site = self.site();
+        let span = site.span.filter(|_| site.src.is_some())?;
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some(self.label()),
+            span,
+        ))))
+    }
 }
 
 /// Parses the text of a `flake.lock` read from `path`.
@@ -336,15 +425,11 @@ pub fn parse(text: &str, path: &Path) -> Result<FlakeLock, LockError> {
             .unwrap_or_else(|| (0, 0).into());
         return Err(LockError::UnsupportedVersion {
             found,
-            supported: supported_list(),
-            path: path.to_owned(),
-            src: NamedSource::new(path.display().to_string(), text.to_owned()),
-            span,
+            site: Site::in_text(path, text, span),
         });
     }
 
-    let mut lock: FlakeLock =
-        serde_json::from_str(text).map_err(|e| json_error(&e, text, path))?;
+    let mut lock: FlakeLock = serde_json::from_str(text).map_err(|e| json_error(&e, text, path))?;
     lock.source = Some(Arc::new(LockSource {
         path: path.to_owned(),
         text: text.to_owned(),
@@ -354,9 +439,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FlakeLock, LockError> {
         let ctx = lock.context(&["root"], Part::Value);
         return Err(LockError::MissingRoot {
             root: lock.root,
-            path: ctx.path,
-            src: ctx.src,
-            span: ctx.span,
+            site: ctx,
         });
     }
     Ok(lock)
@@ -425,26 +508,12 @@ fn json_error(err: &serde_json::Error, text: &str, path: &Path) -> LockError {
         .and_then(|rest| rest.chars().next())
         .map_or(0, char::len_utf8);
 
-    let help = match err.classify() {
-        Category::Data => {
-            "the file is JSON but not shaped like a flake.lock (`version`, `root` and `nodes` \
-             with `inputs`/`locked` entries); restore it with `git checkout -- flake.lock` or \
-             regenerate it with `nix flake lock`"
-        }
-        _ => {
-            "flake.lock is not valid JSON; restore it with `git checkout -- flake.lock` or \
-             regenerate it with `nix flake lock`"
-        }
-    };
-
     LockError::Json {
-        path: path.to_owned(),
         line,
         column,
         message,
-        src: NamedSource::new(path.display().to_string(), text.to_owned()),
-        span: (offset, len).into(),
-        help: help.to_owned(),
+        shape: err.classify() == Category::Data,
+        site: Site::in_text(path, text, (offset, len).into()),
     }
 }
 
@@ -652,13 +721,6 @@ impl Scanner<'_> {
     }
 }
 
-/// File path, source text and span to attach to an error.
-struct Context {
-    path: PathBuf,
-    src: Option<NamedSource<String>>,
-    span: Option<SourceSpan>,
-}
-
 /// State of one root-input resolution: the look-ups in progress (for cycle
 /// detection) and the total number of steps taken.
 struct Resolver<'a> {
@@ -668,34 +730,28 @@ struct Resolver<'a> {
 }
 
 impl FlakeLock {
-    fn path(&self) -> PathBuf {
-        self.source
-            .as_ref()
-            .map_or_else(|| PathBuf::from(DEFAULT_FILE_NAME), |s| s.path.clone())
-    }
-
     /// Locates `json_path` in the original text (if known) for an error label.
-    fn context(&self, json_path: &[&str], part: Part) -> Context {
+    fn context(&self, json_path: &[&str], part: Part) -> Box<Site> {
         match &self.source {
             Some(source) => {
                 let span = locate(&source.text, json_path).map(|loc| match part {
                     Part::Key => loc.key,
                     Part::Value => loc.value,
                 });
-                Context {
+                Box::new(Site {
                     path: source.path.clone(),
                     src: Some(NamedSource::new(
                         source.path.display().to_string(),
                         source.text.clone(),
                     )),
                     span,
-                }
+                })
             }
-            None => Context {
+            None => Box::new(Site {
                 path: PathBuf::from(DEFAULT_FILE_NAME),
                 src: None,
                 span: None,
-            },
+            }),
         }
     }
 
@@ -704,9 +760,7 @@ impl FlakeLock {
             let ctx = self.context(&["root"], Part::Value);
             LockError::MissingRoot {
                 root: self.root.clone(),
-                path: ctx.path,
-                src: ctx.src,
-                span: ctx.span,
+                site: ctx,
             }
         })
     }
@@ -717,27 +771,14 @@ impl FlakeLock {
         let root = self.root_node()?;
         let Some((input, _)) = root.inputs.get_key_value(name) else {
             let available: Vec<String> = root.inputs.keys().cloned().collect();
-            let ctx = match self.context(&["nodes", &self.root, "inputs"], Part::Key) {
-                Context { span: None, .. } => self.context(&["nodes", &self.root], Part::Key),
-                found => found,
-            };
-            let help = if available.is_empty() {
-                "the flake has no inputs at all, so there is nothing to take a date from; \
-                 add an input to flake.nix and run `nix flake lock`"
-                    .to_owned()
-            } else {
-                format!(
-                    "the flake's inputs are: {}; pass one of them with `--input NAME`",
-                    available.join(", ")
-                )
-            };
+            let mut site = self.context(&["nodes", &self.root, "inputs"], Part::Key);
+            if site.span.is_none() {
+                site = self.context(&["nodes", &self.root], Part::Key);
+            }
             return Err(LockError::InputNotInRoot {
                 input: name.to_owned(),
                 available,
-                path: ctx.path,
-                src: ctx.src,
-                span: ctx.span,
-                help,
+                site,
             });
         };
         let mut resolver = Resolver {
@@ -766,17 +807,14 @@ impl FlakeLock {
             return Err(LockError::FollowsCycle {
                 input: r.input.to_owned(),
                 chain,
-                path: ctx.path,
-                src: ctx.src,
-                span: ctx.span,
+                site: ctx,
             });
         }
         r.steps += 1;
         if r.stack.len() >= MAX_FOLLOWS_DEPTH || r.steps > MAX_RESOLVE_STEPS {
             return Err(LockError::FollowsTooDeep {
                 input: r.input.to_owned(),
-                limit: MAX_FOLLOWS_DEPTH,
-                path: self.path(),
+                site: self.context(&["nodes", &self.root, "inputs", r.input], Part::Value),
             });
         }
 
@@ -793,9 +831,7 @@ impl FlakeLock {
                     follows: vec![input.to_owned()],
                     missing: node.to_owned(),
                     segment: input.to_owned(),
-                    path: ctx.path,
-                    src: ctx.src,
-                    span: ctx.span,
+                    site: ctx,
                 }
             })?;
 
@@ -809,9 +845,7 @@ impl FlakeLock {
                     Err(LockError::MissingNode {
                         input: r.input.to_owned(),
                         node: key.clone(),
-                        path: ctx.path,
-                        src: ctx.src,
-                        span: ctx.span,
+                        site: ctx,
                     })
                 }
             }
@@ -842,9 +876,7 @@ impl FlakeLock {
                     follows: follows.to_vec(),
                     missing: current.to_owned(),
                     segment: segment.clone(),
-                    path: ctx.path,
-                    src: ctx.src,
-                    span: ctx.span,
+                    site: ctx,
                 });
             }
             current = self.resolve_input(r, current, segment)?;
@@ -883,9 +915,7 @@ impl FlakeLock {
                     input: locked.input,
                     node: locked.node,
                     kind,
-                    path: ctx.path,
-                    src: ctx.src,
-                    span: ctx.span,
+                    site: ctx,
                 })
             }
         }
@@ -915,7 +945,7 @@ fn utc_date(secs: i64) -> time::Date {
 }
 
 /// A `YYYYMMDD` date used as an image tag.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct DateTag(String);
 
@@ -1000,7 +1030,9 @@ fn describe(input: &LockedInput) -> String {
     let id = match (&input.rev, &input.nar_hash) {
         (Some(rev), _) => rev.chars().take(12).collect(),
         (None, Some(hash)) => match hash.split_once('-') {
-            Some((algo, digest)) => format!("{algo}-{}", digest.chars().take(12).collect::<String>()),
+            Some((algo, digest)) => {
+                format!("{algo}-{}", digest.chars().take(12).collect::<String>())
+            }
             None => hash.chars().take(12).collect(),
         },
         (None, None) => "unknown".to_owned(),
@@ -1243,14 +1275,16 @@ mod tests {
             LockError::Json {
                 line,
                 column,
-                span,
                 message,
+                shape,
                 ..
             } => {
                 assert_eq!((*line, *column), (5, 6));
                 assert_eq!(message, "trailing comma before `}`");
+                assert!(!shape);
                 let line5 = text.lines().take(4).map(|l| l.len() + 1).sum::<usize>();
-                assert_eq!(span.offset(), line5 + 5);
+                assert_eq!(err.span().unwrap().offset(), line5 + 5);
+                assert_eq!(err.path(), path());
             }
             e => panic!("{e:?}"),
         }
@@ -1261,15 +1295,25 @@ mod tests {
         assert!(help.contains("git checkout -- flake.lock"), "{help}");
         assert!(help.contains("nix flake lock"), "{help}");
         let rendered = render(&err);
-        assert!(rendered.contains("/srv/runner/flake.lock:5:6"), "{rendered}");
+        assert!(
+            rendered.contains("/srv/runner/flake.lock:5:6"),
+            "{rendered}"
+        );
 
         // Comma before `]`, and other syntax errors.
         let text = "{\n\n\n\n  \"nodes\": [1, ]}";
         let err = parse(text, path()).unwrap_err();
-        assert!(err.to_string().ends_with(":5:14: trailing comma before `]`"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with(":5:14: trailing comma before `]`"),
+            "{err}"
+        );
         let text = "{\"version\": 7, \"root\": \"r\" \"nodes\": {}}";
         let err = parse(text, path()).unwrap_err();
-        assert!(err.to_string().ends_with(":1:28: expected `,` or `}`"), "{err}");
+        assert!(
+            err.to_string().ends_with(":1:28: expected `,` or `}`"),
+            "{err}"
+        );
         assert_eq!(label_text(&err, text), "\"");
         let text = "{\n  \"root\": tru }";
         let err = parse(text, path()).unwrap_err();
@@ -1295,7 +1339,17 @@ mod tests {
     fn column_counts_characters() {
         let text = "{\"é\": 1, \"ü\": x}";
         let err = parse(text, path()).unwrap_err();
-        assert!(matches!(err, LockError::Json { line: 1, column: 15, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                LockError::Json {
+                    line: 1,
+                    column: 15,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert_eq!(label_text(&err, text), "x");
     }
 
@@ -1303,9 +1357,8 @@ mod tests {
     fn json_errors_at_end_of_input_are_clamped() {
         for text in ["", "{", "{\"version\": 7", "\n\n", "{\"a\": \"é"] {
             let err = parse(text, path()).unwrap_err();
-            let LockError::Json { span, .. } = &err else {
-                panic!("{err:?}")
-            };
+            assert!(matches!(err, LockError::Json { .. }), "{err:?}");
+            let span = err.span().unwrap();
             assert!(span.offset() + span.len() <= text.len(), "{text:?}");
             render(&err);
         }
@@ -1320,8 +1373,14 @@ mod tests {
         };
         assert_eq!((*line, *column), (1, 41));
         assert_eq!(label_text(&err, text), "[");
-        assert!(err.to_string().contains("invalid type: sequence, expected a map"));
-        assert!(err.help().unwrap().to_string().contains("not shaped like a flake.lock"));
+        assert!(err
+            .to_string()
+            .contains("invalid type: sequence, expected a map"));
+        assert!(err
+            .help()
+            .unwrap()
+            .to_string()
+            .contains("not shaped like a flake.lock"));
 
         // Compound value without a space before it.
         let text = "{\"version\": 7, \"root\": \"root\", \"nodes\":{\"root\":{\"inputs\":[]}}}";
@@ -1336,21 +1395,32 @@ mod tests {
         let err = parse(text, path()).unwrap_err();
         assert_eq!(label_text(&err, text), "5");
 
-        // Nodes are buffered (they keep unknown fields), so a bad input is
-        // reported at the end of its node, with a message saying what fits.
-        let text = "{\"version\": 7, \"root\": \"root\", \"nodes\": {\"root\": {\"inputs\": {\"a\": 1}}}}";
+        // Input references are buffered (they are untagged), so a bad one is
+        // reported just after its value, with a message saying what fits.
+        let text =
+            "{\"version\": 7, \"root\": \"root\", \"nodes\": {\"root\": {\"inputs\": {\"a\": 1}}}}";
         let err = parse(text, path()).unwrap_err();
         assert_eq!(label_text(&err, text), "}");
-        assert_eq!(err.labels().unwrap().next().unwrap().offset(), text.len() - 3);
-        assert!(err.to_string().contains("follows path (array of strings)"), "{err}");
+        assert_eq!(
+            err.labels().unwrap().next().unwrap().offset(),
+            text.len() - 4
+        );
+        assert!(
+            err.to_string().contains("follows path (array of strings)"),
+            "{err}"
+        );
 
         // Missing field: the label is the end of the object lacking it.
         let text = "{\"version\": 7,\n \"nodes\": {}\n}";
         let err = parse(text, path()).unwrap_err();
-        assert!(err.to_string().ends_with(":3:1: missing field `root`"), "{err}");
+        assert!(
+            err.to_string().ends_with(":3:1: missing field `root`"),
+            "{err}"
+        );
 
         let err = parse("[7]", path()).unwrap_err();
-        assert_eq!(label_text(&err, "[7]"), "[");
+        assert_eq!(label_text(&err, "[7]"), "]");
+        assert!(err.to_string().contains("invalid length 1"), "{err}");
         let err = parse("  \"x\"", path()).unwrap_err();
         assert_eq!(label_text(&err, "  \"x\""), "\"");
     }
@@ -1445,10 +1515,7 @@ mod tests {
         match &err {
             LockError::FollowsCycle { input, chain, .. } => {
                 assert_eq!(input, "a");
-                assert_eq!(
-                    chain,
-                    &["root.inputs.a", "root.inputs.b", "root.inputs.a"]
-                );
+                assert_eq!(chain, &["root.inputs.a", "root.inputs.b", "root.inputs.a"]);
             }
             e => panic!("{e:?}"),
         }
@@ -1479,32 +1546,51 @@ mod tests {
         assert_eq!(lock.resolve_root_input("i150").unwrap(), "n");
         assert!(matches!(
             lock.resolve_root_input("i0"),
-            Err(LockError::FollowsTooDeep { limit: MAX_FOLLOWS_DEPTH, .. })
+            Err(LockError::FollowsTooDeep { .. })
         ));
+    }
+
+    /// Each level's `x` follows two paths that both resolve the next
+    /// level's `x`: 2^levels look-ups without a step budget.
+    fn doubling_graph(levels: usize) -> FlakeLock {
+        let mut root = serde_json::Map::new();
+        let mut leaf = serde_json::Map::new();
+        let mut nodes = serde_json::Map::new();
+        for k in 0..levels {
+            let next = format!("i{}", k + 1);
+            root.insert(format!("i{k}"), json!(format!("n{k}")));
+            root.insert(format!("p{k}"), json!([next, "x"]));
+            leaf.insert(format!("q{k}"), json!([next, "x"]));
+            nodes.insert(
+                format!("n{k}"),
+                json!({ "inputs": { "x": [format!("p{k}"), format!("q{k}")] } }),
+            );
+        }
+        root.insert(format!("i{levels}"), json!(format!("n{levels}")));
+        nodes.insert(format!("n{levels}"), json!({ "inputs": { "x": "leaf" } }));
+        nodes.insert(
+            "leaf".into(),
+            json!({ "inputs": leaf, "locked": { "type": "git", "lastModified": 0 } }),
+        );
+        nodes.insert("root".into(), json!({ "inputs": root }));
+        lock_from(json!({ "nodes": nodes, "root": "root", "version": 7 }))
     }
 
     #[test]
     fn exponential_follows_graphs_hit_the_step_budget() {
-        // Each input follows the next one twice: 2^40 look-ups without a budget.
-        let mut inputs = serde_json::Map::new();
-        let mut nodes = serde_json::Map::new();
-        for i in 0..40 {
-            inputs.insert(format!("i{i}"), json!(format!("n{i}")));
-            nodes.insert(
-                format!("n{i}"),
-                json!({ "inputs": { "x": [format!("i{}", i + 1), "x"] } }),
-            );
-        }
-        inputs.insert("i40".into(), json!("n40"));
-        nodes.insert("n40".into(), json!({ "inputs": { "x": "leaf" } }));
-        nodes.insert("leaf".into(), json!({}));
-        nodes.insert("root".into(), json!({ "inputs": inputs }));
-        inputs = serde_json::Map::new();
-        inputs.insert("top".into(), json!(["i0", "x"]));
-        let lock = lock_from(json!({ "nodes": nodes, "root": "root", "version": 7 }));
-        // Linear chain: fine.
-        assert_eq!(lock.resolve_root_input("i0").unwrap(), "n0");
-        let _ = inputs;
+        let small = doubling_graph(6);
+        small.resolve_root_input("p0").unwrap();
+        assert_eq!(small.resolve_root_input("p0").unwrap(), "leaf");
+        // 2^28 look-ups if unbounded; nesting stays below MAX_FOLLOWS_DEPTH.
+        let big = doubling_graph(28);
+        assert_eq!(big.resolve_root_input("p27").unwrap(), "leaf");
+        assert!(matches!(
+            big.resolve_root_input("p0"),
+            Err(LockError::FollowsTooDeep { .. })
+        ));
+        // Skipped, not fatal, when listing inputs.
+        assert!(big.root_inputs().iter().any(|i| i.input == "p27"));
+        assert!(!big.root_inputs().iter().any(|i| i.input == "p0"));
     }
 
     #[test]
@@ -1560,11 +1646,17 @@ mod tests {
             } => {
                 assert_eq!(input, "nixpkgs");
                 assert_eq!(follows, &["upstream", "nixpkgs"]);
-                assert_eq!((missing.as_str(), segment.as_str()), ("upstream", "nixpkgs"));
+                assert_eq!(
+                    (missing.as_str(), segment.as_str()),
+                    ("upstream", "nixpkgs")
+                );
             }
             e => panic!("{e:?}"),
         }
-        assert!(err.to_string().contains("follows `upstream/nixpkgs`"), "{err}");
+        assert!(
+            err.to_string().contains("follows `upstream/nixpkgs`"),
+            "{err}"
+        );
         assert!(label_text(&err, &text).starts_with('['));
 
         let err = lock.resolve_root_input("gone").unwrap_err();
@@ -1580,18 +1672,35 @@ mod tests {
         assert_eq!(secrets.rev, None);
         let err = lock.date_tag("secrets").unwrap_err();
         match &err {
-            LockError::NoLastModified { input, node, kind, .. } => {
-                assert_eq!((input.as_str(), node.as_str(), kind.as_str()), ("secrets", "secrets", "path"));
+            LockError::NoLastModified {
+                input, node, kind, ..
+            } => {
+                assert_eq!(
+                    (input.as_str(), node.as_str(), kind.as_str()),
+                    ("secrets", "secrets", "path")
+                );
             }
             e => panic!("{e:?}"),
         }
         let help = err.help().unwrap().to_string();
-        assert!(help.contains("`path`") && help.contains("--input"), "{help}");
+        assert!(
+            help.contains("`path`") && help.contains("--input"),
+            "{help}"
+        );
         assert_eq!(label_text(&err, REALISTIC), "\"locked\"");
         let offset = err.labels().unwrap().next().unwrap().offset();
         assert!(offset > REALISTIC.find("\"secrets\": {").unwrap());
         let rendered = render(&err);
-        assert!(rendered.contains("locked without lastModified"), "{rendered}");
+        assert!(
+            rendered.contains("locked without lastModified"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn errors_stay_small() {
+        // Keeps `Result<_, LockError>` below clippy's `result_large_err` limit.
+        assert!(std::mem::size_of::<LockError>() <= 128);
     }
 
     #[test]
@@ -1710,14 +1819,18 @@ mod tests {
 
     #[test]
     fn locate_finds_nested_members() {
-        let text = r#"{ "a": [1, {"b": "}"}], "n\u0061me": { "x": "a\"b", "y" : { "z": -1.5e3 } } }"#;
+        let text =
+            r#"{ "a": [1, {"b": "}"}], "n\u0061me": { "x": "a\"b", "y" : { "z": -1.5e3 } } }"#;
         let loc = locate(text, &["name", "y", "z"]).unwrap();
         assert_eq!(&text[loc.value.offset()..][..loc.value.len()], "-1.5e3");
         assert_eq!(&text[loc.key.offset()..][..loc.key.len()], "\"z\"");
         let loc = locate(text, &["name", "x"]).unwrap();
         assert_eq!(&text[loc.value.offset()..][..loc.value.len()], "\"a\\\"b\"");
         let loc = locate(text, &["a"]).unwrap();
-        assert_eq!(&text[loc.value.offset()..][..loc.value.len()], "[1, {\"b\": \"}\"}]");
+        assert_eq!(
+            &text[loc.value.offset()..][..loc.value.len()],
+            "[1, {\"b\": \"}\"}]"
+        );
         assert_eq!(locate(text, &["name", "q"]), None);
         assert_eq!(locate(text, &["a", "b"]), None);
         assert_eq!(locate(text, &[]), None);

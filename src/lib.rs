@@ -4,6 +4,10 @@
 //! through one runner (`tool`), save what they did (`state`) and send
 //! progress events (`progress`).
 
+// Diagnostics carry their source text and spans; boxing every error would
+// only move that cost around.
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -47,38 +47,69 @@ pub struct Ctx {
     pub digest: Option<String>,
     pub commit: Option<String>,
     pub authfile: Option<AuthFile>,
+    /// Dry-run bump: the throwaway copy of the flake with the new lock.
+    pub dry_flake: Option<tempfile::TempDir>,
+    /// Where each tag points, as last asked.
+    pub tag_states: Option<Vec<stage::push::TagState>>,
     pub report: Report,
 }
 
 #[derive(Debug, Error, Diagnostic)]
 #[error("runnerctl could not prepare {what}")]
-#[diagnostic(code(runnerctl::internal), help("this is a bug in runnerctl; please report it with the output above"))]
+#[diagnostic(
+    code(runnerctl::internal),
+    help("this is a bug in runnerctl; please report it with the output above")
+)]
 pub struct Missing {
     pub what: &'static str,
 }
 
 impl Ctx {
     pub fn nix(&self) -> miette::Result<&Nix> {
-        self.nix.as_ref().ok_or_else(|| Missing { what: "nix" }.into())
+        self.nix
+            .as_ref()
+            .ok_or_else(|| Missing { what: "nix" }.into())
     }
     pub fn skopeo(&self) -> miette::Result<&Skopeo> {
-        self.skopeo.as_ref().ok_or_else(|| Missing { what: "skopeo" }.into())
+        self.skopeo
+            .as_ref()
+            .ok_or_else(|| Missing { what: "skopeo" }.into())
     }
     pub fn git(&self) -> miette::Result<&Git> {
-        self.git.as_ref().ok_or_else(|| Missing { what: "git" }.into())
+        self.git
+            .as_ref()
+            .ok_or_else(|| Missing { what: "git" }.into())
     }
+    /// A dry-run bump whose throwaway update changed the lock: the commit
+    /// and push stages would run.
+    pub fn dry_run_changes(&self) -> bool {
+        self.dry_flake.is_some() && !self.changes.is_empty()
+    }
+
+    /// The flake to evaluate: the dry-run copy with the new lock, if any.
+    pub fn eval_flake(&self) -> PathBuf {
+        match &self.dry_flake {
+            Some(dir) => dir.path().to_path_buf(),
+            None => self.cfg.flake.clone(),
+        }
+    }
+
     pub fn reporter(&self) -> &Reporter {
         self.runner.reporter()
     }
     pub fn lock(&self) -> miette::Result<&FlakeLock> {
-        self.lock.as_ref().ok_or_else(|| Missing { what: "flake.lock" }.into())
+        self.lock
+            .as_ref()
+            .ok_or_else(|| Missing { what: "flake.lock" }.into())
     }
 
     /// Read and parse the working flake.lock.
     pub fn reload_lock(&mut self) -> miette::Result<()> {
         let path = self.cfg.lock_path();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| LockRead { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| LockRead {
+            path: path.clone(),
+            source,
+        })?;
         let lock = crate::flake_lock::parse(&text, &path)?;
         self.lock_text = text;
         self.lock = Some(lock);
@@ -97,7 +128,8 @@ impl Ctx {
         }
         self.report.date = Some(date.to_string());
         self.report.tags = tags.iter().map(|t| t.to_string()).collect();
-        self.report.commit_message = (self.cfg.mode == Mode::Bump).then(|| self.cfg.subject(date.as_str()));
+        self.report.commit_message =
+            (self.cfg.mode == Mode::Bump).then(|| self.cfg.subject(date.as_str()));
         self.date = Some(date);
         self.tags = tags;
         Ok(())
@@ -117,7 +149,10 @@ impl Ctx {
 
 #[derive(Debug, Error, Diagnostic)]
 #[error("could not read {}", path.display())]
-#[diagnostic(code(runnerctl::lock::read), help("run runnerctl in a flake that has a flake.lock (create one with `nix flake lock`)"))]
+#[diagnostic(
+    code(runnerctl::lock::read),
+    help("run runnerctl in a flake that has a flake.lock (create one with `nix flake lock`)")
+)]
 pub struct LockRead {
     pub path: PathBuf,
     #[source]
@@ -141,6 +176,10 @@ async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
     let result: miette::Result<(StageStatus, stage::Done, Vec<String>)> = async {
         match stage.check(cx).await? {
             Check::Done(done) => Ok((StageStatus::Skipped, done, Vec::new())),
+            Check::Todo(_) if cx.cfg.dry_run && stage.read_only() => {
+                let done = stage.run(cx).await?;
+                Ok((StageStatus::Done, done, Vec::new()))
+            }
             Check::Todo(_) if cx.cfg.dry_run => {
                 let plan = stage.plan(cx);
                 let note = stage.dry_run(cx).await?;
@@ -170,7 +209,13 @@ async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
     let duration = started.elapsed();
     let (status, note, outputs, commands, error) = match result {
         Ok((status, done, commands)) => (status, done.note, done.outputs, commands, None),
-        Err(err) => (StageStatus::Failed, err.to_string(), Outputs::default(), Vec::new(), Some(err)),
+        Err(err) => (
+            StageStatus::Failed,
+            err.to_string(),
+            Outputs::default(),
+            Vec::new(),
+            Some(err),
+        ),
     };
     cx.reporter().emit(Event::StageFinished {
         stage: name,
@@ -272,7 +317,11 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
     }
 }
 
-async fn run_inner(cfg: Config, reporter: Reporter, report: &mut Report) -> miette::Result<&'static str> {
+async fn run_inner(
+    cfg: Config,
+    reporter: Reporter,
+    report: &mut Report,
+) -> miette::Result<&'static str> {
     // The run lock and the state (not in a dry run: it changes nothing).
     let _lock = if cfg.dry_run {
         None
@@ -293,7 +342,10 @@ async fn run_inner(cfg: Config, reporter: Reporter, report: &mut Report) -> miet
     };
     let mode = cfg.mode;
     let resume = saved.command.as_deref() == Some(mode.as_str())
-        && !matches!(saved.outcome.as_deref(), Some("success") | Some("up-to-date"));
+        && !matches!(
+            saved.outcome.as_deref(),
+            Some("success") | Some("up-to-date")
+        );
     if !cfg.dry_run {
         if !resume {
             saved.stages.clear();
@@ -329,11 +381,14 @@ async fn run_inner(cfg: Config, reporter: Reporter, report: &mut Report) -> miet
         digest: None,
         commit: None,
         authfile: None,
+        dry_flake: None,
+        tag_states: None,
         report: std::mem::replace(report, Report::new(mode.as_str(), false)),
     };
     cx.save()?;
     if resume {
-        cx.reporter().info(format!("resuming the unfinished {} run", mode.as_str()));
+        cx.reporter()
+            .info(format!("resuming the unfinished {} run", mode.as_str()));
     }
 
     let result = stages(&mut cx).await;

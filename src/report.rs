@@ -79,7 +79,10 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         if self.dry_run {
-            out.push_str(&format!("Plan for `runnerctl {}` (dry run: nothing is changed)\n", self.command));
+            out.push_str(&format!(
+                "Plan for `runnerctl {}` (dry run: nothing is changed)\n",
+                self.command
+            ));
         } else {
             out.push_str(&format!("runnerctl {}: {}\n", self.command, self.outcome));
         }
@@ -91,7 +94,11 @@ impl Report {
                 stage.status.symbol(),
                 stage.name,
                 stage.status.as_str(),
-                if self.dry_run { String::new() } else { format_duration(std::time::Duration::from_millis(stage.duration_ms)) },
+                if self.dry_run {
+                    String::new()
+                } else {
+                    format_duration(std::time::Duration::from_millis(stage.duration_ms))
+                },
                 stage.note,
             ));
             for command in &stage.commands {
@@ -154,9 +161,25 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "schema_version", "command", "outcome", "dry_run", "flake", "image", "date", "tags",
-                "digest", "drv_path", "out_path", "commit", "commit_message", "changes", "stages",
-                "duration_ms", "state_file", "log_file", "error"
+                "schema_version",
+                "command",
+                "outcome",
+                "dry_run",
+                "flake",
+                "image",
+                "date",
+                "tags",
+                "digest",
+                "drv_path",
+                "out_path",
+                "commit",
+                "commit_message",
+                "changes",
+                "stages",
+                "duration_ms",
+                "state_file",
+                "log_file",
+                "error"
             ]
         );
         assert_eq!(value["schema_version"], 1);
@@ -169,7 +192,12 @@ mod tests {
         };
         let v = serde_json::to_value(&stage).expect("stage");
         assert_eq!(v["status"], "skipped");
-        let keys: Vec<&str> = v.as_object().expect("obj").keys().map(String::as_str).collect();
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("obj")
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, ["name", "status", "note", "duration_ms", "commands"]);
     }
 }

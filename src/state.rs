@@ -195,8 +195,8 @@ pub fn parse(text: &str, path: &Path) -> Result<State, StateError> {
         span: offset_of(text, line, column).into(),
         src: NamedSource::new(path.display().to_string(), text.to_string()),
     };
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| corrupt(e.to_string(), e.line(), e.column()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| corrupt(e.to_string(), e.line(), e.column()))?;
     let version = value.get("version").and_then(serde_json::Value::as_u64);
     match version {
         Some(v) if v == u64::from(STATE_VERSION) => {}
@@ -242,8 +242,8 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
         source,
     };
     ensure_dir(dir).map_err(write)?;
-    let mut text = serde_json::to_string_pretty(state)
-        .map_err(|e| write(std::io::Error::other(e)))?;
+    let mut text =
+        serde_json::to_string_pretty(state).map_err(|e| write(std::io::Error::other(e)))?;
     text.push('\n');
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
     tmp.write_all(text.as_bytes()).map_err(write)?;
@@ -315,8 +315,10 @@ mod tests {
     #[test]
     fn round_trip_and_atomic_save() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut state = State::default();
-        state.command = Some("bump".into());
+        let mut state = State {
+            command: Some("bump".into()),
+            ..State::default()
+        };
         state.stages.insert(
             "build".into(),
             StageRecord {
@@ -352,7 +354,10 @@ mod tests {
     #[test]
     fn corrupt_and_unknown_versions_are_errors() {
         let p = Path::new("state.json");
-        assert!(matches!(parse("{\"version\": 1,", p), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            parse("{\"version\": 1,", p),
+            Err(StateError::Corrupt { .. })
+        ));
         assert!(matches!(
             parse("{\"version\": 99}", p),
             Err(StateError::UnknownVersion { found: 99, .. })

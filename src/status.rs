@@ -6,7 +6,15 @@ use crate::cli::Common;
 use crate::config;
 use crate::state::{self, State};
 
-pub const STAGE_ORDER: &[&str] = &["preflight", "update", "build", "verify", "push", "commit", "git-push"];
+pub const STAGE_ORDER: &[&str] = &[
+    "preflight",
+    "update",
+    "build",
+    "verify",
+    "push",
+    "commit",
+    "git-push",
+];
 
 #[derive(Debug, Serialize)]
 pub struct StatusDoc {
@@ -21,27 +29,42 @@ impl StatusDoc {
     pub fn render(&self) -> String {
         let mut out = String::new();
         if !self.exists {
-            out.push_str(&format!("No saved state at {}: runnerctl has not run here yet.\n", self.state_file));
+            out.push_str(&format!(
+                "No saved state at {}: runnerctl has not run here yet.\n",
+                self.state_file
+            ));
             return out;
         }
         let s = &self.state;
         out.push_str(&format!(
             "Last run: {} — {} (started {}, finished {})\n\n",
             s.command.as_deref().unwrap_or("?"),
-            s.outcome.as_deref().unwrap_or("unfinished (interrupted; the next run resumes it)"),
+            s.outcome
+                .as_deref()
+                .unwrap_or("unfinished (interrupted; the next run resumes it)"),
             s.started_at.as_deref().unwrap_or("?"),
             s.finished_at.as_deref().unwrap_or("-"),
         ));
         let mut names: Vec<&String> = s.stages.keys().collect();
-        names.sort_by_key(|n| STAGE_ORDER.iter().position(|o| o == n).unwrap_or(usize::MAX));
+        names.sort_by_key(|n| {
+            STAGE_ORDER
+                .iter()
+                .position(|o| o == n)
+                .unwrap_or(usize::MAX)
+        });
         for name in names {
-            let Some(r) = s.stages.get(name) else { continue };
+            let Some(r) = s.stages.get(name) else {
+                continue;
+            };
             out.push_str(&format!(
                 "  {} {:<10} {:<8} {:<22} {}\n",
                 r.status.symbol(),
                 name,
                 r.status.as_str(),
-                r.finished_at.as_deref().or(r.started_at.as_deref()).unwrap_or("-"),
+                r.finished_at
+                    .as_deref()
+                    .or(r.started_at.as_deref())
+                    .unwrap_or("-"),
                 r.note.as_deref().unwrap_or("")
             ));
             let o = &r.outputs;
@@ -71,7 +94,10 @@ impl StatusDoc {
         if !s.images.is_empty() {
             out.push_str("\nImages pushed:\n");
             for (out_path, image) in &s.images {
-                out.push_str(&format!("  {} {} ← {out_path}\n", image.image, image.digest));
+                out.push_str(&format!(
+                    "  {} {} ← {out_path}\n",
+                    image.image, image.digest
+                ));
             }
         }
         out

@@ -41,7 +41,10 @@ pub enum ArchiveError {
     Directory { path: PathBuf },
 
     #[error("could not write the image archive {}", path.display())]
-    #[diagnostic(code(runnerctl::archive::write), help("check free space in the state dir"))]
+    #[diagnostic(
+        code(runnerctl::archive::write),
+        help("check free space in the state dir")
+    )]
     Write {
         path: PathBuf,
         #[source]
@@ -151,7 +154,10 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(kind_of(&[0x1f, 0x8b, 8]), ArchiveKind::Gzip);
-        assert_eq!(kind_of(b"#!/nix/store/x-bash/bin/bash"), ArchiveKind::Script);
+        assert_eq!(
+            kind_of(b"#!/nix/store/x-bash/bin/bash"),
+            ArchiveKind::Script
+        );
         assert_eq!(kind_of(b"manifest.json\0"), ArchiveKind::Tar);
         assert_eq!(kind_of(b""), ArchiveKind::Tar);
     }

@@ -28,7 +28,7 @@ const MAX_NAME_LEN: usize = 255;
 
 const FORMS_HELP: &str = "accepted forms are `docker://HOST[:PORT]/PATH` (e.g. \
     docker://registry.example.org/infra/runners/nixos or docker://localhost:5000/runner) \
-    and `oci:DIR` (an OCI layout directory); tags come from --tag";
+    and `oci:DIR` (an OCI layout directory)";
 
 const PATH_GRAMMAR: &str = "each `/`-separated path component must match \
     [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*: lowercase letters and digits, separated by \
@@ -58,13 +58,15 @@ pub enum ImageRef {
 #[derive(Debug, Clone, PartialEq, Eq, Error, Diagnostic)]
 pub enum ImageRefError {
     #[error("image reference `{input}` has no transport")]
-    #[diagnostic(code(runnerctl::image_ref::missing_transport), help("{hint}{FORMS_HELP}"))]
+    #[diagnostic(
+        code(runnerctl::image_ref::missing_transport),
+        help("{hint}{FORMS_HELP}")
+    )]
     MissingTransport {
+        #[source_code]
         input: String,
         /// `did you mean ...? ` or empty.
         hint: String,
-        #[source_code]
-        src: String,
         #[label("expected `docker://` or `oci:` here")]
         span: SourceSpan,
     },
@@ -72,10 +74,9 @@ pub enum ImageRefError {
     #[error("image reference `{input}` uses unsupported transport `{transport}`")]
     #[diagnostic(code(runnerctl::image_ref::unknown_transport), help("{FORMS_HELP}"))]
     UnknownTransport {
+        #[source_code]
         input: String,
         transport: String,
-        #[source_code]
-        src: String,
         #[label("unsupported transport")]
         span: SourceSpan,
     },
@@ -83,9 +84,8 @@ pub enum ImageRefError {
     #[error("image reference `{input}` has no registry host")]
     #[diagnostic(code(runnerctl::image_ref::empty_host), help("{FORMS_HELP}"))]
     EmptyHost {
-        input: String,
         #[source_code]
-        src: String,
+        input: String,
         #[label("host expected here")]
         span: SourceSpan,
     },
@@ -99,11 +99,10 @@ pub enum ImageRefError {
         )
     )]
     InvalidHost {
+        #[source_code]
         input: String,
         host: String,
         reason: String,
-        #[source_code]
-        src: String,
         #[label("{reason}")]
         span: SourceSpan,
     },
@@ -111,9 +110,8 @@ pub enum ImageRefError {
     #[error("image reference `{input}` has no repository path after the host")]
     #[diagnostic(code(runnerctl::image_ref::empty_path), help("{FORMS_HELP}"))]
     EmptyPath {
-        input: String,
         #[source_code]
-        src: String,
+        input: String,
         #[label("repository path expected here")]
         span: SourceSpan,
     },
@@ -124,10 +122,9 @@ pub enum ImageRefError {
         help("write the reference without a tag and pass tags with --tag (e.g. --tag {tag}); {FORMS_HELP}")
     )]
     TagNotAllowed {
+        #[source_code]
         input: String,
         tag: String,
-        #[source_code]
-        src: String,
         #[label("tags come from --tag, not from the reference")]
         span: SourceSpan,
     },
@@ -138,9 +135,8 @@ pub enum ImageRefError {
         help("images are pushed by tag; remove the `@...` part and pass tags with --tag; {FORMS_HELP}")
     )]
     DigestNotAllowed {
-        input: String,
         #[source_code]
-        src: String,
+        input: String,
         #[label("digests are not allowed here")]
         span: SourceSpan,
     },
@@ -151,10 +147,9 @@ pub enum ImageRefError {
         help("registries only accept lowercase repository paths; {PATH_GRAMMAR}")
     )]
     UppercaseRepository {
+        #[source_code]
         input: String,
         component: String,
-        #[source_code]
-        src: String,
         #[label("use lowercase here")]
         span: SourceSpan,
     },
@@ -162,10 +157,9 @@ pub enum ImageRefError {
     #[error("image reference `{input}` has an invalid repository path component `{component}`")]
     #[diagnostic(code(runnerctl::image_ref::invalid_path), help("{PATH_GRAMMAR}"))]
     InvalidComponent {
+        #[source_code]
         input: String,
         component: String,
-        #[source_code]
-        src: String,
         #[label("invalid path component")]
         span: SourceSpan,
     },
@@ -183,9 +177,8 @@ pub enum ImageRefError {
         help("name the OCI layout directory, e.g. `oci:./out/image`; {FORMS_HELP}")
     )]
     EmptyOciDir {
-        input: String,
         #[source_code]
-        src: String,
+        input: String,
         #[label("directory expected here")]
         span: SourceSpan,
     },
@@ -266,7 +259,6 @@ impl FromStr for ImageRef {
             Err(ImageRefError::UnknownTransport {
                 input: input.to_owned(),
                 transport: format!("{transport}://"),
-                src: input.to_owned(),
                 span: span(0, transport.len() + 3),
             })
         } else {
@@ -280,7 +272,6 @@ impl FromStr for ImageRef {
             Err(ImageRefError::MissingTransport {
                 input: input.to_owned(),
                 hint,
-                src: input.to_owned(),
                 span: span(0, 0),
             })
         }
@@ -292,7 +283,6 @@ fn parse_oci(input: &str, dir: &str) -> Result<ImageRef, ImageRefError> {
     if dir.is_empty() {
         return Err(ImageRefError::EmptyOciDir {
             input: input.to_owned(),
-            src: input.to_owned(),
             span: span(base, 0),
         });
     }
@@ -303,14 +293,12 @@ fn parse_oci(input: &str, dir: &str) -> Result<ImageRef, ImageRefError> {
         if colon == 0 {
             return Err(ImageRefError::EmptyOciDir {
                 input: input.to_owned(),
-                src: input.to_owned(),
                 span: span(base, 0),
             });
         }
         return Err(ImageRefError::TagNotAllowed {
             input: input.to_owned(),
             tag: tag.to_owned(),
-            src: input.to_owned(),
             span: span(base + colon, dir.len() - colon),
         });
     }
@@ -321,13 +309,11 @@ fn parse_oci(input: &str, dir: &str) -> Result<ImageRef, ImageRefError> {
 
 fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
     let base = DOCKER_PREFIX.len();
-    let err_src = || input.to_owned();
 
     // `NAME@ALGO:HEX`; other `@`s are rejected by the host/path grammar below.
     if let Some(at) = rest.find('@').filter(|&at| rest[at..].contains(':')) {
         return Err(ImageRefError::DigestNotAllowed {
             input: input.to_owned(),
-            src: err_src(),
             span: span(base + at, rest.len() - at),
         });
     }
@@ -336,7 +322,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
     if host.is_empty() {
         return Err(ImageRefError::EmptyHost {
             input: input.to_owned(),
-            src: err_src(),
             span: span(base, 0),
         });
     }
@@ -345,7 +330,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
             input: input.to_owned(),
             host: host.to_owned(),
             reason,
-            src: err_src(),
             span: span(base, host.len()),
         });
     }
@@ -353,7 +337,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
     if path.is_empty() {
         return Err(ImageRefError::EmptyPath {
             input: input.to_owned(),
-            src: err_src(),
             span: span(path_start.min(input.len()), 0),
         });
     }
@@ -365,7 +348,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
         return Err(ImageRefError::TagNotAllowed {
             input: input.to_owned(),
             tag: path[colon + 1..].to_owned(),
-            src: err_src(),
             span: span(path_start + colon, path.len() - colon),
         });
     }
@@ -379,7 +361,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
             return Err(ImageRefError::UppercaseRepository {
                 input: input.to_owned(),
                 component: component.to_owned(),
-                src: err_src(),
                 span: at,
             });
         }
@@ -387,7 +368,6 @@ fn parse_docker(input: &str, rest: &str) -> Result<ImageRef, ImageRefError> {
             return Err(ImageRefError::InvalidComponent {
                 input: input.to_owned(),
                 component: component.to_owned(),
-                src: err_src(),
                 span: at,
             });
         }
@@ -450,7 +430,11 @@ fn check_host(host: &str) -> Result<(), String> {
         let Some((addr, after)) = bracketed.split_once(']') else {
             return Err("`[` without a closing `]`".to_owned());
         };
-        if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if addr.is_empty()
+            || !addr
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return Err(format!("`{addr}` is not an IPv6 address"));
         }
         match after {
@@ -513,7 +497,9 @@ pub enum TagError {
     #[diagnostic(code(runnerctl::tag::invalid), help("{TAG_GRAMMAR}"))]
     Invalid { tag: String, problem: TagProblem },
 
-    #[error("tag template `{template}` produced `{tag}`, which is not a valid image tag: {problem}")]
+    #[error(
+        "tag template `{template}` produced `{tag}`, which is not a valid image tag: {problem}"
+    )]
     #[diagnostic(code(runnerctl::tag::invalid_expansion), help("{TAG_GRAMMAR}"))]
     InvalidExpansion {
         template: String,
@@ -527,12 +513,11 @@ pub enum TagError {
         help("known placeholders: {known}")
     )]
     UnknownPlaceholder {
+        #[source_code]
         template: String,
         placeholder: String,
         /// The known placeholders, e.g. `{date}`.
         known: String,
-        #[source_code]
-        src: String,
         #[label("unknown placeholder")]
         span: SourceSpan,
     },
@@ -543,10 +528,9 @@ pub enum TagError {
         help("placeholders are written `{{date}}`; braces cannot appear in tags otherwise")
     )]
     UnmatchedBrace {
+        #[source_code]
         template: String,
         brace: char,
-        #[source_code]
-        src: String,
         #[label("unmatched")]
         span: SourceSpan,
     },
@@ -658,18 +642,18 @@ impl TagTemplate {
                 return Err(TagError::UnmatchedBrace {
                     template: template.clone(),
                     brace: '}',
-                    src: template.clone(),
                     span: (offset + i, 1).into(),
                 });
             }
             out.push_str(&rest[..i]);
             let after = &rest[i + 1..];
-            let Some(close) = after.find(['{', '}']).filter(|&j| after[j..].starts_with('}'))
+            let Some(close) = after
+                .find(['{', '}'])
+                .filter(|&j| after[j..].starts_with('}'))
             else {
                 return Err(TagError::UnmatchedBrace {
                     template: template.clone(),
                     brace: '{',
-                    src: template.clone(),
                     span: (offset + i, 1).into(),
                 });
             };
@@ -685,7 +669,6 @@ impl TagTemplate {
                         .map(|p| format!("{{{p}}}"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    src: template.clone(),
                     span: (offset + i, close + 2).into(),
                 });
             }
@@ -758,7 +741,11 @@ mod tests {
             ("docker://localhost:5000/runner", "localhost:5000", "runner"),
             ("docker://127.0.0.1:34567/a/b", "127.0.0.1:34567", "a/b"),
             ("docker://[::1]:5000/x", "[::1]:5000", "x"),
-            ("docker://Registry.Example.org/x", "Registry.Example.org", "x"),
+            (
+                "docker://Registry.Example.org/x",
+                "Registry.Example.org",
+                "x",
+            ),
             (
                 "docker://r.io/a.b/c_d/e__f/g--h/i-j-k/0x1",
                 "r.io",
@@ -771,6 +758,13 @@ mod tests {
             assert_eq!(parsed.registry(), Some(registry));
             assert_eq!(parsed.repository(), Some(repository));
         }
+    }
+
+    #[test]
+    fn errors_stay_small() {
+        // Keeps `Result<_, E>` below clippy's `result_large_err` limit.
+        assert!(std::mem::size_of::<ImageRefError>() <= 128);
+        assert!(std::mem::size_of::<TagError>() <= 128);
     }
 
     #[test]
@@ -793,7 +787,10 @@ mod tests {
     fn at_tag_gives_skopeo_transport_strings() {
         let t = tag("20260629");
         let d: ImageRef = "docker://localhost:5000/infra/runner".parse().unwrap();
-        assert_eq!(d.at_tag(&t), "docker://localhost:5000/infra/runner:20260629");
+        assert_eq!(
+            d.at_tag(&t),
+            "docker://localhost:5000/infra/runner:20260629"
+        );
         let o: ImageRef = "oci:out/img".parse().unwrap();
         assert_eq!(o.at_tag(&tag("latest")), "oci:out/img:latest");
     }
@@ -802,7 +799,10 @@ mod tests {
     fn rejects_missing_or_unknown_transport() {
         match parse_err("registry.example.org/infra/runner") {
             ImageRefError::MissingTransport { hint, .. } => {
-                assert!(hint.contains("docker://registry.example.org/infra/runner"), "{hint}")
+                assert!(
+                    hint.contains("docker://registry.example.org/infra/runner"),
+                    "{hint}"
+                )
             }
             e => panic!("{e:?}"),
         }
@@ -812,9 +812,14 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-        assert!(matches!(parse_err(""), ImageRefError::MissingTransport { .. }));
+        assert!(matches!(
+            parse_err(""),
+            ImageRefError::MissingTransport { .. }
+        ));
         match parse_err("https://registry.example.org/x") {
-            ImageRefError::UnknownTransport { transport, span, .. } => {
+            ImageRefError::UnknownTransport {
+                transport, span, ..
+            } => {
                 assert_eq!(transport, "https://");
                 assert_eq!((span.offset(), span.len()), (0, 8));
             }
@@ -827,10 +832,22 @@ mod tests {
 
     #[test]
     fn rejects_empty_host_or_path() {
-        assert!(matches!(parse_err("docker://"), ImageRefError::EmptyHost { .. }));
-        assert!(matches!(parse_err("docker:///x"), ImageRefError::EmptyHost { .. }));
-        assert!(matches!(parse_err("docker://host"), ImageRefError::EmptyPath { .. }));
-        assert!(matches!(parse_err("docker://host/"), ImageRefError::EmptyPath { .. }));
+        assert!(matches!(
+            parse_err("docker://"),
+            ImageRefError::EmptyHost { .. }
+        ));
+        assert!(matches!(
+            parse_err("docker:///x"),
+            ImageRefError::EmptyHost { .. }
+        ));
+        assert!(matches!(
+            parse_err("docker://host"),
+            ImageRefError::EmptyPath { .. }
+        ));
+        assert!(matches!(
+            parse_err("docker://host/"),
+            ImageRefError::EmptyPath { .. }
+        ));
         assert!(matches!(
             parse_err("docker://localhost:5000"),
             ImageRefError::EmptyPath { .. }
@@ -890,7 +907,10 @@ mod tests {
                 component, span, ..
             } => {
                 assert_eq!(component, "Runners");
-                assert_eq!((span.offset(), span.len()), ("docker://r.io/infra/".len(), 7));
+                assert_eq!(
+                    (span.offset(), span.len()),
+                    ("docker://r.io/infra/".len(), 7)
+                );
             }
             e => panic!("{e:?}"),
         }
@@ -919,7 +939,16 @@ mod tests {
 
     #[test]
     fn path_component_grammar() {
-        for ok in ["a", "0", "a.b", "a_b", "a__b", "a-b", "a---b", "a1.b2_c3__d4-e5"] {
+        for ok in [
+            "a",
+            "0",
+            "a.b",
+            "a_b",
+            "a__b",
+            "a-b",
+            "a---b",
+            "a1.b2_c3__d4-e5",
+        ] {
             assert!(is_path_component(ok), "{ok}");
         }
         for bad in ["", ".", "-", "_", "a_", "a__", "a___b", "a.-b", "A", "a/b"] {
@@ -940,8 +969,14 @@ mod tests {
 
     #[test]
     fn rejects_empty_oci_dir() {
-        assert!(matches!(parse_err("oci:"), ImageRefError::EmptyOciDir { .. }));
-        assert!(matches!(parse_err("oci::tag"), ImageRefError::EmptyOciDir { .. }));
+        assert!(matches!(
+            parse_err("oci:"),
+            ImageRefError::EmptyOciDir { .. }
+        ));
+        assert!(matches!(
+            parse_err("oci::tag"),
+            ImageRefError::EmptyOciDir { .. }
+        ));
     }
 
     #[test]
@@ -1009,7 +1044,10 @@ mod tests {
         assert!(t.needs_date());
         assert_eq!(t.expand("20260629").unwrap().as_str(), "20260629");
         let t = TagTemplate::new("nightly-{date}-{date}");
-        assert_eq!(t.expand("20260629").unwrap().as_str(), "nightly-20260629-20260629");
+        assert_eq!(
+            t.expand("20260629").unwrap().as_str(),
+            "nightly-20260629-20260629"
+        );
         let t = TagTemplate::new("latest");
         assert!(!t.needs_date());
         assert_eq!(t.expand("ignored").unwrap().as_str(), "latest");
@@ -1022,7 +1060,9 @@ mod tests {
 
     #[test]
     fn template_unknown_placeholder() {
-        let err = TagTemplate::new("v-{version}").expand("20260629").unwrap_err();
+        let err = TagTemplate::new("v-{version}")
+            .expand("20260629")
+            .unwrap_err();
         match &err {
             TagError::UnknownPlaceholder {
                 placeholder,
@@ -1042,11 +1082,10 @@ mod tests {
 
     #[test]
     fn template_unmatched_braces() {
-        for (template, brace, offset) in [("a{date", '{', 1), ("a}b", '}', 1), ("{x{date}", '{', 0)] {
+        for (template, brace, offset) in [("a{date", '{', 1), ("a}b", '}', 1), ("{x{date}", '{', 0)]
+        {
             match TagTemplate::new(template).expand("d") {
-                Err(TagError::UnmatchedBrace {
-                    brace: b, span, ..
-                }) => {
+                Err(TagError::UnmatchedBrace { brace: b, span, .. }) => {
                     assert_eq!((b, span.offset()), (brace, offset), "{template}")
                 }
                 other => panic!("{template}: {other:?}"),

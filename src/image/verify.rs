@@ -25,7 +25,10 @@ pub enum VerifyError {
         code(runnerctl::verify::format),
         help("--attr must name a dockerTools image (buildImage, buildLayeredImage or streamLayeredImage)")
     )]
-    Format { path: std::path::PathBuf, reason: String },
+    Format {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 
     #[error("the image failed verification, so nothing was pushed or committed:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     #[diagnostic(
@@ -44,7 +47,11 @@ pub struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} checks passed over {} layers", self.checks, self.layers)
+        write!(
+            f,
+            "{} checks passed over {} layers",
+            self.checks, self.layers
+        )
     }
 }
 
@@ -100,7 +107,11 @@ fn normalize(path: &str) -> String {
 impl Tree {
     /// Resolve symlinks along a path, as the kernel would in the container.
     pub fn resolve(&self, path: &str) -> Option<String> {
-        let mut pending: Vec<String> = normalize(path).split('/').map(str::to_string).rev().collect();
+        let mut pending: Vec<String> = normalize(path)
+            .split('/')
+            .map(str::to_string)
+            .rev()
+            .collect();
         let mut current: Vec<String> = Vec::new();
         let mut hops = 0;
         while let Some(part) = pending.pop() {
@@ -115,7 +126,11 @@ impl Tree {
                     return None;
                 }
                 current.pop();
-                let base = if target.starts_with('/') { String::new() } else { current.join("/") };
+                let base = if target.starts_with('/') {
+                    String::new()
+                } else {
+                    current.join("/")
+                };
                 let full = normalize(&format!("{base}/{target}"));
                 current.clear();
                 for p in full.split('/').rev() {
@@ -152,20 +167,35 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
         let mut outer = tar::Archive::new(archive::open(path)?);
         for entry in outer.entries().map_err(|e| format(e.to_string()))? {
             let mut entry = entry.map_err(|e| format(e.to_string()))?;
-            let name = normalize(&entry.path().map_err(|e| format(e.to_string()))?.to_string_lossy());
+            let name = normalize(
+                &entry
+                    .path()
+                    .map_err(|e| format(e.to_string()))?
+                    .to_string_lossy(),
+            );
             if name == "manifest.json" {
                 let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|e| format(e.to_string()))?;
-                manifest = Some(serde_json::from_slice(&buf).map_err(|e| format(format!("manifest.json: {e}")))?);
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format(e.to_string()))?;
+                manifest = Some(
+                    serde_json::from_slice(&buf)
+                        .map_err(|e| format(format!("manifest.json: {e}")))?,
+                );
             } else if name.ends_with(".json") && entry.size() < 16 * 1024 * 1024 {
                 let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|e| format(e.to_string()))?;
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format(e.to_string()))?;
                 jsons.insert(name, buf);
             }
         }
     }
     let manifest = manifest.ok_or_else(|| format("no manifest.json".into()))?;
-    let entry = manifest.into_iter().next().ok_or_else(|| format("manifest.json lists no image".into()))?;
+    let entry = manifest
+        .into_iter()
+        .next()
+        .ok_or_else(|| format("manifest.json lists no image".into()))?;
     let config_bytes = jsons
         .get(&normalize(&entry.config))
         .ok_or_else(|| format(format!("config {} is missing", entry.config)))?;
@@ -176,7 +206,10 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
         .env
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
 
     let mut problems = Vec::new();
@@ -205,7 +238,12 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
         let mut outer = tar::Archive::new(archive::open(path)?);
         for outer_entry in outer.entries().map_err(|e| format(e.to_string()))? {
             let outer_entry = outer_entry.map_err(|e| format(e.to_string()))?;
-            let name = normalize(&outer_entry.path().map_err(|e| format(e.to_string()))?.to_string_lossy());
+            let name = normalize(
+                &outer_entry
+                    .path()
+                    .map_err(|e| format(e.to_string()))?
+                    .to_string_lossy(),
+            );
             if !layer_names.contains(&name) {
                 continue;
             }
@@ -219,7 +257,8 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
                     Box::new(head)
                 }
             };
-            index_layer(reader, &want, &mut tree).map_err(|e| format(format!("layer {name}: {e}")))?;
+            index_layer(reader, &want, &mut tree)
+                .map_err(|e| format(format!("layer {name}: {e}")))?;
         }
     }
 
@@ -227,14 +266,19 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
     for path in &cfg.required_paths {
         checks += 1;
         if !exists(&tree, path) {
-            problems.push(format!("missing /{}: no layer provides it", normalize(path)));
+            problems.push(format!(
+                "missing /{}: no layer provides it",
+                normalize(path)
+            ));
         }
     }
     if cfg.check_config {
         if let Some(cert) = &cert {
             checks += 1;
             if !exists(&tree, cert) {
-                problems.push(format!("SSL_CERT_FILE names {cert}, which no layer provides"));
+                problems.push(format!(
+                    "SSL_CERT_FILE names {cert}, which no layer provides"
+                ));
             }
         }
         checks += 1;
@@ -261,7 +305,8 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
 }
 
 fn exists(tree: &Tree, path: &str) -> bool {
-    tree.resolve(path).is_some_and(|p| tree.present.contains(&p))
+    tree.resolve(path)
+        .is_some_and(|p| tree.present.contains(&p))
 }
 
 /// Does a nix.conf turn on both `nix-command` and `flakes`?
@@ -286,7 +331,11 @@ pub fn nix_conf_enables_flakes(text: &str) -> bool {
 /// symlinks in other layers, so any path that ends like a wanted one (e.g.
 /// `nix/store/…-root/bin/bash` for `bin/bash`) or is under a store path is
 /// kept by its suffix.
-fn index_layer<'a>(reader: Box<dyn Read + 'a>, want: &[String], tree: &mut Tree) -> std::io::Result<()> {
+fn index_layer<'a>(
+    reader: Box<dyn Read + 'a>,
+    want: &[String],
+    tree: &mut Tree,
+) -> std::io::Result<()> {
     let mut layer = tar::Archive::new(reader);
     for entry in layer.entries()? {
         let mut entry = entry?;
@@ -303,7 +352,8 @@ fn index_layer<'a>(reader: Box<dyn Read + 'a>, want: &[String], tree: &mut Tree)
         }
         if kind.is_symlink() {
             if let Some(target) = entry.link_name()? {
-                tree.symlinks.insert(path.clone(), target.to_string_lossy().into_owned());
+                tree.symlinks
+                    .insert(path.clone(), target.to_string_lossy().into_owned());
             }
             continue;
         }
@@ -316,9 +366,11 @@ fn index_layer<'a>(reader: Box<dyn Read + 'a>, want: &[String], tree: &mut Tree)
             }
             continue;
         }
-        let is_wanted = want
-            .iter()
-            .any(|w| path == *w || path.ends_with(&format!("/{w}")) || w.ends_with(&format!("/{}", file_name(&path))));
+        let is_wanted = want.iter().any(|w| {
+            path == *w
+                || path.ends_with(&format!("/{w}"))
+                || w.ends_with(&format!("/{}", file_name(&path)))
+        });
         if is_wanted {
             if path.ends_with("nix.conf") && entry.size() < 1024 * 1024 {
                 let mut buf = Vec::new();
@@ -342,19 +394,34 @@ mod tests {
     #[test]
     fn resolves_symlinks_across_the_tree() {
         let mut tree = Tree::default();
-        tree.symlinks.insert("bin".into(), "/nix/store/aaa-root/bin".into());
-        tree.symlinks.insert("nix/store/aaa-root/bin/bash".into(), "/nix/store/bbb-bash/bin/bash".into());
+        tree.symlinks
+            .insert("bin".into(), "/nix/store/aaa-root/bin".into());
+        tree.symlinks.insert(
+            "nix/store/aaa-root/bin/bash".into(),
+            "/nix/store/bbb-bash/bin/bash".into(),
+        );
         tree.symlinks.insert("loop".into(), "loop".into());
-        assert_eq!(tree.resolve("bin/bash").as_deref(), Some("nix/store/bbb-bash/bin/bash"));
+        assert_eq!(
+            tree.resolve("bin/bash").as_deref(),
+            Some("nix/store/bbb-bash/bin/bash")
+        );
         assert_eq!(tree.resolve("/etc/./x/../y").as_deref(), Some("etc/y"));
         assert_eq!(tree.resolve("loop"), None);
     }
 
     #[test]
     fn nix_conf_features() {
-        assert!(nix_conf_enables_flakes("experimental-features = nix-command flakes\n"));
-        assert!(nix_conf_enables_flakes("experimental-features = nix-command\nextra-experimental-features = flakes"));
-        assert!(!nix_conf_enables_flakes("experimental-features = nix-command\n"));
-        assert!(!nix_conf_enables_flakes("# experimental-features = nix-command flakes\n"));
+        assert!(nix_conf_enables_flakes(
+            "experimental-features = nix-command flakes\n"
+        ));
+        assert!(nix_conf_enables_flakes(
+            "experimental-features = nix-command\nextra-experimental-features = flakes"
+        ));
+        assert!(!nix_conf_enables_flakes(
+            "experimental-features = nix-command\n"
+        ));
+        assert!(!nix_conf_enables_flakes(
+            "# experimental-features = nix-command flakes\n"
+        ));
     }
 }

@@ -131,7 +131,7 @@ fn use_term(mode: ProgressMode) -> bool {
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
-        .map(|v| !v.is_empty() && v != "0" && v.to_ascii_lowercase() != "false")
+        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
         .unwrap_or(false)
 }
 

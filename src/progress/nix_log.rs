@@ -47,10 +47,9 @@ impl NixMsg {
         match self {
             NixMsg::Msg { text, .. } => Some(strip_ansi(text)),
             NixMsg::Start { text, .. } if !text.is_empty() => Some(strip_ansi(text)),
-            NixMsg::Result { kind, fields, .. } if *kind == RES_BUILD_LOG_LINE => fields
-                .first()
-                .and_then(Value::as_str)
-                .map(strip_ansi),
+            NixMsg::Result { kind, fields, .. } if *kind == RES_BUILD_LOG_LINE => {
+                fields.first().and_then(Value::as_str).map(strip_ansi)
+            }
             NixMsg::Result { kind, fields, .. } if *kind == RES_SET_PHASE => fields
                 .first()
                 .and_then(Value::as_str)
@@ -144,7 +143,9 @@ impl BuildProgress {
     /// Fold one message into the counters.
     pub fn apply(&mut self, msg: &NixMsg) {
         match msg {
-            NixMsg::Start { id, kind, fields, .. } => match *kind {
+            NixMsg::Start {
+                id, kind, fields, ..
+            } => match *kind {
                 ACT_BUILDS => self.builds_id = Some(*id),
                 ACT_COPY_PATHS => self.copy_id = Some(*id),
                 ACT_BUILD => {
@@ -156,7 +157,9 @@ impl BuildProgress {
                 }
                 _ => {}
             },
-            NixMsg::Result { id, kind, fields, .. } => {
+            NixMsg::Result {
+                id, kind, fields, ..
+            } => {
                 let n = |i: usize| fields.get(i).and_then(Value::as_u64).unwrap_or(0);
                 match *kind {
                     RES_PROGRESS if Some(*id) == self.builds_id => {
@@ -207,13 +210,17 @@ mod tests {
     fn parses_messages_and_ignores_other_lines() {
         assert_eq!(parse_line("warning: Git tree is dirty"), None);
         assert_eq!(
-            parse_line(r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m boom"}"#),
+            parse_line(
+                r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m boom"}"#
+            ),
             Some(NixMsg::Msg {
                 level: 0,
                 text: "\u{1b}[31;1merror:\u{1b}[0m boom".into()
             })
         );
-        let msg = parse_line(r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m boom"}"#);
+        let msg = parse_line(
+            r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m boom"}"#,
+        );
         assert_eq!(msg.and_then(|m| m.text()).as_deref(), Some("error: boom"));
     }
 

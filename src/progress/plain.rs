@@ -59,7 +59,10 @@ impl Render for Plain {
                 let before = (build.done, build.expected);
                 build.apply(msg);
                 if (build.done, build.expected) != before && build.expected > 0 {
-                    self.line(&format!("build: {}/{} derivations", build.done, build.expected));
+                    self.line(&format!(
+                        "build: {}/{} derivations",
+                        build.done, build.expected
+                    ));
                 }
             }
             Event::Push(super::PushEvent::TagWritten { tag, skipped }) => self.line(&format!(

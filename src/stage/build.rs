@@ -24,8 +24,9 @@ impl Stage for Build {
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
         let nix = cx.nix()?.clone();
+        let flake = cx.eval_flake();
         let eval = nix
-            .eval(&cx.runner, &cx.cfg.flake, &cx.cfg.attr)
+            .eval(&cx.runner, &flake, &cx.cfg.attr)
             .await
             .map_err(|e| {
                 e.with_help(format!(
@@ -42,6 +43,14 @@ impl Stage for Build {
         if valid {
             Ok(Check::Done(
                 Done::new(format!("already in the store: {out}")).with(Self::outputs(cx)),
+            ))
+        } else if let Some(digest) = super::push::Push::published(cx).await? {
+            Ok(Check::Done(
+                Done::new(format!(
+                    "not needed: {} already has {out} as {digest}",
+                    cx.cfg.image
+                ))
+                .with(Self::outputs(cx)),
             ))
         } else {
             Ok(Check::Todo(format!("{out} is not in the store")))

@@ -31,14 +31,22 @@ impl Stage for Commit {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
+        if cx.dry_run_changes() {
+            return Ok(Check::Todo("the update would change flake.lock".into()));
+        }
         let git = cx.git()?.clone();
         let working = git.hash_object(&cx.runner, "flake.lock").await?;
         let head = git.blob(&cx.runner, "HEAD", "flake.lock").await?;
         if head.as_deref() == Some(working.as_str()) {
             let commit = git.rev_parse(&cx.runner, "HEAD").await?;
-            let ours = cx.record(self.name()).and_then(|r| r.outputs.commit.clone());
+            let ours = cx
+                .record(self.name())
+                .and_then(|r| r.outputs.commit.clone());
             let note = if commit.is_some() && commit == ours {
-                format!("flake.lock already committed as {}", commit.clone().unwrap_or_default())
+                format!(
+                    "flake.lock already committed as {}",
+                    commit.clone().unwrap_or_default()
+                )
             } else {
                 "flake.lock at HEAD already matches: nothing to commit".to_string()
             };
@@ -56,7 +64,9 @@ impl Stage for Commit {
     fn plan(&self, cx: &Ctx) -> Vec<String> {
         let (subject, body) = Self::message(cx);
         match &cx.git {
-            Some(git) => vec![git.cmd(commit_args(&subject, &body, "flake.lock")).display()],
+            Some(git) => vec![git
+                .cmd(commit_args(&subject, &body, "flake.lock"))
+                .display()],
             None => Vec::new(),
         }
     }
@@ -78,7 +88,10 @@ impl Stage for Commit {
         cx.commit = commit.clone();
         Ok(Done::new(format!(
             "committed {}: {subject}",
-            commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("?")
+            commit
+                .as_deref()
+                .map(|c| &c[..c.len().min(12)])
+                .unwrap_or("?")
         ))
         .with(Outputs {
             commit,

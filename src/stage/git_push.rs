@@ -38,7 +38,12 @@ pub enum GitPushError {
 
 impl GitPush {
     fn upstream(cx: &Ctx) -> miette::Result<Upstream> {
-        cx.upstream.clone().ok_or_else(|| Missing { what: "the upstream branch" }.into())
+        cx.upstream.clone().ok_or_else(|| {
+            Missing {
+                what: "the upstream branch",
+            }
+            .into()
+        })
     }
 }
 
@@ -52,6 +57,9 @@ impl Stage for GitPush {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
+        if cx.dry_run_changes() {
+            return Ok(Check::Todo("the bump commit would be new".into()));
+        }
         let git = cx.git()?.clone();
         let up = Self::upstream(cx)?;
         let head = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
@@ -60,7 +68,12 @@ impl Stage for GitPush {
         if let Some(remote) = &remote {
             if *remote == head || git.is_ancestor(&cx.runner, &head, remote).await? {
                 return Ok(Check::Done(
-                    Done::new(format!("{} already contains {}", up.display(), &head[..head.len().min(12)])).with(Outputs {
+                    Done::new(format!(
+                        "{} already contains {}",
+                        up.display(),
+                        &head[..head.len().min(12)]
+                    ))
+                    .with(Outputs {
                         remote: Some(remote.clone()),
                         commit: Some(head),
                         ..Outputs::default()
@@ -68,7 +81,10 @@ impl Stage for GitPush {
                 ));
             }
         }
-        Ok(Check::Todo(format!("{} does not have HEAD yet", up.display())))
+        Ok(Check::Todo(format!(
+            "{} does not have HEAD yet",
+            up.display()
+        )))
     }
 
     fn plan(&self, cx: &Ctx) -> Vec<String> {
@@ -83,7 +99,10 @@ impl Stage for GitPush {
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
         let up = Self::upstream(cx)?;
-        Ok(format!("would push the bump commit to {} (rebasing it if the remote moved; never forced)", up.display()))
+        Ok(format!(
+            "would push the bump commit to {} (rebasing it if the remote moved; never forced)",
+            up.display()
+        ))
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
@@ -109,10 +128,12 @@ impl Stage for GitPush {
             }
             let mut rebased = false;
             if !git.is_ancestor(&cx.runner, &tracking, "HEAD").await? {
-                let base = git
-                    .cmd(["merge-base", "HEAD", tracking.as_str()]);
+                let base = git.cmd(["merge-base", "HEAD", tracking.as_str()]);
                 let base = cx.runner.run(&base).await?.stdout.trim().to_string();
-                if git.changed(&cx.runner, &base, &tracking, "flake.lock").await? {
+                if git
+                    .changed(&cx.runner, &base, &tracking, "flake.lock")
+                    .await?
+                {
                     let commit = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
                     return Err(GitPushError::LockConflict {
                         upstream: up.display(),
@@ -120,9 +141,20 @@ impl Stage for GitPush {
                     }
                     .into());
                 }
-                if cx.runner.run(&git.cmd(rebase_args(&tracking))).await.is_err() {
-                    let _ = cx.runner.run_unchecked(&git.cmd(["rebase", "--abort"])).await;
-                    return Err(GitPushError::Rebase { upstream: up.display() }.into());
+                if cx
+                    .runner
+                    .run(&git.cmd(rebase_args(&tracking)))
+                    .await
+                    .is_err()
+                {
+                    let _ = cx
+                        .runner
+                        .run_unchecked(&git.cmd(["rebase", "--abort"]))
+                        .await;
+                    return Err(GitPushError::Rebase {
+                        upstream: up.display(),
+                    }
+                    .into());
                 }
                 rebased = true;
                 // Keep the state pointing at the rebased commit, so a resumed
@@ -132,7 +164,10 @@ impl Stage for GitPush {
                     record.outputs.commit = head;
                 }
             }
-            let push = cx.runner.run(&git.cmd(push_args(&up.remote, &up.branch))).await;
+            let push = cx
+                .runner
+                .run(&git.cmd(push_args(&up.remote, &up.branch)))
+                .await;
             match push {
                 Ok(_) => {
                     let head = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
@@ -144,7 +179,11 @@ impl Stage for GitPush {
                         "pushed {} to {}{}",
                         &head[..head.len().min(12)],
                         up.display(),
-                        if rebased { " (rebased onto the moved remote)" } else { "" }
+                        if rebased {
+                            " (rebased onto the moved remote)"
+                        } else {
+                            ""
+                        }
                     );
                     return Ok(Done::new(note).with(Outputs {
                         commit: Some(head.clone()),

@@ -14,6 +14,7 @@ use crate::state::Outputs;
 
 /// What a stage found when it looked at the world.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per stage run
 pub enum Check {
     /// Nothing to do: the work is already done (what was found).
     Done(Done),
@@ -45,6 +46,11 @@ impl Done {
 #[allow(async_fn_in_trait)] // used only inside this crate, on one thread
 pub trait Stage {
     fn name(&self) -> &'static str;
+
+    /// Changes nothing, so it runs in a dry run too.
+    fn read_only(&self) -> bool {
+        false
+    }
 
     /// A hash of what this stage's result depends on, if it is known before
     /// the stage runs.

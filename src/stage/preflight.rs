@@ -9,9 +9,9 @@ use crate::auth;
 use crate::config::Mode;
 use crate::pipeline::Ctx;
 use crate::tool::git::Git;
+use crate::tool::install_hint;
 use crate::tool::nix::Nix;
 use crate::tool::skopeo::Skopeo;
-use crate::tool::install_hint;
 
 pub struct Preflight;
 
@@ -80,16 +80,16 @@ impl Stage for Preflight {
         "preflight"
     }
 
+    fn read_only(&self) -> bool {
+        true
+    }
+
     async fn check(&self, _cx: &mut Ctx) -> miette::Result<Check> {
         Ok(Check::Todo("always runs".into()))
     }
 
     fn plan(&self, _cx: &Ctx) -> Vec<String> {
         Vec::new()
-    }
-
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        self.run(cx).await.map(|done| done.note)
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
@@ -104,12 +104,11 @@ impl Stage for Preflight {
         };
         cx.skopeo = Some(Skopeo { path: skopeo_path });
 
-        if git
-            .toplevel(&cx.runner)
-            .await
-            .is_err()
-        {
-            return Err(PreflightError::NotGit { dir: cx.cfg.flake.clone() }.into());
+        if git.toplevel(&cx.runner).await.is_err() {
+            return Err(PreflightError::NotGit {
+                dir: cx.cfg.flake.clone(),
+            }
+            .into());
         }
 
         cx.reload_lock()?;
@@ -141,11 +140,14 @@ impl Stage for Preflight {
             match (&branch, cx.cfg.git_push) {
                 (None, true) => return Err(PreflightError::Detached.into()),
                 (Some(branch), true) => {
-                    let upstream = git
-                        .upstream(&cx.runner, branch)
-                        .await?
-                        .ok_or_else(|| PreflightError::NoUpstream { branch: branch.clone() })?;
-                    let ahead = git.count(&cx.runner, &format!("{}..HEAD", upstream.tracking_ref())).await?;
+                    let upstream = git.upstream(&cx.runner, branch).await?.ok_or_else(|| {
+                        PreflightError::NoUpstream {
+                            branch: branch.clone(),
+                        }
+                    })?;
+                    let ahead = git
+                        .count(&cx.runner, &format!("{}..HEAD", upstream.tracking_ref()))
+                        .await?;
                     let head = git.rev_parse(&cx.runner, "HEAD").await?;
                     let ours = cx.record("commit").and_then(|r| r.outputs.commit.clone());
                     let only_ours = ahead == 1 && cx.resume && head.is_some() && head == ours;
@@ -168,7 +170,10 @@ impl Stage for Preflight {
 
         cx.authfile = auth::auth_file(&cx.cfg.credentials, cx.cfg.image.registry())?;
         if cx.authfile.is_some() {
-            note.push_str(&format!("; registry credentials: {}", cx.cfg.credentials.describe()));
+            note.push_str(&format!(
+                "; registry credentials: {}",
+                cx.cfg.credentials.describe()
+            ));
         }
         cx.nix = Some(nix);
         cx.git = Some(git);

@@ -16,9 +16,9 @@ pub struct Push;
 
 /// A tag and the digest it points at now (None: absent).
 #[derive(Debug, Clone)]
-struct TagState {
-    tag: Tag,
-    digest: Option<String>,
+pub struct TagState {
+    pub tag: Tag,
+    pub digest: Option<String>,
 }
 
 impl Push {
@@ -52,17 +52,44 @@ impl Push {
         let reference = cx.cfg.image.at_tag(tag);
         Ok(cx
             .skopeo()?
-            .digest(&cx.runner, &reference, Self::authfile(cx), cx.cfg.tls_verify, Self::is_registry(cx))
+            .digest(
+                &cx.runner,
+                &reference,
+                Self::authfile(cx),
+                cx.cfg.tls_verify,
+                Self::is_registry(cx),
+            )
             .await?)
     }
 
-    async fn tag_states(cx: &Ctx) -> miette::Result<Vec<TagState>> {
+    /// Where every tag points now, asked once per run (cached in the
+    /// context until the push changes it).
+    async fn tag_states(cx: &mut Ctx) -> miette::Result<Vec<TagState>> {
+        if let Some(states) = &cx.tag_states {
+            return Ok(states.clone());
+        }
         let mut states = Vec::new();
         for tag in Self::all_tags(cx) {
             let digest = Self::digest_of(cx, &tag).await?;
             states.push(TagState { tag, digest });
         }
+        cx.tag_states = Some(states.clone());
         Ok(states)
+    }
+
+    /// The digest this out path is already published as, if the
+    /// destination has it under some tag: then nothing needs building,
+    /// verifying or uploading, at most retagging.
+    pub async fn published(cx: &mut Ctx) -> miette::Result<Option<String>> {
+        if cx.eval.is_none() {
+            return Ok(None);
+        }
+        let states = Self::tag_states(cx).await?;
+        Ok(Self::known_digest(cx, &states).filter(|d| {
+            states
+                .iter()
+                .any(|s| s.digest.as_deref() == Some(d.as_str()))
+        }))
     }
 
     /// The digest this out path was pushed as: from the state, or from the
@@ -104,7 +131,11 @@ impl Push {
         }
     }
 
-    fn copy_opts<'a>(cx: &'a Ctx, from_registry: bool, digestfile: Option<&'a Path>) -> CopyOpts<'a> {
+    fn copy_opts<'a>(
+        cx: &'a Ctx,
+        from_registry: bool,
+        digestfile: Option<&'a Path>,
+    ) -> CopyOpts<'a> {
         let registry = Self::is_registry(cx);
         CopyOpts {
             authfile: Self::authfile(cx),
@@ -131,7 +162,10 @@ impl Stage for Push {
         let Some(digest) = Self::known_digest(cx, &states) else {
             return Ok(Check::Todo("this out path was never pushed".into()));
         };
-        if states.iter().all(|s| s.digest.as_deref() == Some(digest.as_str())) {
+        if states
+            .iter()
+            .all(|s| s.digest.as_deref() == Some(digest.as_str()))
+        {
             for s in &states {
                 cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                     tag: s.tag.to_string(),
@@ -142,10 +176,13 @@ impl Stage for Push {
             cx.digest = Some(digest.clone());
             Self::remember(cx, &digest);
             return Ok(Check::Done(
-                Done::new(format!("tags {} already at {digest}", names.join(", "))).with(Self::outputs(cx, &digest)),
+                Done::new(format!("tags {} already at {digest}", names.join(", ")))
+                    .with(Self::outputs(cx, &digest)),
             ));
         }
-        Ok(Check::Todo("some tags are missing or point elsewhere".into()))
+        Ok(Check::Todo(
+            "some tags are missing or point elsewhere".into(),
+        ))
     }
 
     fn plan(&self, cx: &Ctx) -> Vec<String> {
@@ -184,23 +221,33 @@ impl Stage for Push {
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
         let tags: Vec<String> = Self::all_tags(cx).iter().map(|t| t.to_string()).collect();
-        Ok(format!("would push {} as {}", cx.cfg.image, tags.join(", ")))
+        Ok(format!(
+            "would push {} as {}",
+            cx.cfg.image,
+            tags.join(", ")
+        ))
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
         let states = Self::tag_states(cx).await?;
+        // From here on the registry changes: ask again next time.
+        cx.tag_states = None;
         let known = Self::known_digest(cx, &states);
         let skopeo = cx.skopeo()?.clone();
 
         // The source for the manifest-only copies: a tag already at the
         // known digest, or the one we upload to now.
-        let existing = known
-            .as_ref()
-            .and_then(|d| states.iter().find(|s| s.digest.as_deref() == Some(d.as_str())));
+        let existing = known.as_ref().and_then(|d| {
+            states
+                .iter()
+                .find(|s| s.digest.as_deref() == Some(d.as_str()))
+        });
         let (source, digest, uploaded) = match (existing, known.clone()) {
             (Some(s), Some(digest)) => (s.tag.clone(), digest, false),
             _ => {
-                let eval = cx.eval.clone().ok_or(Missing { what: "the out path" })?;
+                let eval = cx.eval.clone().ok_or(Missing {
+                    what: "the out path",
+                })?;
                 let archive = archive::prepare(
                     &cx.runner,
                     Path::new(eval.out_path.as_str()),
@@ -239,9 +286,9 @@ impl Stage for Push {
                 let digest = if digest.starts_with("sha256:") {
                     digest
                 } else {
-                    Self::digest_of(cx, &first)
-                        .await?
-                        .ok_or(Missing { what: "the pushed digest" })?
+                    Self::digest_of(cx, &first).await?.ok_or(Missing {
+                        what: "the pushed digest",
+                    })?
                 };
                 cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                     tag: first.to_string(),
@@ -290,11 +337,18 @@ impl Stage for Push {
         } else {
             note.push_str(&format!("already in the registry as {}", source));
         }
-        let retagged: Vec<&String> = written.iter().filter(|t| **t != source.to_string()).collect();
+        let retagged: Vec<&String> = written
+            .iter()
+            .filter(|t| **t != source.to_string())
+            .collect();
         if !retagged.is_empty() {
             note.push_str(&format!(
                 "; tagged {}",
-                retagged.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                retagged
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if !skipped.is_empty() {

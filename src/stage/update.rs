@@ -17,7 +17,10 @@ pub struct Update;
 
 #[derive(Debug, Error, Diagnostic)]
 #[error("could not copy the flake to a temporary directory for the dry run")]
-#[diagnostic(code(runnerctl::update::copy), help("check that the temp dir ($TMPDIR or /tmp) is writable"))]
+#[diagnostic(
+    code(runnerctl::update::copy),
+    help("check that the temp dir ($TMPDIR or /tmp) is writable")
+)]
 struct CopyError(#[source] std::io::Error);
 
 impl Update {
@@ -46,7 +49,10 @@ impl Update {
             return Ok(false);
         }
         match &cx.upstream {
-            Some(up) => Ok(git.blob(&cx.runner, &up.tracking_ref(), "flake.lock").await? == head),
+            Some(up) => Ok(git
+                .blob(&cx.runner, &up.tracking_ref(), "flake.lock")
+                .await?
+                == head),
             None => Ok(true),
         }
     }
@@ -108,7 +114,8 @@ impl Stage for Update {
             Some(nix) => vec![format!(
                 "(cd {} && {})",
                 crate::tool::shell_quote(&cx.cfg.flake.display().to_string()),
-                nix.update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs).display()
+                nix.update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs)
+                    .display()
             )],
             None => Vec::new(),
         }
@@ -120,9 +127,7 @@ impl Stage for Update {
             .tempdir()
             .map_err(CopyError)?;
         let git = cx.git()?.clone();
-        let files = git
-            .ls_files(&cx.runner)
-            .await?;
+        let files = git.ls_files(&cx.runner).await?;
         for file in files {
             match copy_file(&cx.cfg.flake.join(&file), &tmp.path().join(&file)) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -141,7 +146,11 @@ impl Stage for Update {
         cx.lock_text = new_text;
         cx.resolve_tags()?;
         cx.up_to_date = cx.changes.is_empty() && Self::up_to_date(cx).await.unwrap_or(false);
-        Ok(format!("would update flake.lock: {}", Self::note(&cx.changes)))
+        cx.dry_flake = Some(tmp);
+        Ok(format!(
+            "would update flake.lock: {}",
+            Self::note(&cx.changes)
+        ))
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {

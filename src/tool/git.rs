@@ -86,7 +86,9 @@ impl Git {
     }
 
     pub async fn toplevel(&self, runner: &Runner) -> Result<PathBuf, ToolError> {
-        Ok(PathBuf::from(self.out(runner, &["rev-parse", "--show-toplevel"]).await?))
+        Ok(PathBuf::from(
+            self.out(runner, &["rev-parse", "--show-toplevel"]).await?,
+        ))
     }
 
     /// Porcelain status lines for some paths (empty when clean).
@@ -104,23 +106,38 @@ impl Git {
 
     /// The current branch, or `None` on a detached HEAD.
     pub async fn branch(&self, runner: &Runner) -> Result<Option<String>, ToolError> {
-        let out = self.status(runner, &["symbolic-ref", "--short", "-q", "HEAD"]).await?;
+        let out = self
+            .status(runner, &["symbolic-ref", "--short", "-q", "HEAD"])
+            .await?;
         Ok(out.success().then(|| out.stdout.trim().to_string()))
     }
 
-    pub async fn upstream(&self, runner: &Runner, branch: &str) -> Result<Option<Upstream>, ToolError> {
+    pub async fn upstream(
+        &self,
+        runner: &Runner,
+        branch: &str,
+    ) -> Result<Option<Upstream>, ToolError> {
         let remote = self
-            .status(runner, &["config", "--get", &format!("branch.{branch}.remote")])
+            .status(
+                runner,
+                &["config", "--get", &format!("branch.{branch}.remote")],
+            )
             .await?;
         let merge = self
-            .status(runner, &["config", "--get", &format!("branch.{branch}.merge")])
+            .status(
+                runner,
+                &["config", "--get", &format!("branch.{branch}.merge")],
+            )
             .await?;
         if !remote.success() || !merge.success() {
             return Ok(None);
         }
         let remote = remote.stdout.trim().to_string();
         let merge = merge.stdout.trim();
-        let branch = merge.strip_prefix("refs/heads/").unwrap_or(merge).to_string();
+        let branch = merge
+            .strip_prefix("refs/heads/")
+            .unwrap_or(merge)
+            .to_string();
         if remote.is_empty() || remote == "." || branch.is_empty() {
             return Ok(None);
         }
@@ -129,22 +146,40 @@ impl Git {
 
     pub async fn rev_parse(&self, runner: &Runner, rev: &str) -> Result<Option<String>, ToolError> {
         let out = self
-            .status(runner, &["rev-parse", "--verify", "-q", &format!("{rev}^{{commit}}")])
+            .status(
+                runner,
+                &["rev-parse", "--verify", "-q", &format!("{rev}^{{commit}}")],
+            )
             .await?;
         Ok(out.success().then(|| out.stdout.trim().to_string()))
     }
 
     /// The blob id of `path` (relative to the flake dir) at `rev`.
-    pub async fn blob(&self, runner: &Runner, rev: &str, path: &str) -> Result<Option<String>, ToolError> {
+    pub async fn blob(
+        &self,
+        runner: &Runner,
+        rev: &str,
+        path: &str,
+    ) -> Result<Option<String>, ToolError> {
         let out = self
-            .status(runner, &["rev-parse", "--verify", "-q", &format!("{rev}:./{path}")])
+            .status(
+                runner,
+                &["rev-parse", "--verify", "-q", &format!("{rev}:./{path}")],
+            )
             .await?;
         Ok(out.success().then(|| out.stdout.trim().to_string()))
     }
 
     /// A file's content at a revision.
-    pub async fn show(&self, runner: &Runner, rev: &str, path: &str) -> Result<Option<String>, ToolError> {
-        let out = self.status(runner, &["show", &format!("{rev}:./{path}")]).await?;
+    pub async fn show(
+        &self,
+        runner: &Runner,
+        rev: &str,
+        path: &str,
+    ) -> Result<Option<String>, ToolError> {
+        let out = self
+            .status(runner, &["show", &format!("{rev}:./{path}")])
+            .await?;
         Ok(out.success().then_some(out.stdout))
     }
 
@@ -170,7 +205,13 @@ impl Git {
     }
 
     /// Did `path` change between two revisions?
-    pub async fn changed(&self, runner: &Runner, from: &str, to: &str, path: &str) -> Result<bool, ToolError> {
+    pub async fn changed(
+        &self,
+        runner: &Runner,
+        from: &str,
+        to: &str,
+        path: &str,
+    ) -> Result<bool, ToolError> {
         let out = self
             .status(runner, &["diff", "--quiet", from, to, "--", path])
             .await?;
@@ -193,9 +234,20 @@ impl Git {
     }
 
     /// The remote's branch head without fetching (read-only).
-    pub async fn ls_remote(&self, runner: &Runner, up: &Upstream) -> Result<Option<String>, ToolError> {
+    pub async fn ls_remote(
+        &self,
+        runner: &Runner,
+        up: &Upstream,
+    ) -> Result<Option<String>, ToolError> {
         let out = self
-            .out(runner, &["ls-remote", &up.remote, &format!("refs/heads/{}", up.branch)])
+            .out(
+                runner,
+                &[
+                    "ls-remote",
+                    &up.remote,
+                    &format!("refs/heads/{}", up.branch),
+                ],
+            )
             .await?;
         Ok(out.split_whitespace().next().map(str::to_string))
     }
@@ -207,18 +259,39 @@ mod tests {
 
     #[test]
     fn commit_takes_only_the_lock() {
-        let args = commit_args("chore(ci): Update nixos to 20260705", "nixpkgs: a → b", "flake.lock");
+        let args = commit_args(
+            "chore(ci): Update nixos to 20260705",
+            "nixpkgs: a → b",
+            "flake.lock",
+        );
         assert_eq!(
             args,
-            ["commit", "-m", "chore(ci): Update nixos to 20260705", "-m", "nixpkgs: a → b", "--only", "--", "flake.lock"]
+            [
+                "commit",
+                "-m",
+                "chore(ci): Update nixos to 20260705",
+                "-m",
+                "nixpkgs: a → b",
+                "--only",
+                "--",
+                "flake.lock"
+            ]
         );
     }
 
     #[test]
     fn push_is_never_forced() {
         let args = push_args("origin", "main");
-        assert_eq!(args, ["push", "--porcelain", "origin", "HEAD:refs/heads/main"]);
-        assert!(!args.iter().any(|a| a.contains("force") || a.starts_with('+') || a == "-f"));
-        assert_eq!(rebase_args("refs/remotes/origin/main"), ["rebase", "refs/remotes/origin/main"]);
+        assert_eq!(
+            args,
+            ["push", "--porcelain", "origin", "HEAD:refs/heads/main"]
+        );
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("force") || a.starts_with('+') || a == "-f"));
+        assert_eq!(
+            rebase_args("refs/remotes/origin/main"),
+            ["rebase", "refs/remotes/origin/main"]
+        );
     }
 }

@@ -116,7 +116,11 @@ impl Cmd {
 pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '@' | '#' | ',' | '+' | '%')
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '-' | '_' | '.' | '/' | ':' | '=' | '@' | '#' | ',' | '+' | '%'
+                )
         });
     if plain {
         word.to_string()
@@ -333,7 +337,10 @@ impl Runner {
                 }
             }
         }
-        let status = child.wait().await.map_err(|source| spawn_error(cmd, source))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|source| spawn_error(cmd, source))?;
         let stdout = stdout_task.await.unwrap_or_default();
         let stdout = String::from_utf8_lossy(&stdout).into_owned();
         self.log_line(&format!("# exit: {status}"));

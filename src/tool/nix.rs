@@ -86,7 +86,8 @@ pub fn eval_args(installable: &str) -> Vec<String> {
         "--json".into(),
         installable.to_string(),
         "--apply".into(),
-        "d: { drvPath = d.drvPath; outPath = d.outPath; }".into(),
+        // Not `outPath`: an attrset with one serialises as that string.
+        "d: { drv = d.drvPath; out = d.outPath; }".into(),
     ];
     args.extend(base_args());
     args
@@ -126,10 +127,9 @@ pub struct Evaluated {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct EvalJson {
-    drv_path: String,
-    out_path: String,
+    drv: String,
+    out: String,
 }
 
 #[derive(Deserialize)]
@@ -169,20 +169,27 @@ impl Nix {
     }
 
     pub fn build_cmd(&self, flake: &Path, attr: &str, out_link: Option<&Path>) -> Cmd {
-        self.cmd(build_args(&installable(flake, attr), out_link)).nix_log()
+        self.cmd(build_args(&installable(flake, attr), out_link))
+            .nix_log()
     }
 
-    pub async fn eval(&self, runner: &Runner, flake: &Path, attr: &str) -> Result<Evaluated, ToolError> {
+    pub async fn eval(
+        &self,
+        runner: &Runner,
+        flake: &Path,
+        attr: &str,
+    ) -> Result<Evaluated, ToolError> {
         let cmd = self.eval_cmd(flake, attr);
         let out = runner.run(&cmd).await?;
         let bad = |reason: String| ToolError::BadOutput {
             command: cmd.display(),
             reason,
         };
-        let json: EvalJson = serde_json::from_str(out.stdout.trim()).map_err(|e| bad(e.to_string()))?;
+        let json: EvalJson =
+            serde_json::from_str(out.stdout.trim()).map_err(|e| bad(e.to_string()))?;
         Ok(Evaluated {
-            drv_path: NixPath::parse(&json.drv_path).map_err(|e| bad(e.to_string()))?,
-            out_path: NixPath::parse(&json.out_path).map_err(|e| bad(e.to_string()))?,
+            drv_path: NixPath::parse(&json.drv).map_err(|e| bad(e.to_string()))?,
+            out_path: NixPath::parse(&json.out).map_err(|e| bad(e.to_string()))?,
         })
     }
 
@@ -232,9 +239,22 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(parse_version("nix (Nix) 2.8.0\n"), Some(v(2, 8)));
-        assert_eq!(parse_version("nix (Nix) 2.24.10"), Some(NixVersion { major: 2, minor: 24, patch: 10 }));
-        assert_eq!(parse_version("nix (Determinate Nix 3.6.2) 2.29.0"), Some(v(2, 29)));
-        assert_eq!(parse_version("nix (Nix) 2.19pre20231012_dirty"), Some(v(2, 19)));
+        assert_eq!(
+            parse_version("nix (Nix) 2.24.10"),
+            Some(NixVersion {
+                major: 2,
+                minor: 24,
+                patch: 10
+            })
+        );
+        assert_eq!(
+            parse_version("nix (Determinate Nix 3.6.2) 2.29.0"),
+            Some(v(2, 29))
+        );
+        assert_eq!(
+            parse_version("nix (Nix) 2.19pre20231012_dirty"),
+            Some(v(2, 19))
+        );
         assert_eq!(parse_version("garbage"), None);
     }
 
@@ -250,7 +270,10 @@ mod tests {
             update_args(v(2, 8), &one)[..4],
             ["flake", "lock", "--update-input", "nixpkgs"]
         );
-        assert_eq!(update_args(v(2, 19), &one)[..3], ["flake", "update", "nixpkgs"]);
+        assert_eq!(
+            update_args(v(2, 19), &one)[..3],
+            ["flake", "update", "nixpkgs"]
+        );
     }
 
     #[test]
@@ -260,7 +283,15 @@ mod tests {
         let b = build_args(&i, Some(Path::new("/state/result")));
         assert_eq!(
             b[..7],
-            ["build", "--json", "--log-format", "internal-json", "--out-link", "/state/result", "/src/flake#nixos"]
+            [
+                "build",
+                "--json",
+                "--log-format",
+                "internal-json",
+                "--out-link",
+                "/state/result",
+                "/src/flake#nixos"
+            ]
         );
         assert!(build_args(&i, None).contains(&"--no-link".to_string()));
         let e = eval_args(&i);

@@ -60,7 +60,12 @@ pub fn copy_args(src: &str, dst: &str, opts: &CopyOpts) -> Vec<String> {
 }
 
 /// `skopeo inspect --raw`: the manifest bytes, whose sha256 is the digest.
-pub fn inspect_args(reference: &str, authfile: Option<&Path>, tls_verify: bool, is_registry: bool) -> Vec<String> {
+pub fn inspect_args(
+    reference: &str,
+    authfile: Option<&Path>,
+    tls_verify: bool,
+    is_registry: bool,
+) -> Vec<String> {
     let mut args = vec!["inspect".to_string(), "--raw".into()];
     if is_registry {
         args.push("--retry-times".into());
@@ -149,7 +154,13 @@ impl Skopeo {
         }
     }
 
-    pub async fn copy(&self, runner: &Runner, src: &str, dst: &str, opts: &CopyOpts<'_>) -> Result<(), ToolError> {
+    pub async fn copy(
+        &self,
+        runner: &Runner,
+        src: &str,
+        dst: &str,
+        opts: &CopyOpts<'_>,
+    ) -> Result<(), ToolError> {
         let cmd = self.cmd(copy_args(src, dst, opts));
         let out = runner.run_unchecked(&cmd).await?;
         if out.success() {
@@ -206,7 +217,9 @@ mod tests {
                 "docker://127.0.0.1:5000/infra/runners/nixos:latest",
             ]
         );
-        assert!(!args.iter().any(|a| a.contains("creds") || a.contains("password")));
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("creds") || a.contains("password")));
     }
 
     #[test]
@@ -231,25 +244,52 @@ mod tests {
 
     #[test]
     fn oci_copy_has_no_registry_flags() {
-        let args = copy_args("docker-archive:/a.tar", "oci:/state/oci:latest", &CopyOpts::default());
-        assert_eq!(args, ["copy", "docker-archive:/a.tar", "oci:/state/oci:latest"]);
+        let args = copy_args(
+            "docker-archive:/a.tar",
+            "oci:/state/oci:latest",
+            &CopyOpts::default(),
+        );
+        assert_eq!(
+            args,
+            ["copy", "docker-archive:/a.tar", "oci:/state/oci:latest"]
+        );
     }
 
     #[test]
     fn inspect_argv() {
-        let args = inspect_args("docker://r/x:latest", Some(Path::new("/a.json")), false, true);
+        let args = inspect_args(
+            "docker://r/x:latest",
+            Some(Path::new("/a.json")),
+            false,
+            true,
+        );
         assert_eq!(
             args,
-            ["inspect", "--raw", "--retry-times", "3", "--authfile", "/a.json", "--tls-verify=false", "docker://r/x:latest"]
+            [
+                "inspect",
+                "--raw",
+                "--retry-times",
+                "3",
+                "--authfile",
+                "/a.json",
+                "--tls-verify=false",
+                "docker://r/x:latest"
+            ]
         );
-        assert_eq!(inspect_args("oci:/o:t", None, true, false), ["inspect", "--raw", "oci:/o:t"]);
+        assert_eq!(
+            inspect_args("oci:/o:t", None, true, false),
+            ["inspect", "--raw", "oci:/o:t"]
+        );
     }
 
     #[test]
     fn classifies_errors() {
         let lines = |s: &str| vec![s.to_string()];
         assert_eq!(classify(&lines("time=… level=fatal msg=\"Error parsing image name: reading manifest latest in 127.0.0.1:5000/x: manifest unknown: manifest unknown\"")), Failure::NotFound);
-        assert_eq!(classify(&lines("unauthorized: authentication required")), Failure::Unauthorized);
+        assert_eq!(
+            classify(&lines("unauthorized: authentication required")),
+            Failure::Unauthorized
+        );
         assert_eq!(classify(&lines("connection refused")), Failure::Other);
         assert_eq!(
             sha256_digest(b""),
