@@ -1,5 +1,6 @@
 //! Container images: references and tags, docker-archives, verification.
 
 pub mod archive;
+pub mod layout;
 pub mod reference;
 pub mod verify;

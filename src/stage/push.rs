@@ -1,31 +1,36 @@
-//! push: upload the image once, write every other tag as a manifest-only
-//! copy, skip tags already at the digest, and remember the digest under a
-//! content-addressed `nix-<hash>` tag.
+//! push: send only what the destination lacks.
+//!
+//! - An out path already published (the `nix-<hash>` tag, or the saved
+//!   state) is only retagged: nothing is read, compressed or uploaded.
+//! - Otherwise the image is written as an OCI layout that reuses every
+//!   layer the destination already has (matched by diff_id), compressing
+//!   only new layers. For an `oci:` destination that layout *is* the
+//!   destination; for a registry, skopeo copies it once and asks the
+//!   registry before sending each blob.
+//! - Every other tag is a manifest-only copy; tags already at the digest
+//!   are skipped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Check, Done, Stage};
-use crate::image::archive;
 use crate::image::reference::{ImageRef, Tag};
+use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::{self, ImageRecord, Outputs};
-use crate::tool::skopeo::{CopyOpts, RETRY_TIMES};
+use crate::tool::skopeo::{sha256_digest, CopyOpts, RETRY_TIMES};
 
 pub struct Push;
 
-/// A tag and the digest it points at now (None: absent).
+/// A tag and what it points at now (None: absent).
 #[derive(Debug, Clone)]
 pub struct TagState {
     pub tag: Tag,
     pub digest: Option<String>,
+    pub manifest: Option<String>,
 }
 
 impl Push {
-    fn is_registry(cx: &Ctx) -> bool {
-        matches!(cx.cfg.image, ImageRef::Docker { .. })
-    }
-
     fn authfile(cx: &Ctx) -> Option<&Path> {
         cx.authfile.as_ref().map(|a| a.path())
     }
@@ -48,33 +53,60 @@ impl Push {
         tags
     }
 
-    async fn digest_of(cx: &Ctx, tag: &Tag) -> miette::Result<Option<String>> {
-        let reference = cx.cfg.image.at_tag(tag);
-        Ok(cx
-            .skopeo()?
-            .digest(
-                &cx.runner,
-                &reference,
-                Self::authfile(cx),
-                cx.cfg.tls_verify,
-                Self::is_registry(cx),
-            )
-            .await?)
-    }
-
     /// Where every tag points now, asked once per run (cached in the
     /// context until the push changes it).
     async fn tag_states(cx: &mut Ctx) -> miette::Result<Vec<TagState>> {
         if let Some(states) = &cx.tag_states {
             return Ok(states.clone());
         }
+        let skopeo = cx.skopeo()?.clone();
         let mut states = Vec::new();
         for tag in Self::all_tags(cx) {
-            let digest = Self::digest_of(cx, &tag).await?;
-            states.push(TagState { tag, digest });
+            let manifest = match &cx.cfg.image {
+                ImageRef::Oci { dir } => layout::tag_digest(dir, tag.as_str()).and_then(|d| {
+                    std::fs::read_to_string(
+                        dir.join("blobs/sha256")
+                            .join(d.trim_start_matches("sha256:")),
+                    )
+                    .ok()
+                }),
+                ImageRef::Docker { .. } => {
+                    skopeo
+                        .manifest(
+                            &cx.runner,
+                            &cx.cfg.image.at_tag(&tag),
+                            Self::authfile(cx),
+                            cx.cfg.tls_verify,
+                            true,
+                        )
+                        .await?
+                }
+            };
+            let digest = manifest.as_ref().map(|m| sha256_digest(m.as_bytes()));
+            states.push(TagState {
+                tag,
+                digest,
+                manifest,
+            });
         }
         cx.tag_states = Some(states.clone());
         Ok(states)
+    }
+
+    /// The digest this out path was pushed as: from the state, or from the
+    /// destination's `nix-<hash>` tag.
+    fn known_digest(cx: &Ctx, states: &[TagState]) -> Option<String> {
+        let out = cx.eval.as_ref()?.out_path.to_string();
+        if let Some(record) = cx.state.images.get(&out) {
+            if record.image == cx.cfg.image.to_string() {
+                return Some(record.digest.clone());
+            }
+        }
+        let nix_tag = Self::nix_tag(cx)?;
+        states
+            .iter()
+            .find(|s| s.tag == nix_tag)
+            .and_then(|s| s.digest.clone())
     }
 
     /// The digest this out path is already published as, if the
@@ -90,22 +122,6 @@ impl Push {
                 .iter()
                 .any(|s| s.digest.as_deref() == Some(d.as_str()))
         }))
-    }
-
-    /// The digest this out path was pushed as: from the state, or from the
-    /// registry's `nix-<hash>` tag.
-    fn known_digest(cx: &Ctx, states: &[TagState]) -> Option<String> {
-        let out = cx.eval.as_ref()?.out_path.to_string();
-        if let Some(record) = cx.state.images.get(&out) {
-            if record.image == cx.cfg.image.to_string() {
-                return Some(record.digest.clone());
-            }
-        }
-        let nix_tag = Self::nix_tag(cx)?;
-        states
-            .iter()
-            .find(|s| s.tag == nix_tag)
-            .and_then(|s| s.digest.clone())
     }
 
     fn outputs(cx: &Ctx, digest: &str) -> Outputs {
@@ -136,15 +152,77 @@ impl Push {
         from_registry: bool,
         digestfile: Option<&'a Path>,
     ) -> CopyOpts<'a> {
-        let registry = Self::is_registry(cx);
         CopyOpts {
             authfile: Self::authfile(cx),
             tls_verify: cx.cfg.tls_verify,
-            src_is_registry: from_registry && registry,
-            dst_is_registry: registry,
+            src_is_registry: from_registry,
+            dst_is_registry: true,
             digestfile,
-            retry_times: if registry { RETRY_TIMES } else { 0 },
+            retry_times: RETRY_TIMES,
+            preserve_digests: true,
         }
+    }
+
+    /// What the registry's current images teach about layers: diff_id →
+    /// compressed blob already in this repository.
+    async fn registry_reuse(cx: &Ctx, states: &[TagState]) -> miette::Result<layout::ReuseMap> {
+        let skopeo = cx.skopeo()?;
+        let mut map = layout::ReuseMap::new();
+        let mut seen = Vec::new();
+        for s in states {
+            let (Some(digest), Some(manifest)) = (&s.digest, &s.manifest) else {
+                continue;
+            };
+            if seen.contains(digest) {
+                continue;
+            }
+            seen.push(digest.clone());
+            let config = skopeo
+                .config(
+                    &cx.runner,
+                    &cx.cfg.image.at_tag(&s.tag),
+                    Self::authfile(cx),
+                    cx.cfg.tls_verify,
+                    true,
+                )
+                .await?;
+            if let Some(config) = config {
+                layout::learn(&mut map, manifest.as_bytes(), config.as_bytes());
+            }
+        }
+        Ok(map)
+    }
+
+    /// Write the image as an OCI layout at `dir`, reusing `reuse`.
+    async fn write_layout(
+        cx: &mut Ctx,
+        dir: &Path,
+        reuse: &layout::ReuseMap,
+        tags: &[String],
+    ) -> miette::Result<layout::Written> {
+        let eval = cx.eval.clone().ok_or(Missing {
+            what: "the out path",
+        })?;
+        let archive = match &cx.archive {
+            Some(a) => a.clone(),
+            None => {
+                archive::prepare(
+                    &cx.runner,
+                    Path::new(eval.out_path.as_str()),
+                    &eval.out_path.hash_part(),
+                    &cx.cfg.cache_dir(),
+                )
+                .await?
+            }
+        };
+        cx.archive = Some(archive.clone());
+        let reporter = cx.reporter().clone();
+        let total = layout::layer_count(&archive).unwrap_or(0);
+        reporter.emit(Event::Push(PushEvent::LayersPlanned { total }));
+        let on_layer = move |skipped: bool, bytes: u64| {
+            reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
+        };
+        Ok(layout::write(&archive, dir, reuse, tags, &on_layer)?)
     }
 }
 
@@ -193,30 +271,39 @@ impl Stage for Push {
         let Some(first) = tags.first() else {
             return Vec::new();
         };
-        let archive = match &cx.eval {
-            Some(eval) => format!("docker-archive:{}", eval.out_path),
-            None => "docker-archive:<built image>".to_string(),
-        };
-        let digestfile = cx.cfg.state_dir.join("digest");
-        let mut cmds = vec![skopeo
-            .cmd(crate::tool::skopeo::copy_args(
-                &archive,
-                &cx.cfg.image.at_tag(first),
-                &Self::copy_opts(cx, false, Some(&digestfile)),
-            ))
-            .display()];
-        for tag in &tags[1..] {
-            cmds.push(
-                skopeo
-                    .cmd(crate::tool::skopeo::copy_args(
-                        &cx.cfg.image.at_tag(first),
-                        &cx.cfg.image.at_tag(tag),
-                        &Self::copy_opts(cx, true, None),
-                    ))
-                    .display(),
-            );
+        let out = cx
+            .eval
+            .as_ref()
+            .map(|e| e.out_path.to_string())
+            .unwrap_or_else(|| "<built image>".into());
+        match &cx.cfg.image {
+            ImageRef::Oci { dir } => vec![format!(
+                "(built in) write {out} into the OCI layout {} as {}, reusing the layers it already has",
+                dir.display(),
+                tags.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+            )],
+            ImageRef::Docker { .. } => {
+                let layout_dir = cx.cfg.cache_dir().join("layout");
+                let mut cmds = vec![
+                    format!("(built in) write {out} as an OCI layout in {}, reusing layers the registry has", layout_dir.display()),
+                    skopeo
+                        .cmd(crate::tool::skopeo::copy_args(
+                            &format!("oci:{}:{first}", layout_dir.display()),
+                            &cx.cfg.image.at_tag(first),
+                            &Self::copy_opts(cx, false, Some(&cx.cfg.state_dir.join("digest"))),
+                        ))
+                        .display(),
+                ];
+                for tag in &tags[1..] {
+                    cmds.push(
+                        skopeo
+                            .cmd(crate::tool::skopeo::copy_args(&cx.cfg.image.at_tag(first), &cx.cfg.image.at_tag(tag), &Self::copy_opts(cx, true, None)))
+                            .display(),
+                    );
+                }
+                cmds
+            }
         }
-        cmds
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
@@ -230,71 +317,107 @@ impl Stage for Push {
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
         let states = Self::tag_states(cx).await?;
-        // From here on the registry changes: ask again next time.
+        // From here on the destination changes: ask again next time.
         cx.tag_states = None;
         let known = Self::known_digest(cx, &states);
         let skopeo = cx.skopeo()?.clone();
+        let all: Vec<String> = states.iter().map(|s| s.tag.to_string()).collect();
 
-        // The source for the manifest-only copies: a tag already at the
-        // known digest, or the one we upload to now.
+        // 1. Get the image there once (or find it there already).
         let existing = known.as_ref().and_then(|d| {
             states
                 .iter()
                 .find(|s| s.digest.as_deref() == Some(d.as_str()))
         });
-        let (source, digest, uploaded) = match (existing, known.clone()) {
-            (Some(s), Some(digest)) => (s.tag.clone(), digest, false),
-            _ => {
-                let eval = cx.eval.clone().ok_or(Missing {
-                    what: "the out path",
-                })?;
-                let archive = archive::prepare(
-                    &cx.runner,
-                    Path::new(eval.out_path.as_str()),
-                    &eval.out_path.hash_part(),
-                    &cx.cfg.cache_dir(),
-                )
-                .await?;
-                cx.archive = Some(archive.clone());
+        let (source, digest, how) = match (existing, known.clone(), &cx.cfg.image) {
+            (Some(s), Some(digest), _) => {
+                (s.tag.clone(), digest, format!("already there as {}", s.tag))
+            }
+            (_, _, ImageRef::Oci { dir }) => {
+                // The layout is the destination: write it in place, all tags
+                // at once, reusing its blobs.
+                let dir = dir.clone();
+                let mut reuse = layout::ReuseMap::new();
+                layout::learn_from_layout(&dir, &mut reuse);
+                let written = Self::write_layout(cx, &dir, &reuse, &all).await?;
+                for s in &states {
+                    cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                        tag: s.tag.to_string(),
+                        skipped: s.digest.as_deref() == Some(written.manifest_digest.as_str()),
+                    }));
+                }
+                cx.digest = Some(written.manifest_digest.clone());
+                Self::remember(cx, &written.manifest_digest);
+                let note = format!(
+                    "{}: wrote {} as {}; {} of {} layers reused, {} compressed ({} bytes)",
+                    written.manifest_digest,
+                    cx.cfg.image,
+                    all.join(", "),
+                    written.reused,
+                    written.layers,
+                    written.compressed,
+                    written.compressed_bytes
+                );
+                return Ok(Done::new(note).with(Self::outputs(cx, &written.manifest_digest)));
+            }
+            (_, _, ImageRef::Docker { .. }) => {
                 let first = states
                     .first()
                     .map(|s| s.tag.clone())
                     .ok_or(Missing { what: "a tag" })?;
-                state::ensure_dir(&cx.cfg.state_dir).map_err(|source| state::StateError::Io {
-                    path: cx.cfg.state_dir.clone(),
-                    source,
+                let reuse = Self::registry_reuse(cx, &states).await?;
+                let eval = cx.eval.clone().ok_or(Missing {
+                    what: "the out path",
                 })?;
-                let digestfile = tempfile::Builder::new()
-                    .prefix(".digest-")
-                    .tempfile_in(&cx.cfg.state_dir)
-                    .map_err(|source| state::StateError::Io {
-                        path: cx.cfg.state_dir.clone(),
-                        source,
-                    })?;
-                let src = format!("docker-archive:{}", archive.display());
-                skopeo
-                    .copy(
-                        &cx.runner,
-                        &src,
-                        &cx.cfg.image.at_tag(&first),
-                        &Self::copy_opts(cx, false, Some(digestfile.path())),
-                    )
-                    .await?;
-                let digest = std::fs::read_to_string(digestfile.path())
-                    .map(|d| d.trim().to_string())
-                    .unwrap_or_default();
-                let digest = if digest.starts_with("sha256:") {
-                    digest
+                let layout_dir: PathBuf = cx
+                    .cfg
+                    .cache_dir()
+                    .join(format!("layout-{}", eval.out_path.hash_part()));
+                let written =
+                    Self::write_layout(cx, &layout_dir, &reuse, &[first.to_string()]).await?;
+                let digest = written.manifest_digest.clone();
+                let how = format!(
+                    "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
+                    written.reused, written.layers, written.compressed, written.compressed_bytes
+                );
+                if states
+                    .iter()
+                    .any(|s| s.tag == first && s.digest.as_deref() == Some(digest.as_str()))
+                {
+                    (first, digest, "already there".to_string())
                 } else {
-                    Self::digest_of(cx, &first).await?.ok_or(Missing {
-                        what: "the pushed digest",
-                    })?
-                };
-                cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                    tag: first.to_string(),
-                    skipped: false,
-                }));
-                (first, digest, true)
+                    let digestfile = tempfile::Builder::new()
+                        .prefix(".digest-")
+                        .tempfile_in(&cx.cfg.state_dir)
+                        .map_err(|source| state::StateError::Io {
+                            path: cx.cfg.state_dir.clone(),
+                            source,
+                        })?;
+                    let src = format!("oci:{}:{first}", layout_dir.display());
+                    skopeo
+                        .copy(
+                            &cx.runner,
+                            &src,
+                            &cx.cfg.image.at_tag(&first),
+                            &Self::copy_opts(cx, false, Some(digestfile.path())),
+                        )
+                        .await?;
+                    let pushed = std::fs::read_to_string(digestfile.path())
+                        .map(|d| d.trim().to_string())
+                        .unwrap_or_default();
+                    if pushed.starts_with("sha256:") && pushed != digest {
+                        cx.reporter().info(format!(
+                            "warning: the registry reports {pushed}, the layout has {digest}"
+                        ));
+                    }
+                    cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                        tag: first.to_string(),
+                        skipped: false,
+                    }));
+                    // The local layout is no longer needed.
+                    let _ = std::fs::remove_dir_all(&layout_dir);
+                    (first, digest, how)
+                }
             }
         };
         // Remember the digest as soon as it exists, so a resumed run only
@@ -302,11 +425,12 @@ impl Stage for Push {
         cx.digest = Some(digest.clone());
         Self::remember(cx, &digest);
 
-        let mut written = Vec::new();
+        // 2. Every other tag: a manifest-only copy, concurrently.
+        let mut jobs = tokio::task::JoinSet::new();
         let mut skipped = Vec::new();
+        let mut written = Vec::new();
         for s in &states {
-            if s.tag == source && uploaded {
-                written.push(s.tag.to_string());
+            if s.tag == source {
                 continue;
             }
             if s.digest.as_deref() == Some(digest.as_str()) {
@@ -317,39 +441,48 @@ impl Stage for Push {
                 }));
                 continue;
             }
-            skopeo
-                .copy(
-                    &cx.runner,
-                    &cx.cfg.image.at_tag(&source),
-                    &cx.cfg.image.at_tag(&s.tag),
-                    &Self::copy_opts(cx, true, None),
-                )
-                .await?;
-            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                tag: s.tag.to_string(),
-                skipped: false,
-            }));
-            written.push(s.tag.to_string());
+            let (runner, skopeo) = (cx.runner.clone(), skopeo.clone());
+            let (src, dst) = (cx.cfg.image.at_tag(&source), cx.cfg.image.at_tag(&s.tag));
+            let args = crate::tool::skopeo::copy_args(&src, &dst, &Self::copy_opts(cx, true, None));
+            let tag = s.tag.to_string();
+            jobs.spawn(async move {
+                let cmd = skopeo.cmd(args);
+                let out = runner.run_unchecked(&cmd).await;
+                (tag, cmd, out)
+            });
         }
-        let mut note = format!("{digest}: ");
-        if uploaded {
-            note.push_str(&format!("uploaded as {}", source));
-        } else {
-            note.push_str(&format!("already in the registry as {}", source));
+        let mut first_error = None;
+        while let Some(joined) = jobs.join_next().await {
+            let Ok((tag, cmd, out)) = joined else {
+                continue;
+            };
+            match out {
+                Ok(out) if out.success() => {
+                    cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                        tag: tag.clone(),
+                        skipped: false,
+                    }));
+                    written.push(tag);
+                }
+                Ok(out) => {
+                    first_error.get_or_insert(crate::tool::skopeo::explain(
+                        &cmd,
+                        &out,
+                        crate::tool::skopeo::classify(&out.stderr_tail),
+                    ));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let retagged: Vec<&String> = written
-            .iter()
-            .filter(|t| **t != source.to_string())
-            .collect();
-        if !retagged.is_empty() {
-            note.push_str(&format!(
-                "; tagged {}",
-                retagged
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        if let Some(err) = first_error {
+            return Err(err.into());
+        }
+        written.sort();
+        let mut note = format!("{digest}: {how}");
+        if !written.is_empty() {
+            note.push_str(&format!("; tagged {}", written.join(", ")));
         }
         if !skipped.is_empty() {
             note.push_str(&format!("; skipped {} (already there)", skipped.join(", ")));

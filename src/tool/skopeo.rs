@@ -22,6 +22,8 @@ pub struct CopyOpts<'a> {
     pub dst_is_registry: bool,
     pub digestfile: Option<&'a Path>,
     pub retry_times: u32,
+    /// Fail rather than change the manifest (and so its digest).
+    pub preserve_digests: bool,
 }
 
 pub fn copy_args(src: &str, dst: &str, opts: &CopyOpts) -> Vec<String> {
@@ -49,6 +51,9 @@ pub fn copy_args(src: &str, dst: &str, opts: &CopyOpts) -> Vec<String> {
         }
         // Ask the registry which blobs it has before uploading any.
         args.push("--dest-precompute-digests".into());
+    }
+    if opts.preserve_digests {
+        args.push("--preserve-digests".into());
     }
     if let Some(file) = opts.digestfile {
         args.push("--digestfile".into());
@@ -79,6 +84,18 @@ pub fn inspect_args(
         }
     }
     args.push(reference.to_string());
+    args
+}
+
+/// `skopeo inspect --raw --config`: the image's config blob.
+pub fn config_args(
+    reference: &str,
+    authfile: Option<&Path>,
+    tls_verify: bool,
+    is_registry: bool,
+) -> Vec<String> {
+    let mut args = inspect_args(reference, authfile, tls_verify, is_registry);
+    args.insert(2, "--config".to_string());
     args
 }
 
@@ -134,8 +151,9 @@ impl Skopeo {
         Cmd::new(&self.path).args(args)
     }
 
-    /// The digest a reference points at, or `None` if the tag does not exist.
-    pub async fn digest(
+    /// The raw manifest a reference points at (its sha256 is the digest),
+    /// or `None` if the tag does not exist.
+    pub async fn manifest(
         &self,
         runner: &Runner,
         reference: &str,
@@ -144,9 +162,26 @@ impl Skopeo {
         is_registry: bool,
     ) -> Result<Option<String>, ToolError> {
         let cmd = self.cmd(inspect_args(reference, authfile, tls_verify, is_registry));
+        self.inspect(runner, cmd).await
+    }
+
+    /// The config blob of the image a reference points at.
+    pub async fn config(
+        &self,
+        runner: &Runner,
+        reference: &str,
+        authfile: Option<&Path>,
+        tls_verify: bool,
+        is_registry: bool,
+    ) -> Result<Option<String>, ToolError> {
+        let cmd = self.cmd(config_args(reference, authfile, tls_verify, is_registry));
+        self.inspect(runner, cmd).await
+    }
+
+    async fn inspect(&self, runner: &Runner, cmd: Cmd) -> Result<Option<String>, ToolError> {
         let out = runner.run_unchecked(&cmd).await?;
         if out.success() {
-            return Ok(Some(sha256_digest(out.stdout.as_bytes())));
+            return Ok(Some(out.stdout));
         }
         match classify(&out.stderr_tail) {
             Failure::NotFound => Ok(None),
@@ -171,7 +206,7 @@ impl Skopeo {
     }
 }
 
-fn explain(cmd: &Cmd, out: &Output, failure: Failure) -> ToolError {
+pub fn explain(cmd: &Cmd, out: &Output, failure: Failure) -> ToolError {
     let err = failed(cmd, out);
     match failure {
         Failure::Unauthorized => err.with_help(AUTH_HELP),
@@ -199,6 +234,7 @@ mod tests {
                 dst_is_registry: true,
                 digestfile: Some(digest),
                 retry_times: 3,
+                preserve_digests: false,
             },
         );
         assert_eq!(
@@ -235,11 +271,13 @@ mod tests {
                 dst_is_registry: true,
                 digestfile: None,
                 retry_times: 0,
+                preserve_digests: true,
             },
         );
         assert!(args.contains(&"--src-authfile".to_string()));
         assert!(args.contains(&"--dest-authfile".to_string()));
         assert!(!args.iter().any(|a| a.contains("tls-verify")));
+        assert!(args.contains(&"--preserve-digests".to_string()));
     }
 
     #[test]

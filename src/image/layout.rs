@@ -1,0 +1,499 @@
+//! Writing an image into an OCI layout without redoing known work.
+//!
+//! The docker-archive's config lists every layer's `diff_id` (the sha256 of
+//! the uncompressed tar). An image already at the destination maps its
+//! diff_ids to compressed blobs, in the same order as its manifest's
+//! `layers`. A layer whose diff_id is already known needs neither
+//! compressing nor uploading: its descriptor is reused and its blob is not
+//! even written locally (skopeo asks the registry for it and finds it
+//! there). Only new layers are compressed, in parallel, as streams.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::tool::skopeo::sha256_digest;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum LayoutError {
+    #[error("could not read the image archive {}: {reason}", path.display())]
+    #[diagnostic(
+        code(runnerctl::layout::archive),
+        help("the build output is not a docker-archive runnerctl understands; check --attr")
+    )]
+    Archive { path: PathBuf, reason: String },
+
+    #[error("could not write the OCI layout {}", path.display())]
+    #[diagnostic(
+        code(runnerctl::layout::write),
+        help("check free space and permissions there")
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A content descriptor (OCI image spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ArchiveManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigRootFs {
+    rootfs: RootFs,
+}
+
+/// diff_id → the compressed blob that holds it somewhere already.
+pub type ReuseMap = HashMap<String, Descriptor>;
+
+/// Record what an existing image's config and manifest say.
+pub fn learn(map: &mut ReuseMap, manifest: &[u8], config: &[u8]) {
+    let (Ok(manifest), Ok(config)) = (
+        serde_json::from_slice::<Manifest>(manifest),
+        serde_json::from_slice::<ConfigRootFs>(config),
+    ) else {
+        return;
+    };
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        return;
+    }
+    for (diff_id, layer) in config.rootfs.diff_ids.into_iter().zip(manifest.layers) {
+        map.entry(diff_id).or_insert(Descriptor {
+            media_type: OCI_LAYER_GZIP.to_string(),
+            digest: layer.digest,
+            size: layer.size,
+            annotations: None,
+        });
+    }
+}
+
+/// One layer inside the docker-archive: where its bytes are.
+#[derive(Debug, Clone)]
+struct LayerEntry {
+    offset: u64,
+    size: u64,
+    diff_id: String,
+}
+
+/// What writing the layout did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub manifest_digest: String,
+    pub manifest: Descriptor,
+    pub layers: usize,
+    pub reused: usize,
+    /// Layers compressed now, and their compressed bytes.
+    pub compressed: usize,
+    pub compressed_bytes: u64,
+}
+
+/// Index the docker-archive: config bytes and where each layer is.
+fn scan(archive: &Path) -> Result<(Vec<u8>, Vec<LayerEntry>), LayoutError> {
+    let bad = |reason: String| LayoutError::Archive {
+        path: archive.to_path_buf(),
+        reason,
+    };
+    let file = File::open(archive).map_err(|e| bad(e.to_string()))?;
+    let mut tar = tar::Archive::new(BufReader::new(file));
+    let mut positions: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut jsons: HashMap<String, Vec<u8>> = HashMap::new();
+    for entry in tar.entries_with_seek().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name.ends_with(".json") && entry.size() < 16 * 1024 * 1024 {
+            let mut buf = Vec::new();
+            entry
+                .read_to_end(&mut buf)
+                .map_err(|e| bad(e.to_string()))?;
+            jsons.insert(name, buf);
+        } else {
+            positions.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+    }
+    let manifest: Vec<ArchiveManifest> = serde_json::from_slice(
+        jsons
+            .get("manifest.json")
+            .ok_or_else(|| bad("no manifest.json".into()))?,
+    )
+    .map_err(|e| bad(format!("manifest.json: {e}")))?;
+    let image = manifest
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("manifest.json lists no image".into()))?;
+    let config = jsons
+        .remove(image.config.trim_start_matches("./"))
+        .ok_or_else(|| bad(format!("config {} is missing", image.config)))?;
+    let rootfs: ConfigRootFs =
+        serde_json::from_slice(&config).map_err(|e| bad(format!("config: {e}")))?;
+    if rootfs.rootfs.diff_ids.len() != image.layers.len() {
+        return Err(bad(
+            "the config's diff_ids and the layers differ in number".into()
+        ));
+    }
+    let mut layers = Vec::new();
+    for (name, diff_id) in image.layers.iter().zip(rootfs.rootfs.diff_ids) {
+        let (offset, size) = positions
+            .get(name.trim_start_matches("./"))
+            .copied()
+            .ok_or_else(|| bad(format!("layer {name} is missing")))?;
+        layers.push(LayerEntry {
+            offset,
+            size,
+            diff_id,
+        });
+    }
+    Ok((config, layers))
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compress one layer into `blobs/sha256/<digest>` (temp file + rename).
+fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::Result<Descriptor> {
+    let mut file = File::open(archive)?;
+    file.seek(SeekFrom::Start(entry.offset))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file.take(entry.size));
+    let tmp = tempfile::Builder::new()
+        .prefix(".layer-")
+        .tempfile_in(blobs)?;
+    let mut head = [0u8; 2];
+    let n = reader.read(&mut head)?;
+    let mut out = Hashing {
+        inner: BufWriter::with_capacity(256 * 1024, tmp.reopen()?),
+        hash: Sha256::new(),
+        size: 0,
+    };
+    if n == 2 && head == [0x1f, 0x8b] {
+        // Already gzip: use the bytes as they are.
+        out.write_all(&head[..n])?;
+        std::io::copy(&mut reader, &mut out)?;
+    } else {
+        let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+        gz.write_all(&head[..n])?;
+        std::io::copy(&mut reader, &mut gz)?;
+        gz.finish()?;
+    }
+    out.flush()?;
+    let Hashing { inner, hash, size } = out;
+    drop(inner);
+    let digest = hex(&hash.finalize());
+    tmp.as_file().sync_all()?;
+    tmp.persist(blobs.join(&digest)).map_err(|e| e.error)?;
+    Ok(Descriptor {
+        media_type: OCI_LAYER_GZIP.to_string(),
+        digest: format!("sha256:{digest}"),
+        size,
+        annotations: None,
+    })
+}
+
+fn write_blob(blobs: &Path, bytes: &[u8]) -> std::io::Result<String> {
+    let digest = sha256_digest(bytes);
+    let path = blobs.join(digest.trim_start_matches("sha256:"));
+    if !path.exists() {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".blob-")
+            .tempfile_in(blobs)?;
+        tmp.write_all(bytes)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+    }
+    Ok(digest)
+}
+
+/// Reuse what the layout at `dir` already holds: its manifests' layers.
+pub fn learn_from_layout(dir: &Path, map: &mut ReuseMap) {
+    let Ok(index) = std::fs::read(dir.join("index.json")) else {
+        return;
+    };
+    let Ok(index) = serde_json::from_slice::<Index>(&index) else {
+        return;
+    };
+    let blob = |digest: &str| {
+        std::fs::read(
+            dir.join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .ok()
+    };
+    for desc in index.manifests {
+        let Some(manifest) = blob(&desc.digest) else {
+            continue;
+        };
+        let Ok(parsed) = serde_json::from_slice::<Manifest>(&manifest) else {
+            continue;
+        };
+        let Some(config) = blob(&parsed.config.digest) else {
+            continue;
+        };
+        // Only layers whose blob is really in this layout.
+        let mut local = ReuseMap::new();
+        learn(&mut local, &manifest, &config);
+        for (diff_id, d) in local {
+            if dir
+                .join("blobs/sha256")
+                .join(d.digest.trim_start_matches("sha256:"))
+                .is_file()
+            {
+                map.entry(diff_id).or_insert(d);
+            }
+        }
+    }
+}
+
+/// Write the image from `archive` into the OCI layout `dir`, reusing blobs
+/// from `reuse`. Tags in `tags` are pointed at the image in index.json
+/// (other entries are kept). `on_layer(reused, bytes)` reports progress.
+pub fn write(
+    archive: &Path,
+    dir: &Path,
+    reuse: &ReuseMap,
+    tags: &[String],
+    on_layer: &(dyn Fn(bool, u64) + Sync),
+) -> Result<Written, LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let (config, layers) = scan(archive)?;
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).map_err(werr)?;
+    std::fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").map_err(werr)?;
+
+    // Compress the layers nobody has yet, in parallel.
+    let todo: Vec<usize> = (0..layers.len())
+        .filter(|i| !reuse.contains_key(&layers[*i].diff_id))
+        .collect();
+    let results: Mutex<HashMap<usize, Descriptor>> = Mutex::new(HashMap::new());
+    let failure: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(todo.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = todo.get(k) else { break };
+                match compress_layer(archive, &layers[i], &blobs) {
+                    Ok(desc) => {
+                        on_layer(false, desc.size);
+                        if let Ok(mut r) = results.lock() {
+                            r.insert(i, desc);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(werr(e));
+    }
+    let mut results = results.into_inner().unwrap_or_default();
+    let mut descriptors = Vec::with_capacity(layers.len());
+    let mut compressed_bytes = 0;
+    for (i, layer) in layers.iter().enumerate() {
+        match reuse.get(&layer.diff_id) {
+            Some(desc) => {
+                on_layer(true, 0);
+                descriptors.push(desc.clone());
+            }
+            None => {
+                let desc = results
+                    .remove(&i)
+                    .ok_or_else(|| werr(std::io::Error::other("a layer was not compressed")))?;
+                compressed_bytes += desc.size;
+                descriptors.push(desc);
+            }
+        }
+    }
+
+    let config_digest = write_blob(&blobs, &config).map_err(werr)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.to_string()),
+        config: Descriptor {
+            media_type: OCI_CONFIG.to_string(),
+            digest: config_digest,
+            size: config.len() as u64,
+            annotations: None,
+        },
+        layers: descriptors,
+    };
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| werr(std::io::Error::other(e)))?;
+    let manifest_digest = write_blob(&blobs, &manifest_bytes).map_err(werr)?;
+    let manifest_desc = Descriptor {
+        media_type: OCI_MANIFEST.to_string(),
+        digest: manifest_digest.clone(),
+        size: manifest_bytes.len() as u64,
+        annotations: None,
+    };
+
+    // index.json: keep other entries, point our tags at this manifest.
+    let mut index = std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .unwrap_or(Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.to_string()),
+            manifests: Vec::new(),
+        });
+    index.manifests.retain(|d| {
+        let name = d.annotations.as_ref().and_then(|a| a.get(REF_NAME));
+        !name.is_some_and(|n| tags.contains(n))
+    });
+    for tag in tags {
+        let mut desc = manifest_desc.clone();
+        desc.annotations = Some([(REF_NAME.to_string(), tag.clone())].into_iter().collect());
+        index.manifests.push(desc);
+    }
+    let index_bytes = serde_json::to_vec(&index).map_err(|e| werr(std::io::Error::other(e)))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".index-")
+        .tempfile_in(dir)
+        .map_err(werr)?;
+    tmp.write_all(&index_bytes).map_err(werr)?;
+    tmp.as_file().sync_all().map_err(werr)?;
+    tmp.persist(dir.join("index.json"))
+        .map_err(|e| werr(e.error))?;
+
+    Ok(Written {
+        manifest_digest,
+        manifest: manifest_desc,
+        layers: layers.len(),
+        reused: layers.len() - todo.len(),
+        compressed: todo.len(),
+        compressed_bytes,
+    })
+}
+
+/// How many layers the archive has (for progress).
+pub fn layer_count(archive: &Path) -> Result<usize, LayoutError> {
+    Ok(scan(archive)?.1.len())
+}
+
+/// The digest an OCI layout's index gives a tag, if any.
+pub fn tag_digest(dir: &Path, tag: &str) -> Option<String> {
+    let index = std::fs::read(dir.join("index.json")).ok()?;
+    let index: Index = serde_json::from_slice(&index).ok()?;
+    index
+        .manifests
+        .into_iter()
+        .find(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_some_and(|n| n == tag)
+        })
+        .map(|d| d.digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_diff_ids_in_manifest_order() {
+        let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:c","size":1},
+            "layers":[{"mediaType":"l","digest":"sha256:g1","size":10},{"mediaType":"l","digest":"sha256:g2","size":20}]}"#;
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:u1","sha256:u2"]}}"#;
+        let mut map = ReuseMap::new();
+        learn(&mut map, manifest, config);
+        assert_eq!(map["sha256:u1"].digest, "sha256:g1");
+        assert_eq!(map["sha256:u2"].size, 20);
+        // Mismatched counts teach nothing.
+        let mut other = ReuseMap::new();
+        learn(
+            &mut other,
+            manifest,
+            br#"{"rootfs":{"diff_ids":["sha256:u1"]}}"#,
+        );
+        assert!(other.is_empty());
+    }
+}
