@@ -11,6 +11,7 @@ use runnerctl::{demo, pipeline, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_error_hook();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -22,6 +23,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// Diagnostics in colour only on a terminal, without NO_COLOR, outside CI.
+fn install_error_hook() {
+    let color = runnerctl::progress::colour_on_stderr();
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(color)
+                .terminal_links(false)
+                .context_lines(2)
+                .tab_width(4)
+                .build(),
+        )
+    }));
 }
 
 fn print_error(err: &miette::Report) {

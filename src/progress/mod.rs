@@ -116,17 +116,20 @@ impl Reporter {
 
 /// Live drawing only on a real terminal, outside CI, without NO_COLOR.
 fn use_term(mode: ProgressMode) -> bool {
-    use std::io::IsTerminal;
     match mode {
         ProgressMode::Plain => false,
         ProgressMode::Term => true,
-        ProgressMode::Auto => {
-            std::io::stderr().is_terminal()
-                && !env_flag("CI")
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
-        }
+        ProgressMode::Auto => colour_on_stderr(),
     }
+}
+
+/// Is stderr a terminal that wants colour and live redraws?
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+        && !env_flag("CI")
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
 }
 
 fn env_flag(name: &str) -> bool {

@@ -13,6 +13,9 @@ pub const ACT_BUILD: u64 = 105;
 pub const ACT_COPY_PATHS: u64 = 103;
 pub const ACT_SUBSTITUTE: u64 = 108;
 
+/// Verbosity levels: error 0, warn 1, notice 2, info 3, talkative 4 …
+pub const LVL_INFO: u64 = 3;
+
 /// Result types (`type` of a `result` action).
 pub const RES_BUILD_LOG_LINE: u64 = 101;
 pub const RES_SET_PHASE: u64 = 104;
@@ -27,6 +30,7 @@ pub enum NixMsg {
     Start {
         id: u64,
         kind: u64,
+        level: u64,
         text: String,
         parent: u64,
         fields: Vec<Value>,
@@ -42,11 +46,14 @@ pub enum NixMsg {
 }
 
 impl NixMsg {
-    /// The human text of this message, if it has one worth keeping in a log.
+    /// The human text of this message, if it has one worth keeping in a log
+    /// (Nix's default verbosity: errors, warnings, notices and info).
     pub fn text(&self) -> Option<String> {
         match self {
-            NixMsg::Msg { text, .. } => Some(strip_ansi(text)),
-            NixMsg::Start { text, .. } if !text.is_empty() => Some(strip_ansi(text)),
+            NixMsg::Msg { text, level } if *level <= LVL_INFO => Some(strip_ansi(text)),
+            NixMsg::Start { text, level, .. } if !text.is_empty() && *level <= LVL_INFO => {
+                Some(strip_ansi(text))
+            }
             NixMsg::Result { kind, fields, .. } if *kind == RES_BUILD_LOG_LINE => {
                 fields.first().and_then(Value::as_str).map(strip_ansi)
             }
@@ -86,6 +93,7 @@ pub fn parse_line(line: &str) -> Option<NixMsg> {
         "start" => Some(NixMsg::Start {
             id: u("id"),
             kind: u("type"),
+            level: u("level"),
             text: s("text"),
             parent: u("parent"),
             fields: fields(),

@@ -69,7 +69,15 @@ impl Render for Term {
                 note,
                 duration,
             } => {
+                let build = inner.build.clone();
                 if let Some(bar) = inner.bars.get(stage) {
+                    let mut note = note.clone();
+                    if bar.length().is_some() && build.expected > 0 {
+                        // Show where the bar ended: derivations built of expected.
+                        bar.set_position(build.done);
+                        bar.tick();
+                        note = format!("[{}/{} derivations] {note}", build.done, build.expected);
+                    }
                     bar.set_style(
                         ProgressStyle::with_template("{prefix:<12.bold} {wide_msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -161,6 +169,17 @@ impl Render for Term {
     }
 
     fn finish(&self) {
-        let _ = self.multi.clear();
+        // Finished stage lines stay on screen; drop anything still live,
+        // and leave the cursor on a fresh line for what follows.
+        if let Ok(inner) = self.inner.lock() {
+            for bar in inner.bars.values() {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
+            if !inner.bars.is_empty() {
+                eprintln!();
+            }
+        }
     }
 }

@@ -1,0 +1,279 @@
+//! Progress and output: the internal-json parser on recorded Nix 2.8
+//! streams, plain output without escape codes, the `--json` document's
+//! shape, and the live build bar under a pseudo-terminal.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Registry, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
+use runnerctl::progress::nix_log::{parse_line, BuildProgress, NixMsg};
+
+const CHAIN: &str = include_str!("data/nix-2.8-build-chain.log");
+const FAILURE: &str = include_str!("data/nix-2.8-build-failure.log");
+
+fn fold(stream: &str) -> (BuildProgress, Vec<String>) {
+    let mut progress = BuildProgress::default();
+    let mut lines = Vec::new();
+    for line in stream.lines() {
+        let msg = parse_line(line).unwrap_or_else(|| panic!("not an @nix line: {line}"));
+        progress.apply(&msg);
+        if let Some(text) = msg.text() {
+            lines.push(text);
+        }
+    }
+    (progress, lines)
+}
+
+#[test]
+fn recorded_chain_build_counts_three_of_three() {
+    let (progress, lines) = fold(CHAIN);
+    assert_eq!((progress.done, progress.expected), (3, 3));
+    assert_eq!(progress.current.as_deref(), Some("chain-c"));
+    assert_eq!(
+        (progress.downloads_done, progress.downloads_expected),
+        (0, 0)
+    );
+    // Builder output and the "building" notices, in order, nothing talkative.
+    let building: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("building chain-"))
+        .collect();
+    assert_eq!(
+        building,
+        ["building chain-a", "building chain-b", "building chain-c"]
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("querying info")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn recorded_chain_progress_is_monotonic() {
+    let mut progress = BuildProgress::default();
+    let mut seen = Vec::new();
+    for line in CHAIN.lines() {
+        if let Some(msg) = parse_line(line) {
+            progress.apply(&msg);
+            if seen.last() != Some(&progress.done) {
+                seen.push(progress.done);
+            }
+        }
+    }
+    assert_eq!(seen, [0, 1, 2, 3]);
+}
+
+#[test]
+fn recorded_failure_keeps_the_builder_output_and_a_plain_error() {
+    let (_, lines) = fold(FAILURE);
+    assert!(lines.iter().any(|l| l == "compile step 30"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "error: missing node"));
+    let error = lines
+        .iter()
+        .find(|l| l.contains("failed with exit code 3"))
+        .expect("error msg");
+    assert!(
+        error.starts_with("error: builder for '/nix/store/"),
+        "{error}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "ANSI left in {lines:?}"
+    );
+    let msgs = FAILURE
+        .lines()
+        .filter_map(parse_line)
+        .filter(|m| matches!(m, NixMsg::Msg { .. }))
+        .count();
+    assert!(msgs >= 1);
+}
+
+fn assert_plain(text: &str, what: &str) {
+    assert!(!text.contains('\u{1b}'), "escape codes in {what}:\n{text}");
+}
+
+/// Keys of a JSON object, recursively for the stage rows.
+fn shape(doc: &serde_json::Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let top = doc.as_object().expect("object").keys().cloned().collect();
+    let stages = doc["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .flat_map(|s| s.as_object().expect("stage").keys().cloned())
+        .collect();
+    (top, stages)
+}
+
+#[test]
+fn plain_output_and_json_shape_across_success_noop_and_failure() {
+    let mut nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    nixpkgs.commit(T0 + 2 * DAY);
+
+    // Success, human output, no TTY: no escape codes anywhere.
+    let human = Run::new(["bump"]).in_repo(&repo).run();
+    human.assert_success();
+    assert_plain(&human.stdout, "stdout");
+    assert_plain(&human.stderr, "stderr");
+    assert!(
+        human.stdout.contains("runnerctl bump: success"),
+        "{}",
+        human.stdout
+    );
+    // Plain progress lines are timestamped.
+    assert!(
+        human
+            .stderr
+            .lines()
+            .any(|l| l.starts_with('[') && l.contains("] build: ")),
+        "{}",
+        human.stderr
+    );
+
+    // No-op, --json: stdout is exactly one JSON document.
+    let noop = Run::new(["bump", "--json"]).in_repo(&repo).run();
+    noop.assert_success();
+    let noop_doc: serde_json::Value =
+        serde_json::from_str(&noop.stdout).expect("one JSON document on stdout");
+    assert_eq!(noop_doc["outcome"], "up-to-date");
+    assert_eq!(noop_doc["schema_version"], 1);
+
+    // Failure, --json: same shape, outcome and error filled in.
+    let fail = Run::new(["release", "--json", "--attr", "nixos-nonode"])
+        .in_repo(&repo)
+        .run();
+    assert_eq!(fail.code, Some(1), "{}", fail.stderr);
+    let fail_doc: serde_json::Value = serde_json::from_str(&fail.stdout).expect("JSON on failure");
+    assert_eq!(fail_doc["outcome"], "failure");
+    assert!(fail_doc["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("bin/node")));
+    assert_plain(&fail.stderr, "failure stderr");
+    assert!(fail.stderr.contains("bin/node"), "{}", fail.stderr);
+
+    // Success in --json too (a new upstream commit), then compare shapes.
+    nixpkgs.commit(T0 + 3 * DAY);
+    let ok = Run::new(["bump", "--json"]).in_repo(&repo).run();
+    ok.assert_success();
+    let ok_doc: serde_json::Value = serde_json::from_str(&ok.stdout).expect("JSON on success");
+    assert_eq!(ok_doc["outcome"], "success");
+    assert!(ok_doc["digest"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("sha256:")));
+    assert!(ok_doc["commit"].as_str().is_some_and(|c| c.len() == 40));
+    assert_eq!(shape(&ok_doc), shape(&noop_doc));
+    assert_eq!(shape(&ok_doc), shape(&fail_doc));
+    let names: Vec<&str> = ok_doc["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "preflight",
+            "update",
+            "build",
+            "verify",
+            "push",
+            "commit",
+            "git-push"
+        ]
+    );
+
+    // status --json parses and is plain too.
+    let status = Run::new(["status", "--json"]).in_repo(&repo).run();
+    status.assert_success();
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(doc["state"]["stages"]["push"]["status"], "done");
+}
+
+#[test]
+fn help_version_and_completions() {
+    let help = Run::new(["bump", "--help"]).run();
+    help.assert_success();
+    assert_plain(&help.stdout, "help");
+    assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
+    for flag in [
+        "--flake",
+        "--attr",
+        "--input",
+        "--image",
+        "--tag",
+        "--tls-verify",
+        "--commit-message",
+        "--no-git-push",
+        "--dry-run",
+        "--state-dir",
+        "--json",
+    ] {
+        assert!(help.stdout.contains(flag), "--help lacks {flag}");
+    }
+    let version = Run::new(["--version"]).run();
+    version.assert_success();
+    // `runnerctl 0.1.0 (<git revision>)`
+    let v = version.stdout.trim();
+    assert!(
+        v.starts_with("runnerctl ") && v.contains('(') && v.ends_with(')'),
+        "{v}"
+    );
+    let completions = Run::new(["completions", "bash"]).run();
+    completions.assert_success();
+    assert!(
+        completions.stdout.contains("_runnerctl"),
+        "{}",
+        completions.stdout
+    );
+    let usage = Run::new(["bump", "--no-such-flag"]).run();
+    assert_eq!(usage.code, Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn build_bar_reaches_done_of_expected_under_a_pty() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("`script` (util-linux/bsdutils) is needed for the pseudo-terminal test");
+    }
+    let mut nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    // A new upstream commit makes the image derivation new: a real build.
+    nixpkgs.commit(T0 + 5 * DAY);
+    let registry = Registry::new();
+    let _ = &registry; // the default oci: destination is used; the registry proves nothing here
+    let typescript = tempfile::NamedTempFile::new().expect("typescript");
+    let bin = env!("CARGO_BIN_EXE_runnerctl");
+    let command = format!("{bin} bump --no-git-push");
+    let out = Run::program(
+        "script",
+        [
+            "-qfec",
+            command.as_str(),
+            &typescript.path().display().to_string(),
+        ],
+    )
+    .in_repo(&repo)
+    .env("TERM", "xterm-256color")
+    .run();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let screen = std::fs::read(typescript.path()).expect("read typescript");
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(
+        screen.contains('\u{1b}'),
+        "no live drawing under a pty:\n{screen}"
+    );
+    assert!(
+        screen.contains("[1/1 derivations]"),
+        "the build bar did not reach 1/1:\n{screen}"
+    );
+}

