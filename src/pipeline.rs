@@ -399,6 +399,9 @@ async fn run_inner(
         Err(_) => "failure",
     };
     if !cx.cfg.dry_run {
+        if mode == Mode::Bump && result.is_ok() {
+            cx.state.pending_bump = None;
+        }
         cx.state.outcome = Some(outcome.to_string());
         cx.state.finished_at = Some(state::now());
         cx.save()?;

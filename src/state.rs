@@ -118,6 +118,22 @@ pub struct State {
     /// Out path → what was pushed from it.
     #[serde(default)]
     pub images: BTreeMap<String, ImageRecord>,
+    /// A bump that updated flake.lock but has not finished. Kept across
+    /// other commands (a `release` in between does not lose it), cleared when
+    /// a bump finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_bump: Option<PendingBump>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBump {
+    /// sha256 of the flake.lock the update wrote.
+    pub lock_hash: String,
+    /// The update stage's fingerprint (flake.nix, inputs to update).
+    pub fingerprint: Option<String>,
+    /// The bump commit, once made (and after a rebase, the rebased one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 impl Default for State {
@@ -130,6 +146,7 @@ impl Default for State {
             outcome: None,
             stages: BTreeMap::new(),
             images: BTreeMap::new(),
+            pending_bump: None,
         }
     }
 }

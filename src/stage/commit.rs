@@ -86,6 +86,9 @@ impl Stage for Commit {
             })?;
         let commit = git.rev_parse(&cx.runner, "HEAD").await?;
         cx.commit = commit.clone();
+        if let Some(pending) = &mut cx.state.pending_bump {
+            pending.commit = commit.clone();
+        }
         Ok(Done::new(format!(
             "committed {}: {subject}",
             commit

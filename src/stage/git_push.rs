@@ -160,6 +160,9 @@ impl Stage for GitPush {
                 // Keep the state pointing at the rebased commit, so a resumed
                 // run still recognises it as ours.
                 let head = git.rev_parse(&cx.runner, "HEAD").await?;
+                if let Some(pending) = &mut cx.state.pending_bump {
+                    pending.commit = head.clone();
+                }
                 if let Some(record) = cx.state.stages.get_mut("commit") {
                     record.outputs.commit = head;
                 }

@@ -56,6 +56,13 @@ pub enum PreflightError {
     )]
     NoUpstream { branch: String },
 
+    #[error("{upstream} has a newer flake.lock than this checkout")]
+    #[diagnostic(
+        code(runnerctl::preflight::behind),
+        help("someone else updated the lock; pull first (`git pull --rebase`), then bump again")
+    )]
+    BehindOnLock { upstream: String },
+
     #[error("branch `{branch}` has {count} commit(s) that are not on {upstream} yet")]
     #[diagnostic(
         code(runnerctl::preflight::ahead),
@@ -117,11 +124,13 @@ impl Stage for Preflight {
         // The working tree: the guarded files must be committed, except a
         // flake.lock this tool updated in an interrupted run.
         let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
-        if cx.cfg.mode == Mode::Bump && cx.resume {
+        if cx.cfg.mode == Mode::Bump {
+            let current = crate::pipeline::hash_hex(cx.lock_text.as_bytes());
             let ours = cx
-                .record("update")
-                .and_then(|r| r.outputs.lock_hash.clone())
-                .is_some_and(|h| h == crate::pipeline::hash_hex(cx.lock_text.as_bytes()));
+                .state
+                .pending_bump
+                .as_ref()
+                .is_some_and(|p| p.lock_hash == current);
             if ours {
                 dirty.retain(|line| !line.ends_with("flake.lock"));
             }
@@ -149,8 +158,12 @@ impl Stage for Preflight {
                         .count(&cx.runner, &format!("{}..HEAD", upstream.tracking_ref()))
                         .await?;
                     let head = git.rev_parse(&cx.runner, "HEAD").await?;
-                    let ours = cx.record("commit").and_then(|r| r.outputs.commit.clone());
-                    let only_ours = ahead == 1 && cx.resume && head.is_some() && head == ours;
+                    let ours = cx
+                        .state
+                        .pending_bump
+                        .as_ref()
+                        .and_then(|p| p.commit.clone());
+                    let only_ours = ahead == 1 && head.is_some() && head == ours;
                     if ahead > 0 && !only_ours {
                         return Err(PreflightError::Ahead {
                             branch: branch.clone(),

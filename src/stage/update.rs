@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::flake_lock::{self, diff_inputs};
 use crate::pipeline::{hash_hex, Ctx};
-use crate::state::{Outputs, StageStatus};
+use crate::state::{Outputs, PendingBump};
 
 pub struct Update;
 
@@ -79,16 +79,15 @@ impl Stage for Update {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        // Resume: the interrupted run already updated the lock, flake.nix is
+        // Resume: an unfinished bump already updated the lock, flake.nix is
         // unchanged, and flake.lock is still what it wrote.
         let current = hash_hex(cx.lock_text.as_bytes());
         let fingerprint = self.fingerprint(cx);
-        let done = cx.resume
-            && cx.record(self.name()).is_some_and(|r| {
-                r.status == StageStatus::Done
-                    && r.fingerprint == fingerprint
-                    && r.outputs.lock_hash.as_deref() == Some(current.as_str())
-            });
+        let done = cx
+            .state
+            .pending_bump
+            .as_ref()
+            .is_some_and(|p| p.fingerprint == fingerprint && p.lock_hash == current);
         if !done {
             return Ok(Check::Todo("check upstream for new input revisions".into()));
         }
@@ -164,6 +163,12 @@ impl Stage for Update {
         let text = cx.lock_text.clone();
         cx.changes = Self::changes(cx, &text).await?;
         cx.up_to_date = Self::up_to_date(cx).await?;
+        let lock_hash = hash_hex(cx.lock_text.as_bytes());
+        cx.state.pending_bump = (!cx.up_to_date).then(|| PendingBump {
+            lock_hash,
+            fingerprint: self.fingerprint(cx),
+            commit: None,
+        });
         Ok(Done::new(Self::note(&cx.changes)).with(Outputs {
             lock_hash: Some(hash_hex(cx.lock_text.as_bytes())),
             changes: cx.changes.clone(),
