@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Registry, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
+use common::{Run, RunnerRepo, StandInNixpkgs, DAY, T0};
 use runnerctl::progress::nix_log::{parse_line, BuildProgress, NixMsg};
 
 const CHAIN: &str = include_str!("data/nix-2.8-build-chain.log");
@@ -241,10 +241,13 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
     }
     let mut nixpkgs = StandInNixpkgs::new();
     let repo = RunnerRepo::new(&nixpkgs);
-    // A new upstream commit makes the image derivation new: a real build.
-    nixpkgs.commit(T0 + 5 * DAY);
-    let registry = Registry::new();
-    let _ = &registry; // the default oci: destination is used; the registry proves nothing here
+    // A new upstream commit at a time no earlier run used makes the image
+    // derivation new, so Nix really builds it.
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000)
+        .unwrap_or(0) as i64;
+    nixpkgs.commit(T0 + 5 * DAY + salt);
     let typescript = tempfile::NamedTempFile::new().expect("typescript");
     let bin = env!("CARGO_BIN_EXE_runnerctl");
     let command = format!("{bin} bump --no-git-push");
