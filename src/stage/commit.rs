@@ -40,8 +40,10 @@ impl Stage for Commit {
         if head.as_deref() == Some(working.as_str()) {
             let commit = git.rev_parse(&cx.runner, "HEAD").await?;
             let ours = cx
-                .record(self.name())
-                .and_then(|r| r.outputs.commit.clone());
+                .state
+                .pending_bump
+                .as_ref()
+                .and_then(|p| p.commit.clone());
             let note = if commit.is_some() && commit == ours {
                 format!(
                     "flake.lock already committed as {}",
