@@ -144,14 +144,16 @@ impl Git {
         Ok(Some(Upstream { remote, branch }))
     }
 
-    pub async fn rev_parse(&self, runner: &Runner, rev: &str) -> Result<Option<String>, ToolError> {
+    /// `git rev-parse --verify -q SPEC`: the object id, or None.
+    async fn verify(&self, runner: &Runner, spec: &str) -> Result<Option<String>, ToolError> {
         let out = self
-            .status(
-                runner,
-                &["rev-parse", "--verify", "-q", &format!("{rev}^{{commit}}")],
-            )
+            .status(runner, &["rev-parse", "--verify", "-q", spec])
             .await?;
         Ok(out.success().then(|| out.stdout.trim().to_string()))
+    }
+
+    pub async fn rev_parse(&self, runner: &Runner, rev: &str) -> Result<Option<String>, ToolError> {
+        self.verify(runner, &format!("{rev}^{{commit}}")).await
     }
 
     /// The blob id of `path` (relative to the flake dir) at `rev`.
@@ -161,13 +163,7 @@ impl Git {
         rev: &str,
         path: &str,
     ) -> Result<Option<String>, ToolError> {
-        let out = self
-            .status(
-                runner,
-                &["rev-parse", "--verify", "-q", &format!("{rev}:./{path}")],
-            )
-            .await?;
-        Ok(out.success().then(|| out.stdout.trim().to_string()))
+        self.verify(runner, &format!("{rev}:./{path}")).await
     }
 
     /// A file's content at a revision.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use miette::Diagnostic;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::progress::{Event, Reporter};
 
@@ -350,59 +350,6 @@ impl Runner {
             code: status.code(),
         })
     }
-
-    /// Run with `input` on stdin (for commands that read a message or data).
-    pub async fn run_with_stdin(&self, cmd: &Cmd, input: &[u8]) -> Result<Output, ToolError> {
-        let display = cmd.display();
-        self.log_line(&format!("$ {display}"));
-        self.reporter.emit(Event::Command {
-            command: display.clone(),
-        });
-        let mut command = tokio::process::Command::new(&cmd.program);
-        command.args(&cmd.args);
-        if let Some(dir) = &cmd.cwd {
-            command.current_dir(dir);
-        }
-        for key in SECRET_ENV {
-            command.env_remove(key);
-        }
-        for (key, value) in &self.env {
-            command.env(key, value);
-        }
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|source| spawn_error(cmd, source))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(input).await;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|source| spawn_error(cmd, source))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for line in stderr.lines() {
-            self.log_line(line);
-        }
-        let output = Output {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr_tail: last_lines(&stderr, TAIL_LINES),
-            code: out.status.code(),
-        };
-        if output.success() {
-            Ok(output)
-        } else {
-            Err(failed(cmd, &output))
-        }
-    }
-}
-
-fn last_lines(text: &str, n: usize) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| l.to_string()).collect()
 }
 
 fn spawn_error(cmd: &Cmd, source: std::io::Error) -> ToolError {
