@@ -425,8 +425,10 @@ impl Stage for Push {
         cx.digest = Some(digest.clone());
         Self::remember(cx, &digest);
 
-        // 2. Every other tag: a manifest-only copy, concurrently.
-        let mut jobs = tokio::task::JoinSet::new();
+        // 2. Every other tag: a manifest-only copy. One at a time: the
+        // registry's filesystem storage rewrites the digest's revision link
+        // on every manifest PUT, and concurrent retags of one digest race
+        // there (seen as sporadic 500s).
         let mut skipped = Vec::new();
         let mut written = Vec::new();
         for s in &states {
@@ -441,43 +443,19 @@ impl Stage for Push {
                 }));
                 continue;
             }
-            let (runner, skopeo) = (cx.runner.clone(), skopeo.clone());
-            let (src, dst) = (cx.cfg.image.at_tag(&source), cx.cfg.image.at_tag(&s.tag));
-            let args = crate::tool::skopeo::copy_args(&src, &dst, &Self::copy_opts(cx, true, None));
-            let tag = s.tag.to_string();
-            jobs.spawn(async move {
-                let cmd = skopeo.cmd(args);
-                let out = runner.run_unchecked(&cmd).await;
-                (tag, cmd, out)
-            });
-        }
-        let mut first_error = None;
-        while let Some(joined) = jobs.join_next().await {
-            let Ok((tag, cmd, out)) = joined else {
-                continue;
-            };
-            match out {
-                Ok(out) if out.success() => {
-                    cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                        tag: tag.clone(),
-                        skipped: false,
-                    }));
-                    written.push(tag);
-                }
-                Ok(out) => {
-                    first_error.get_or_insert(crate::tool::skopeo::explain(
-                        &cmd,
-                        &out,
-                        crate::tool::skopeo::classify(&out.stderr_tail),
-                    ));
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(err) = first_error {
-            return Err(err.into());
+            skopeo
+                .copy(
+                    &cx.runner,
+                    &cx.cfg.image.at_tag(&source),
+                    &cx.cfg.image.at_tag(&s.tag),
+                    &Self::copy_opts(cx, true, None),
+                )
+                .await?;
+            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                tag: s.tag.to_string(),
+                skipped: false,
+            }));
+            written.push(s.tag.to_string());
         }
         written.sort();
         let mut note = format!("{digest}: {how}");

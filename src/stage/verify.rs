@@ -71,10 +71,10 @@ impl Stage for Verify {
             _ => false,
         };
         let script = match &cx.eval {
-            Some(eval) => {
+            Some(eval) if built => {
                 archive::detect(Path::new(eval.out_path.as_str()))? == archive::ArchiveKind::Script
             }
-            None => false,
+            _ => false,
         };
         if built && script {
             Ok("would run the stream script and verify its image".to_string())

@@ -12,6 +12,10 @@ use super::{failed, Cmd, Output, Runner, ToolError};
 /// How often skopeo itself retries a transient registry error.
 pub const RETRY_TIMES: u32 = 3;
 
+/// How many times runnerctl runs one `skopeo copy` that failed for a reason
+/// other than credentials or a missing image.
+pub const COPY_ATTEMPTS: u32 = 2;
+
 /// Options for one `skopeo copy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyOpts<'a> {
@@ -197,11 +201,25 @@ impl Skopeo {
         opts: &CopyOpts<'_>,
     ) -> Result<(), ToolError> {
         let cmd = self.cmd(copy_args(src, dst, opts));
-        let out = runner.run_unchecked(&cmd).await?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(explain(&cmd, &out, classify(&out.stderr_tail)))
+        let mut attempt = 1;
+        loop {
+            let out = runner.run_unchecked(&cmd).await?;
+            if out.success() {
+                return Ok(());
+            }
+            let failure = classify(&out.stderr_tail);
+            // skopeo retries network errors itself (--retry-times); a 5xx
+            // while it reads or writes a manifest gets one more try here.
+            // Credentials and missing images are never retried.
+            if failure != Failure::Other || attempt >= COPY_ATTEMPTS {
+                return Err(explain(&cmd, &out, failure));
+            }
+            runner.reporter().info(format!(
+                "skopeo copy failed (attempt {attempt} of {COPY_ATTEMPTS}); retrying in {}s",
+                attempt * 2
+            ));
+            tokio::time::sleep(std::time::Duration::from_secs(2 * attempt as u64)).await;
+            attempt += 1;
         }
     }
 }
