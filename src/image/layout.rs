@@ -133,6 +133,8 @@ struct LayerEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub manifest_digest: String,
+    /// The manifest's bytes, for writing further tags.
+    pub manifest_bytes: Vec<u8>,
     pub manifest: Descriptor,
     pub layers: usize,
     pub reused: usize,
@@ -415,35 +417,10 @@ pub fn write(
         annotations: None,
     };
 
-    // index.json: keep other entries, point our tags at this manifest.
-    let mut index = std::fs::read(dir.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or(Index {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.to_string()),
-            manifests: Vec::new(),
-        });
-    index.manifests.retain(|d| {
-        let name = d.annotations.as_ref().and_then(|a| a.get(REF_NAME));
-        !name.is_some_and(|n| tags.contains(n))
-    });
-    for tag in tags {
-        let mut desc = manifest_desc.clone();
-        desc.annotations = Some([(REF_NAME.to_string(), tag.clone())].into_iter().collect());
-        index.manifests.push(desc);
-    }
-    let index_bytes = serde_json::to_vec(&index).map_err(|e| werr(std::io::Error::other(e)))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".index-")
-        .tempfile_in(dir)
-        .map_err(werr)?;
-    tmp.write_all(&index_bytes).map_err(werr)?;
-    tmp.as_file().sync_all().map_err(werr)?;
-    tmp.persist(dir.join("index.json"))
-        .map_err(|e| werr(e.error))?;
+    set_tags(dir, &manifest_desc, tags).map_err(werr)?;
 
     Ok(Written {
+        manifest_bytes,
         manifest_digest,
         manifest: manifest_desc,
         layers: layers.len(),
@@ -453,9 +430,62 @@ pub fn write(
     })
 }
 
-/// How many layers the archive has (for progress).
-pub fn layer_count(archive: &Path) -> Result<usize, LayoutError> {
-    Ok(scan(archive)?.1.len())
+/// The archive's layers by diff_id, in order.
+pub fn diff_ids(archive: &Path) -> Result<Vec<String>, LayoutError> {
+    Ok(scan(archive)?.1.into_iter().map(|l| l.diff_id).collect())
+}
+
+fn read_index(dir: &Path) -> Index {
+    std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .unwrap_or(Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.to_string()),
+            manifests: Vec::new(),
+        })
+}
+
+/// Point `tags` at `manifest` in the layout's index.json (other entries are
+/// kept), replacing the file atomically.
+fn set_tags(dir: &Path, manifest: &Descriptor, tags: &[String]) -> std::io::Result<()> {
+    let mut index = read_index(dir);
+    index.manifests.retain(|d| {
+        let name = d.annotations.as_ref().and_then(|a| a.get(REF_NAME));
+        !name.is_some_and(|n| tags.contains(n))
+    });
+    for tag in tags {
+        let mut desc = manifest.clone();
+        desc.annotations = Some([(REF_NAME.to_string(), tag.clone())].into_iter().collect());
+        index.manifests.push(desc);
+    }
+    let bytes = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".index-")
+        .tempfile_in(dir)?;
+    tmp.write_all(&bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join("index.json")).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Add `tags` for a manifest the layout already holds (by digest).
+pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut desc = read_index(dir)
+        .manifests
+        .into_iter()
+        .find(|d| d.digest == digest)
+        .ok_or_else(|| {
+            werr(std::io::Error::other(format!(
+                "{digest} is not in the layout's index"
+            )))
+        })?;
+    desc.annotations = None;
+    set_tags(dir, &desc, tags).map_err(werr)
 }
 
 /// The digest an OCI layout's index gives a tag, if any.

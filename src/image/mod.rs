@@ -3,4 +3,5 @@
 pub mod archive;
 pub mod layout;
 pub mod reference;
+pub mod registry;
 pub mod verify;

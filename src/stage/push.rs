@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Check, Done, Stage};
 use crate::image::reference::{ImageRef, Tag};
+use crate::image::registry::{self, Registry as RegistryClient};
 use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
@@ -194,35 +195,158 @@ impl Push {
     }
 
     /// Write the image as an OCI layout at `dir`, reusing `reuse`.
-    async fn write_layout(
-        cx: &mut Ctx,
-        dir: &Path,
-        reuse: &layout::ReuseMap,
-        tags: &[String],
-    ) -> miette::Result<layout::Written> {
+    /// The uncompressed docker-archive for the out path.
+    async fn archive(cx: &mut Ctx) -> miette::Result<PathBuf> {
+        if let Some(archive) = &cx.archive {
+            return Ok(archive.clone());
+        }
         let eval = cx.eval.clone().ok_or(Missing {
             what: "the out path",
         })?;
-        let archive = match &cx.archive {
-            Some(a) => a.clone(),
-            None => {
-                archive::prepare(
-                    &cx.runner,
-                    Path::new(eval.out_path.as_str()),
-                    &eval.out_path.hash_part(),
-                    &cx.cfg.cache_dir(),
-                )
-                .await?
-            }
-        };
+        let archive = archive::prepare(
+            &cx.runner,
+            Path::new(eval.out_path.as_str()),
+            &eval.out_path.hash_part(),
+            &cx.cfg.cache_dir(),
+        )
+        .await?;
         cx.archive = Some(archive.clone());
+        Ok(archive)
+    }
+
+    /// Write the image as an OCI layout at `dir`, reusing `reuse`.
+    fn write_layout(
+        cx: &Ctx,
+        archive: &Path,
+        dir: &Path,
+        reuse: &layout::ReuseMap,
+        tags: &[String],
+        total: usize,
+    ) -> miette::Result<layout::Written> {
         let reporter = cx.reporter().clone();
-        let total = layout::layer_count(&archive).unwrap_or(0);
         reporter.emit(Event::Push(PushEvent::LayersPlanned { total }));
         let on_layer = move |skipped: bool, bytes: u64| {
             reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
         };
-        Ok(layout::write(&archive, dir, reuse, tags, &on_layer)?)
+        Ok(layout::write(archive, dir, reuse, tags, &on_layer)?)
+    }
+
+    /// Upload the image to `first` on the registry: through an OCI layout
+    /// that reuses what the repository has, or, when it has none of the
+    /// layers, straight from the archive (skopeo compresses while it
+    /// uploads). Returns the digest, the manifest and what happened.
+    async fn upload(
+        cx: &mut Ctx,
+        states: &[TagState],
+        first: &Tag,
+    ) -> miette::Result<(String, Option<Vec<u8>>, String)> {
+        let skopeo = cx.skopeo()?.clone();
+        let archive = Self::archive(cx).await?;
+        let diff_ids = layout::diff_ids(&archive)?;
+        let reuse = Self::registry_reuse(cx, states).await?;
+        let reusable = diff_ids.iter().filter(|d| reuse.contains_key(*d)).count();
+        let digestfile = tempfile::Builder::new()
+            .prefix(".digest-")
+            .tempfile_in(&cx.cfg.state_dir)
+            .map_err(|source| state::StateError::Io {
+                path: cx.cfg.state_dir.clone(),
+                source,
+            })?;
+        let dst = cx.cfg.image.at_tag(first);
+        let (src, manifest, how, layout_dir) = if reusable == 0 {
+            cx.reporter().emit(Event::Push(PushEvent::LayersPlanned {
+                total: diff_ids.len(),
+            }));
+            let how = format!(
+                "uploaded as {first}; none of its {} layers were in the registry yet",
+                diff_ids.len()
+            );
+            (
+                format!("docker-archive:{}", archive.display()),
+                None,
+                how,
+                None,
+            )
+        } else {
+            let eval = cx.eval.clone().ok_or(Missing {
+                what: "the out path",
+            })?;
+            let dir = cx
+                .cfg
+                .cache_dir()
+                .join(format!("layout-{}", eval.out_path.hash_part()));
+            let written = Self::write_layout(
+                cx,
+                &archive,
+                &dir,
+                &reuse,
+                &[first.to_string()],
+                diff_ids.len(),
+            )?;
+            let how = format!(
+                "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
+                written.reused, written.layers, written.compressed, written.compressed_bytes
+            );
+            if states.iter().any(|s| {
+                s.tag == *first && s.digest.as_deref() == Some(written.manifest_digest.as_str())
+            }) {
+                return Ok((
+                    written.manifest_digest,
+                    Some(written.manifest_bytes),
+                    format!("{first} already there"),
+                ));
+            }
+            (
+                format!("oci:{}:{first}", dir.display()),
+                Some(written.manifest_bytes),
+                how,
+                Some(dir),
+            )
+        };
+        let mut opts = Self::copy_opts(cx, false, Some(digestfile.path()));
+        // From the layout the manifest must arrive as written; from the
+        // archive skopeo makes it.
+        opts.preserve_digests = layout_dir.is_some();
+        skopeo.copy(&cx.runner, &src, &dst, &opts).await?;
+        let reported = std::fs::read_to_string(digestfile.path())
+            .map(|d| d.trim().to_string())
+            .unwrap_or_default();
+        let digest = match &manifest {
+            Some(bytes) => sha256_digest(bytes),
+            None if reported.starts_with("sha256:") => reported.clone(),
+            None => Self::digest_of_tag(cx, first).await?,
+        };
+        if reported.starts_with("sha256:") && reported != digest {
+            cx.reporter().info(format!(
+                "warning: the registry reports {reported}, runnerctl computed {digest}"
+            ));
+        }
+        if let Some(dir) = layout_dir {
+            // The local layout is no longer needed.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+            tag: first.to_string(),
+            skipped: false,
+        }));
+        Ok((digest, manifest, how))
+    }
+
+    async fn digest_of_tag(cx: &Ctx, tag: &Tag) -> miette::Result<String> {
+        let manifest = cx
+            .skopeo()?
+            .manifest(
+                &cx.runner,
+                &cx.cfg.image.at_tag(tag),
+                Self::authfile(cx),
+                cx.cfg.tls_verify,
+                true,
+            )
+            .await?
+            .ok_or(Missing {
+                what: "the pushed manifest",
+            })?;
+        Ok(sha256_digest(manifest.as_bytes()))
     }
 }
 
@@ -285,7 +409,10 @@ impl Stage for Push {
             ImageRef::Docker { .. } => {
                 let layout_dir = cx.cfg.cache_dir().join("layout");
                 let mut cmds = vec![
-                    format!("(built in) write {out} as an OCI layout in {}, reusing layers the registry has", layout_dir.display()),
+                    format!(
+                        "(built in) write {out} as an OCI layout in {}, reusing the layers the registry has (if it has none: skopeo copy docker-archive:… instead)",
+                        layout_dir.display()
+                    ),
                     skopeo
                         .cmd(crate::tool::skopeo::copy_args(
                             &format!("oci:{}:{first}", layout_dir.display()),
@@ -294,12 +421,12 @@ impl Stage for Push {
                         ))
                         .display(),
                 ];
-                for tag in &tags[1..] {
-                    cmds.push(
-                        skopeo
-                            .cmd(crate::tool::skopeo::copy_args(&cx.cfg.image.at_tag(first), &cx.cfg.image.at_tag(tag), &Self::copy_opts(cx, true, None)))
-                            .display(),
-                    );
+                if let ImageRef::Docker { registry, repository } = &cx.cfg.image {
+                    for tag in &tags[1..] {
+                        cmds.push(format!(
+                            "(built in) PUT {registry}/v2/{repository}/manifests/{tag}  (the same manifest: a retag, no blob is sent)"
+                        ));
+                    }
                 }
                 cmds
             }
@@ -320,26 +447,32 @@ impl Stage for Push {
         // From here on the destination changes: ask again next time.
         cx.tag_states = None;
         let known = Self::known_digest(cx, &states);
-        let skopeo = cx.skopeo()?.clone();
         let all: Vec<String> = states.iter().map(|s| s.tag.to_string()).collect();
 
         // 1. Get the image there once (or find it there already).
-        let existing = known.as_ref().and_then(|d| {
-            states
-                .iter()
-                .find(|s| s.digest.as_deref() == Some(d.as_str()))
-        });
-        let (source, digest, how) = match (existing, known.clone(), &cx.cfg.image) {
-            (Some(s), Some(digest), _) => {
-                (s.tag.clone(), digest, format!("already there as {}", s.tag))
+        let existing = known
+            .as_ref()
+            .and_then(|d| {
+                states
+                    .iter()
+                    .find(|s| s.digest.as_deref() == Some(d.as_str()))
+            })
+            .cloned();
+        let (source, digest, manifest, how) = match (existing, &cx.cfg.image) {
+            (Some(s), _) => {
+                let digest = s.digest.clone().unwrap_or_default();
+                let how = format!("already there as {}", s.tag);
+                (s.tag, digest, s.manifest.map(String::into_bytes), how)
             }
-            (_, _, ImageRef::Oci { dir }) => {
+            (None, ImageRef::Oci { dir }) => {
                 // The layout is the destination: write it in place, all tags
                 // at once, reusing its blobs.
                 let dir = dir.clone();
                 let mut reuse = layout::ReuseMap::new();
                 layout::learn_from_layout(&dir, &mut reuse);
-                let written = Self::write_layout(cx, &dir, &reuse, &all).await?;
+                let archive = Self::archive(cx).await?;
+                let total = layout::diff_ids(&archive)?.len();
+                let written = Self::write_layout(cx, &archive, &dir, &reuse, &all, total)?;
                 for s in &states {
                     cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                         tag: s.tag.to_string(),
@@ -360,64 +493,13 @@ impl Stage for Push {
                 );
                 return Ok(Done::new(note).with(Self::outputs(cx, &written.manifest_digest)));
             }
-            (_, _, ImageRef::Docker { .. }) => {
+            (None, ImageRef::Docker { .. }) => {
                 let first = states
                     .first()
                     .map(|s| s.tag.clone())
                     .ok_or(Missing { what: "a tag" })?;
-                let reuse = Self::registry_reuse(cx, &states).await?;
-                let eval = cx.eval.clone().ok_or(Missing {
-                    what: "the out path",
-                })?;
-                let layout_dir: PathBuf = cx
-                    .cfg
-                    .cache_dir()
-                    .join(format!("layout-{}", eval.out_path.hash_part()));
-                let written =
-                    Self::write_layout(cx, &layout_dir, &reuse, &[first.to_string()]).await?;
-                let digest = written.manifest_digest.clone();
-                let how = format!(
-                    "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
-                    written.reused, written.layers, written.compressed, written.compressed_bytes
-                );
-                if states
-                    .iter()
-                    .any(|s| s.tag == first && s.digest.as_deref() == Some(digest.as_str()))
-                {
-                    (first, digest, "already there".to_string())
-                } else {
-                    let digestfile = tempfile::Builder::new()
-                        .prefix(".digest-")
-                        .tempfile_in(&cx.cfg.state_dir)
-                        .map_err(|source| state::StateError::Io {
-                            path: cx.cfg.state_dir.clone(),
-                            source,
-                        })?;
-                    let src = format!("oci:{}:{first}", layout_dir.display());
-                    skopeo
-                        .copy(
-                            &cx.runner,
-                            &src,
-                            &cx.cfg.image.at_tag(&first),
-                            &Self::copy_opts(cx, false, Some(digestfile.path())),
-                        )
-                        .await?;
-                    let pushed = std::fs::read_to_string(digestfile.path())
-                        .map(|d| d.trim().to_string())
-                        .unwrap_or_default();
-                    if pushed.starts_with("sha256:") && pushed != digest {
-                        cx.reporter().info(format!(
-                            "warning: the registry reports {pushed}, the layout has {digest}"
-                        ));
-                    }
-                    cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                        tag: first.to_string(),
-                        skipped: false,
-                    }));
-                    // The local layout is no longer needed.
-                    let _ = std::fs::remove_dir_all(&layout_dir);
-                    (first, digest, how)
-                }
+                let (digest, manifest, how) = Self::upload(cx, &states, &first).await?;
+                (first, digest, manifest, how)
             }
         };
         // Remember the digest as soon as it exists, so a resumed run only
@@ -425,37 +507,72 @@ impl Stage for Push {
         cx.digest = Some(digest.clone());
         Self::remember(cx, &digest);
 
-        // 2. Every other tag: a manifest-only copy. One at a time: the
+        // 2. Every other tag: a manifest-only PUT of the same bytes (the
+        // registry checks that it has every blob). One at a time: the
         // registry's filesystem storage rewrites the digest's revision link
-        // on every manifest PUT, and concurrent retags of one digest race
-        // there (seen as sporadic 500s).
+        // on every manifest PUT, and concurrent writes race there.
         let mut skipped = Vec::new();
         let mut written = Vec::new();
-        for s in &states {
-            if s.tag == source {
-                continue;
+        let lagging: Vec<&TagState> = states
+            .iter()
+            .filter(|s| s.tag != source)
+            .filter(|s| {
+                let there = s.digest.as_deref() == Some(digest.as_str());
+                if there {
+                    skipped.push(s.tag.to_string());
+                }
+                !there
+            })
+            .collect();
+        for tag in &skipped {
+            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                tag: tag.clone(),
+                skipped: true,
+            }));
+        }
+        if let (false, ImageRef::Oci { dir }) = (lagging.is_empty(), &cx.cfg.image) {
+            let tags: Vec<String> = lagging.iter().map(|s| s.tag.to_string()).collect();
+            layout::add_tags(dir, &digest, &tags)?;
+            for tag in tags {
+                cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                    tag: tag.clone(),
+                    skipped: false,
+                }));
+                written.push(tag);
             }
-            if s.digest.as_deref() == Some(digest.as_str()) {
-                skipped.push(s.tag.to_string());
+        } else if let (
+            false,
+            ImageRef::Docker {
+                registry,
+                repository,
+            },
+        ) = (lagging.is_empty(), &cx.cfg.image)
+        {
+            let client =
+                RegistryClient::new(registry, repository, &cx.cfg.credentials, cx.cfg.tls_verify)?;
+            let (bytes, media_type) = match manifest {
+                Some(bytes) => {
+                    let media_type = registry::media_type_of(&bytes);
+                    (bytes, media_type)
+                }
+                None => client.manifest(&digest)?.ok_or(Missing {
+                    what: "the pushed manifest",
+                })?,
+            };
+            for s in lagging {
+                cx.reporter().emit(Event::Command {
+                    command: format!(
+                        "PUT {}/v2/{repository}/manifests/{} ({digest})",
+                        registry, s.tag
+                    ),
+                });
+                client.put_manifest(s.tag.as_str(), &bytes, &media_type)?;
                 cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                     tag: s.tag.to_string(),
-                    skipped: true,
+                    skipped: false,
                 }));
-                continue;
+                written.push(s.tag.to_string());
             }
-            skopeo
-                .copy(
-                    &cx.runner,
-                    &cx.cfg.image.at_tag(&source),
-                    &cx.cfg.image.at_tag(&s.tag),
-                    &Self::copy_opts(cx, true, None),
-                )
-                .await?;
-            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                tag: s.tag.to_string(),
-                skipped: false,
-            }));
-            written.push(s.tag.to_string());
         }
         written.sort();
         let mut note = format!("{digest}: {how}");

@@ -49,12 +49,8 @@ pub fn copy_args(src: &str, dst: &str, opts: &CopyOpts) -> Vec<String> {
     if opts.src_is_registry && !opts.tls_verify {
         args.push("--src-tls-verify=false".into());
     }
-    if opts.dst_is_registry {
-        if !opts.tls_verify {
-            args.push("--dest-tls-verify=false".into());
-        }
-        // Ask the registry which blobs it has before uploading any.
-        args.push("--dest-precompute-digests".into());
+    if opts.dst_is_registry && !opts.tls_verify {
+        args.push("--dest-tls-verify=false".into());
     }
     if opts.preserve_digests {
         args.push("--preserve-digests".into());
@@ -264,7 +260,6 @@ mod tests {
                 "--dest-authfile",
                 "/run/user/0/runnerctl-auth.json",
                 "--dest-tls-verify=false",
-                "--dest-precompute-digests",
                 "--digestfile",
                 "/state/digest",
                 "docker-archive:/tmp/image.tar",

@@ -1,0 +1,584 @@
+//! A small client for the registry API, for the one thing skopeo does
+//! wastefully: writing a tag for a manifest the registry already holds.
+//!
+//! `skopeo copy docker://…:a docker://…:b` checks every blob with a HEAD
+//! request before it writes the manifest. A retag only needs
+//! `PUT /v2/<repo>/manifests/<tag>` with the manifest's bytes: the registry
+//! refuses it if a blob were missing, so nothing is lost by not asking.
+//!
+//! Authentication follows the registry's `WWW-Authenticate` challenge:
+//! Basic, or a Bearer token fetched from the realm it names (Forgejo, the
+//! distribution registry with token auth, …). Credentials are the ones
+//! runnerctl already has; they only ever go into request headers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::auth::{Credentials, Secret};
+use crate::tool::skopeo::{sha256_digest, AUTH_HELP};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum RegistryError {
+    #[error("the registry rejected the credentials for {url} ({status})")]
+    #[diagnostic(code(runnerctl::registry::unauthorized), help("{}", AUTH_HELP))]
+    Unauthorized { url: String, status: u16 },
+
+    #[error("{method} {url} failed: HTTP {status}{}", if body.is_empty() { String::new() } else { format!("\n  │ {body}") })]
+    #[diagnostic(
+        code(runnerctl::registry::http),
+        help("the registry refused the request; if it was a 5xx, it is probably temporary: run again, finished stages are not repeated")
+    )]
+    Http {
+        method: &'static str,
+        url: String,
+        status: u16,
+        body: String,
+    },
+
+    #[error("could not reach the registry at {url}: {reason}")]
+    #[diagnostic(
+        code(runnerctl::registry::transport),
+        help("check that the registry is up and reachable, and --tls-verify for a plain-HTTP registry; then run again")
+    )]
+    Transport { url: String, reason: String },
+
+    #[error("the registry's credentials file {path} could not be read: {reason}")]
+    #[diagnostic(
+        code(runnerctl::registry::auth_file),
+        help("point REGISTRY_AUTH_FILE at a containers auth.json")
+    )]
+    AuthFile { path: String, reason: String },
+}
+
+/// User and password for one registry.
+#[derive(Clone)]
+struct Basic {
+    user: String,
+    password: Secret,
+}
+
+impl Basic {
+    fn header(&self) -> String {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.user,
+            self.password.expose()
+        ));
+        format!("Basic {token}")
+    }
+}
+
+/// Find the credentials for `registry` (host[:port]).
+fn basic_for(creds: &Credentials, registry: &str) -> Result<Option<Basic>, RegistryError> {
+    match creds {
+        Credentials::None => Ok(None),
+        Credentials::UserPassword { user, password } => Ok(Some(Basic {
+            user: user.clone(),
+            password: password.clone(),
+        })),
+        Credentials::AuthFile(path) => {
+            let bad = |reason: String| RegistryError::AuthFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let auths = json.get("auths").and_then(|a| a.as_object());
+            let entry = auths.and_then(|a| {
+                a.iter()
+                    .find(|(k, _)| {
+                        let k = k
+                            .trim_start_matches("https://")
+                            .trim_start_matches("http://");
+                        k == registry || k.split('/').next() == Some(registry)
+                    })
+                    .map(|(_, v)| v)
+            });
+            let Some(token) = entry.and_then(|e| e.get("auth")).and_then(|a| a.as_str()) else {
+                return Ok(None);
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .map_err(|e| bad(format!("auth for {registry}: {e}")))?;
+            let decoded = String::from_utf8(decoded).map_err(|e| bad(e.to_string()))?;
+            let (user, password) = decoded
+                .split_once(':')
+                .ok_or_else(|| bad(format!("auth for {registry} is not user:password")))?;
+            Ok(Some(Basic {
+                user: user.to_string(),
+                password: Secret::new(password.to_string()),
+            }))
+        }
+    }
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// Parse `Basic realm="x"` or `Bearer realm="…",service="…",scope="…"`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let mut realm = None;
+    let mut service = None;
+    let mut scope = None;
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        match key.as_str() {
+            "realm" => realm = Some(value.to_string()),
+            "service" => service = Some(value.to_string()),
+            "scope" => scope = Some(value.to_string()),
+            _ => {}
+        }
+        rest = next.trim_start_matches(',').trim();
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => Some(Challenge::Bearer {
+            realm: realm?,
+            service,
+            scope,
+        }),
+        _ => None,
+    }
+}
+
+/// A certificate verifier that accepts anything, for `--tls-verify false`.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn agent(tls_verify: bool) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .redirects(5);
+    if tls_verify {
+        return builder.build();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(config) => builder.tls_config(Arc::new(config)).build(),
+        Err(_) => builder.build(),
+    }
+}
+
+/// One repository on one registry.
+pub struct Registry {
+    agent: ureq::Agent,
+    registry: String,
+    repository: String,
+    basic: Option<Basic>,
+    /// `https` first; with --tls-verify false, `http` when HTTPS fails.
+    schemes: Vec<&'static str>,
+    state: Mutex<Session>,
+}
+
+#[derive(Default)]
+struct Session {
+    scheme: Option<&'static str>,
+    authorization: Option<String>,
+}
+
+/// What a request needs: method, path below /v2/<repo>/, headers, body.
+struct Request<'a> {
+    method: &'static str,
+    path: String,
+    accept: Option<&'a str>,
+    content_type: Option<&'a str>,
+    body: Option<&'a [u8]>,
+}
+
+impl Registry {
+    pub fn new(
+        registry: &str,
+        repository: &str,
+        creds: &Credentials,
+        tls_verify: bool,
+    ) -> Result<Self, RegistryError> {
+        Ok(Registry {
+            agent: agent(tls_verify),
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            basic: basic_for(creds, registry)?,
+            schemes: if tls_verify {
+                vec!["https"]
+            } else {
+                vec!["https", "http"]
+            },
+            state: Mutex::new(Session::default()),
+        })
+    }
+
+    fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://{}/v2/{}/{path}", self.registry, self.repository)
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        req: &Request,
+        authorization: Option<&str>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut r = self.agent.request(req.method, url);
+        if let Some(accept) = req.accept {
+            r = r.set("Accept", accept);
+        }
+        if let Some(ct) = req.content_type {
+            r = r.set("Content-Type", ct);
+        }
+        if let Some(auth) = authorization {
+            r = r.set("Authorization", auth);
+        }
+        match req.body {
+            Some(body) => r.send_bytes(body),
+            None => r.call(),
+        }
+    }
+
+    /// Fetch a token for a Bearer challenge.
+    fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<String, RegistryError> {
+        let default_scope = format!("repository:{}:pull,push", self.repository);
+        let mut r = self
+            .agent
+            .get(realm)
+            .query("scope", scope.unwrap_or(&default_scope));
+        if let Some(service) = service {
+            r = r.query("service", service);
+        }
+        if let Some(basic) = &self.basic {
+            r = r.set("Authorization", &basic.header());
+        }
+        let response = match r.call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(status, _)) if status == 401 || status == 403 => {
+                return Err(RegistryError::Unauthorized {
+                    url: realm.to_string(),
+                    status,
+                })
+            }
+            Err(ureq::Error::Status(status, resp)) => {
+                return Err(RegistryError::Http {
+                    method: "GET",
+                    url: realm.to_string(),
+                    status,
+                    body: body_tail(resp),
+                })
+            }
+            Err(e) => {
+                return Err(RegistryError::Transport {
+                    url: realm.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let json: serde_json::Value =
+            serde_json::from_reader(response.into_reader().take(1024 * 1024)).map_err(|e| {
+                RegistryError::Transport {
+                    url: realm.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+        json.get("token")
+            .or_else(|| json.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(|t| format!("Bearer {t}"))
+            .ok_or_else(|| RegistryError::Transport {
+                url: realm.to_string(),
+                reason: "the token endpoint returned no token".to_string(),
+            })
+    }
+
+    /// Send a request, answering one authentication challenge, and pick the
+    /// scheme that works.
+    fn execute(&self, req: Request) -> Result<Option<ureq::Response>, RegistryError> {
+        let (scheme, mut authorization) = {
+            let state = self.state.lock().map_err(|_| RegistryError::Transport {
+                url: self.registry.clone(),
+                reason: "internal lock poisoned".into(),
+            })?;
+            (state.scheme, state.authorization.clone())
+        };
+        let schemes: Vec<&'static str> = match scheme {
+            Some(s) => vec![s],
+            None => self.schemes.clone(),
+        };
+        let mut last_transport = None;
+        for scheme in schemes {
+            let url = self.url(scheme, &req.path);
+            let mut answered_challenge = false;
+            loop {
+                match self.send(&url, &req, authorization.as_deref()) {
+                    Ok(response) => {
+                        if let Ok(mut state) = self.state.lock() {
+                            state.scheme = Some(scheme);
+                            state.authorization = authorization.clone();
+                        }
+                        return Ok(Some(response));
+                    }
+                    Err(ureq::Error::Status(404, _)) => {
+                        if let Ok(mut state) = self.state.lock() {
+                            state.scheme = Some(scheme);
+                            state.authorization = authorization.clone();
+                        }
+                        return Ok(None);
+                    }
+                    Err(ureq::Error::Status(401, resp)) if !answered_challenge => {
+                        answered_challenge = true;
+                        let challenge = resp.header("WWW-Authenticate").and_then(parse_challenge);
+                        authorization = match challenge {
+                            Some(Challenge::Bearer {
+                                realm,
+                                service,
+                                scope,
+                            }) => Some(self.token(&realm, service.as_deref(), scope.as_deref())?),
+                            _ => match &self.basic {
+                                Some(basic) => Some(basic.header()),
+                                None => {
+                                    return Err(RegistryError::Unauthorized { url, status: 401 })
+                                }
+                            },
+                        };
+                    }
+                    Err(ureq::Error::Status(status, _)) if status == 401 || status == 403 => {
+                        return Err(RegistryError::Unauthorized { url, status });
+                    }
+                    Err(ureq::Error::Status(status, resp)) => {
+                        return Err(RegistryError::Http {
+                            method: req.method,
+                            url,
+                            status,
+                            body: body_tail(resp),
+                        });
+                    }
+                    Err(e) => {
+                        last_transport = Some(RegistryError::Transport {
+                            url,
+                            reason: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_transport.unwrap_or_else(|| RegistryError::Transport {
+            url: self.registry.clone(),
+            reason: "no scheme to try".into(),
+        }))
+    }
+
+    /// The manifest bytes and media type at a tag or digest, if any.
+    pub fn manifest(&self, reference: &str) -> Result<Option<(Vec<u8>, String)>, RegistryError> {
+        let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+        let Some(response) = self.execute(Request {
+            method: "GET",
+            path: format!("manifests/{reference}"),
+            accept: Some(accept),
+            content_type: None,
+            body: None,
+        })?
+        else {
+            return Ok(None);
+        };
+        let media_type = response.content_type().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut response.into_reader().take(16 * 1024 * 1024),
+            &mut bytes,
+        )
+        .map_err(|e| RegistryError::Transport {
+            url: self.registry.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((bytes, media_type)))
+    }
+
+    /// Point `tag` at a manifest the repository already has the blobs of.
+    /// Returns the digest the registry reports.
+    pub fn put_manifest(
+        &self,
+        tag: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
+        let response = self.execute(Request {
+            method: "PUT",
+            path: format!("manifests/{tag}"),
+            accept: None,
+            content_type: Some(media_type),
+            body: Some(bytes),
+        })?;
+        let reported = response
+            .as_ref()
+            .and_then(|r| r.header("Docker-Content-Digest"))
+            .map(str::to_string);
+        Ok(reported.unwrap_or_else(|| sha256_digest(bytes)))
+    }
+}
+
+use std::io::Read as _;
+
+fn body_tail(resp: ureq::Response) -> String {
+    let mut text = String::new();
+    let _ = resp.into_reader().take(2048).read_to_string(&mut text);
+    let text = text.trim().replace('\n', " ");
+    text.chars().take(300).collect()
+}
+
+/// The media type a manifest declares (OCI manifests may leave it out).
+pub fn media_type_of(manifest: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| OCI_MANIFEST.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        assert_eq!(
+            parse_challenge("Basic realm=\"Registry Realm\""),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            parse_challenge(
+                "Bearer realm=\"https://git.example.org/v2/token\",service=\"container_registry\",scope=\"repository:infra/runners/nixos:pull,push\""
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://git.example.org/v2/token".into(),
+                service: Some("container_registry".into()),
+                scope: Some("repository:infra/runners/nixos:pull,push".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge("Bearer realm=https://auth.example/token,service=reg"),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("reg".into()),
+                scope: None,
+            })
+        );
+        assert_eq!(parse_challenge("Bearer service=\"x\""), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn credentials_from_an_auth_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("auth.json");
+        let token = base64::engine::general_purpose::STANDARD.encode("ci:pw:with:colons");
+        std::fs::write(
+            &path,
+            format!("{{\"auths\":{{\"https://reg.example:5000\":{{\"auth\":\"{token}\"}}}}}}"),
+        )
+        .expect("write");
+        let basic = basic_for(&Credentials::AuthFile(path.clone()), "reg.example:5000")
+            .expect("read")
+            .expect("found");
+        assert_eq!(basic.user, "ci");
+        assert_eq!(basic.password.expose(), "pw:with:colons");
+        assert!(basic_for(&Credentials::AuthFile(path), "other.example")
+            .expect("read")
+            .is_none());
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#),
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(media_type_of(br#"{"schemaVersion":2}"#), OCI_MANIFEST);
+    }
+}
