@@ -1,0 +1,705 @@
+#!/usr/bin/env python3
+"""Push benchmark: runnerctl's push against the seed's skopeo loop.
+
+Run it through bench/push.sh, which installs the tools, builds runnerctl and
+the proxy, and gives this driver a private skopeo blob-info cache. See
+BENCHMARKS.md for what is measured and the latest figures.
+
+Per repeat, a fresh docker-registry (htpasswd auth) behind a byte-counting
+proxy; the seed and runnerctl push into separate repositories of it:
+
+  (a) first push of the 300 MB / 40-layer image into an empty repository;
+  (c) re-release of that same image (the registry has it in full);
+  (b) bump: the image with one changed ~1 MB layer (the registry holds the
+      previous image, pushed by the same tool in (a)).
+
+Before every timed run the skopeo blob-info cache is deleted and runnerctl
+gets a new, empty state dir and Nix cache dir, as on a fresh CI machine.
+The tools alternate which goes first from one repeat to the next.
+"""
+
+import argparse
+import base64
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RUNNERCTL = os.path.join(REPO, "target", "release", "runnerctl")
+PROXY = os.path.join(REPO, "target", "bench", "push-proxy")
+GENIMAGE = os.path.join(HERE, "genimage.py")
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+USER = "bench"
+PASSWORD = "bench-s3cret"
+# runnerctl pushes to the repository the issue names; the seed to one whose
+# name is as long, so HTTP request lines cost both the same.
+SEED_REPO = "infra/seedrun/nixos"
+RCTL_REPO = "infra/runners/nixos"
+# lastModified of the stand-in nixpkgs: gives runnerctl's {date} tag.
+T_BASE = 1717416000  # 2024-06-03T12:00:00Z
+T_BUMP = T_BASE + 7 * 86400  # 2024-06-10
+DATES = {"base": "20240603", "bump": "20240610"}
+CREATED = {"base": "2024-06-03T12:00:00Z", "bump": "2024-06-10T12:00:00Z"}
+CASES = {
+    "a": ("first push into an empty repository", "base"),
+    "c": ("re-release, registry has the image in full", "base"),
+    "b": ("bump: one ~1 MB layer changed", "bump"),
+}
+CASE_ORDER = ["a", "c", "b"]  # (c) and (b) build on what (a) pushed
+RSS_LIMIT_BYTES = 30_000_000
+
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+
+
+def say(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    try:
+        return subprocess.run(cmd, **kw)
+    except subprocess.CalledProcessError as e:
+        say(f"failed: {' '.join(map(str, cmd))}")
+        for stream in (e.stdout, e.stderr):
+            if stream:
+                sys.stderr.write(stream if isinstance(stream, str) else stream.decode(errors="replace"))
+        raise
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# Environment: git, nix, the skopeo cache
+# ---------------------------------------------------------------------------
+
+def git_env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GIT_", "RUNNERCTL_", "NIX_", "REGISTRY_AUTH"))}
+    env.update({
+        "GIT_AUTHOR_NAME": "runnerctl bench", "GIT_AUTHOR_EMAIL": "bench@runnerctl.invalid",
+        "GIT_COMMITTER_NAME": "runnerctl bench", "GIT_COMMITTER_EMAIL": "bench@runnerctl.invalid",
+        "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+    })
+    return env
+
+
+def nix_env(work, cache_dir):
+    """Debian's Nix 2.8 single-user as root, offline (as tests/common does)."""
+    registry = os.path.join(work, "flake-registry.json")
+    if not os.path.exists(registry):
+        with open(registry, "w") as f:
+            f.write('{"flakes":[],"version":2}')
+    user_conf = os.path.join(work, "nix-user.conf")
+    open(user_conf, "a").close()
+    os.makedirs(cache_dir, exist_ok=True)
+    env = git_env()
+    env.update({
+        "NIX_CONFIG": "experimental-features = nix-command flakes\n"
+                      "sandbox = false\nsubstituters =\nbuild-users-group =\n"
+                      f"flake-registry = {registry}\ntarball-ttl = 0\nconnect-timeout = 5\n",
+        "NIX_USER_CONF_FILES": user_conf,
+        "XDG_CACHE_HOME": cache_dir,
+    })
+    return env
+
+
+def skopeo_cache_dir():
+    """Where skopeo keeps its blob-info cache (containers/image
+    blobinfocache.DefaultCache): /var/lib/containers/cache for root, else
+    $XDG_DATA_HOME/containers/cache."""
+    if os.geteuid() == 0:
+        return "/var/lib/containers/cache"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "containers", "cache")
+
+
+def skopeo_cache_files():
+    # skopeo 1.9.3 (containers/image 5.23): blob-info-cache-v1.boltdb;
+    # newer releases: blob-info-cache-v1.sqlite. Delete whichever exists.
+    return glob.glob(os.path.join(skopeo_cache_dir(), "blob-info-cache-v1*"))
+
+
+def clear_skopeo_cache():
+    for path in skopeo_cache_files():
+        os.remove(path)
+    left = skopeo_cache_files()
+    if left:
+        raise SystemExit(f"could not clear the skopeo blob-info cache: {left}")
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: stand-in nixpkgs, image flakes
+# ---------------------------------------------------------------------------
+
+NIXPKGS_FLAKE = """{
+  description = "stand-in nixpkgs (runnerctl push benchmark)";
+  outputs = { self }: { lib.payload = "@PAYLOAD@"; };
+}
+"""
+
+IMAGE_FLAKE = """{
+  description = "runnerctl push benchmark image (@VARIANT@)";
+  inputs.nixpkgs.url = "@NIXPKGS@";
+  outputs = { self, nixpkgs }: {
+    # The benchmark's docker-archive, generated by genimage.py. Its out path
+    # depends only on the generator, the seed and the variant.
+    packages.x86_64-linux.nixos = derivation {
+      name = "runnerctl-bench-nixos.tar";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" "exec @PYTHON@ \\"$gen\\" --seed \\"$seed\\" --variant \\"$variant\\" --created \\"$created\\" --out \\"$out\\"" ];
+      gen = builtins.path { path = ./genimage.py; name = "runnerctl-bench-genimage.py"; };
+      seed = "@SEED@";
+      variant = "@VARIANT@";
+      created = "@CREATED@";
+      PATH = "/usr/bin:/bin";
+    };
+  };
+}
+"""
+
+
+def git_commit(dir, at):
+    env = git_env()
+    run(["git", "add", "--all"], cwd=dir, env=env)
+    date = f"@{at} +0000"
+    env.update({"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
+    run(["git", "commit", "--quiet", "-m", "bench"], cwd=dir, env=env)
+
+
+def make_flake(work, variant, seed, python):
+    nixpkgs = os.path.join(work, f"nixpkgs-{variant}")
+    flake = os.path.join(work, f"flake-{variant}")
+    at = T_BASE if variant == "base" else T_BUMP
+    for d in (nixpkgs, flake):
+        os.makedirs(d)
+        run(["git", "init", "--quiet", "--initial-branch=main"], cwd=d, env=git_env())
+    with open(os.path.join(nixpkgs, "flake.nix"), "w") as f:
+        f.write(NIXPKGS_FLAKE.replace("@PAYLOAD@", variant))
+    git_commit(nixpkgs, at)
+    text = (IMAGE_FLAKE.replace("@NIXPKGS@", f"git+file://{nixpkgs}?ref=main")
+            .replace("@VARIANT@", variant).replace("@SEED@", str(seed))
+            .replace("@CREATED@", CREATED[variant]).replace("@PYTHON@", python))
+    with open(os.path.join(flake, "flake.nix"), "w") as f:
+        f.write(text)
+    shutil.copy(GENIMAGE, os.path.join(flake, "genimage.py"))
+    env = nix_env(work, os.path.join(work, "nix-cache-setup"))
+    run(["git", "add", "--all"], cwd=flake, env=git_env())
+    run(["nix", "flake", "lock"], cwd=flake, env=env, capture_output=True, text=True)
+    git_commit(flake, at)
+    return flake
+
+
+def build_image(work, flake):
+    env = nix_env(work, os.path.join(work, "nix-cache-setup"))
+    out = run(["nix", "build", "--no-link", "--json", f"{flake}#nixos"], cwd=flake, env=env,
+              capture_output=True, text=True).stdout
+    return json.loads(out)[0]["outputs"]["out"]
+
+
+def archive_info(path):
+    """Layer count, layer bytes and diff_ids of a docker-archive."""
+    import tarfile
+    with tarfile.open(path) as t:
+        manifest = json.load(t.extractfile("manifest.json"))[0]
+        config = json.load(t.extractfile(manifest["Config"]))
+        sizes = {m.name: m.size for m in t.getmembers()}
+    return {
+        "layers": len(manifest["Layers"]),
+        "layer_bytes": sum(sizes[n] for n in manifest["Layers"]),
+        "layer_sizes": [sizes[n] for n in manifest["Layers"]],
+        "diff_ids": config["rootfs"]["diff_ids"],
+        "archive_bytes": os.path.getsize(path),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Registry and proxy
+# ---------------------------------------------------------------------------
+
+class Registry:
+    def __init__(self, dir):
+        self.dir = dir
+        os.makedirs(os.path.join(dir, "storage"))
+        htpasswd = os.path.join(dir, "htpasswd")
+        run(["htpasswd", "-iBc", htpasswd, USER], input=PASSWORD.encode(), stdin=None,
+            capture_output=True)
+        self.port = free_port()
+        config = os.path.join(dir, "config.yml")
+        with open(config, "w") as f:
+            f.write(
+                "version: 0.1\n"
+                "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {dir}/storage\n"
+                "  delete:\n    enabled: true\n"
+                f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: runnerctl-bench\n"
+                f"auth:\n  htpasswd:\n    realm: runnerctl-bench\n    path: {htpasswd}\n")
+        self.log = open(os.path.join(dir, "registry.log"), "ab")
+        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", config], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=self.log, start_new_session=True)
+        self.proxy_log = os.path.join(dir, "proxy.log")
+        self.proxy = subprocess.Popen([PROXY, f"127.0.0.1:{self.port}", self.proxy_log],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      start_new_session=True)
+        self.proxy_port = int(self.proxy.stdout.readline().strip())
+        deadline = time.time() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=2)
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise SystemExit(f"docker-registry did not start; see {dir}/registry.log")
+            time.sleep(0.05)
+
+    @property
+    def host(self):
+        """What the clients use: the proxy."""
+        return f"127.0.0.1:{self.proxy_port}"
+
+    def log_offset(self):
+        return os.path.getsize(self.proxy_log) if os.path.exists(self.proxy_log) else 0
+
+    def traffic(self, start):
+        """What the proxy saw since log offset `start`."""
+        with open(self.proxy_log, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+        t = {"up": 0, "up_body": 0, "down": 0, "requests": 0, "blob_uploads": 0,
+             "blob_upload_requests": 0, "upload_body": 0, "manifest_puts": 0,
+             "blob_heads": 0, "manifest_gets": 0, "blob_gets": 0, "unparsed": 0}
+        for line in lines:
+            f = line.split("\t")
+            if f[0] == "R" and len(f) == 5:
+                method, path, head, body = f[1], f[2], int(f[3]), int(f[4])
+                t["up"] += head + body
+                t["up_body"] += body
+                t["requests"] += 1
+                if "/blobs/uploads/" in path:
+                    t["blob_upload_requests"] += 1
+                    t["upload_body"] += body
+                    if method == "POST":
+                        t["blob_uploads"] += 1
+                elif "/manifests/" in path:
+                    if method == "PUT":
+                        t["manifest_puts"] += 1
+                    elif method == "GET":
+                        t["manifest_gets"] += 1
+                elif "/blobs/" in path:
+                    if method == "HEAD":
+                        t["blob_heads"] += 1
+                    elif method == "GET":
+                        t["blob_gets"] += 1
+            elif f[0] == "U":
+                t["up"] += int(f[1])
+                t["unparsed"] += int(f[1])
+            elif f[0] == "D":
+                t["down"] += int(f[1])
+        return t
+
+    def get(self, path, accept=None):
+        """GET straight from the registry (not through the proxy)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        if accept:
+            req.add_header("Accept", accept)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read()
+
+    def manifest(self, repo, tag):
+        raw = self.get(f"/v2/{repo}/manifests/{tag}", MANIFEST_ACCEPT)
+        return raw, json.loads(raw)
+
+    def stop(self):
+        for p in (getattr(self, "proxy", None), self.proc):
+            if p and p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------
+# One timed run
+# ---------------------------------------------------------------------------
+
+def timed(cmd, env, cwd, log_path, stdout_path=None, poll_rss=False):
+    """Run cmd; return (rc, wall seconds, own peak RSS in bytes (polled
+    VmHWM of cmd's process), peak RSS of the whole process tree (wait4))."""
+    peak = [0]
+    done = threading.Event()
+    with open(log_path, "wb") as err, open(stdout_path or os.devnull, "wb") as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err)
+
+        def poll():
+            status = f"/proc/{proc.pid}/status"
+            while not done.is_set():
+                try:
+                    with open(status) as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                                break
+                except OSError:
+                    pass
+                done.wait(0.01)
+
+        poller = threading.Thread(target=poll, daemon=True) if poll_rss else None
+        if poller:
+            poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        if poller:
+            poller.join()
+    return proc.returncode, wall, peak[0], usage.ru_maxrss * 1024
+
+
+def seed_run(ctx, reg, variant, tag_date, logdir):
+    """The seed's loop: one `skopeo copy docker-archive:` per tag."""
+    archive = ctx["images"][variant]["path"]
+    script = (
+        'set -e\n'
+        f'for tag in latest unstable {tag_date}; do\n'
+        f'  skopeo copy --dest-tls-verify=false --dest-creds "$BENCH_CREDS" '
+        f'docker-archive:{archive} docker://{reg.host}/{SEED_REPO}:$tag\n'
+        'done\n')
+    env = git_env()
+    env["BENCH_CREDS"] = f"{USER}:{PASSWORD}"
+    rc, wall, _, tree_rss = timed(["bash", "-c", script], env, ctx["work"],
+                                  os.path.join(logdir, "stderr.log"),
+                                  os.path.join(logdir, "stdout.log"))
+    return {"rc": rc, "wall": wall, "tree_rss": tree_rss}
+
+
+def runnerctl_run(ctx, reg, variant, logdir):
+    state = os.path.join(logdir, "state")
+    shutil.rmtree(state, ignore_errors=True)
+    env = nix_env(ctx["work"], os.path.join(logdir, "nix-cache"))
+    env["RUNNERCTL_REGISTRY_USER"] = USER
+    env["RUNNERCTL_REGISTRY_PASSWORD"] = PASSWORD
+    cmd = [RUNNERCTL, "release", "--json", "--progress", "plain",
+           "--flake", ctx["flakes"][variant], "--state-dir", state,
+           "--image", f"docker://{reg.host}/{RCTL_REPO}", "--tls-verify", "false"]
+    out = os.path.join(logdir, "report.json")
+    rc, wall, own_rss, tree_rss = timed(cmd, env, ctx["flakes"][variant],
+                                        os.path.join(logdir, "stderr.log"), out, poll_rss=True)
+    result = {"rc": rc, "wall": wall, "own_rss": own_rss, "tree_rss": tree_rss}
+    try:
+        with open(out) as f:
+            report = json.load(f)
+        result["total_ms"] = report.get("duration_ms")
+        result["outcome"] = report.get("outcome")
+        result["stages"] = {s["name"]: {"ms": s["duration_ms"], "status": s["status"],
+                                        "note": s.get("note", "")}
+                            for s in report.get("stages", [])}
+        result["push_ms"] = result["stages"].get("push", {}).get("ms")
+        result["digest"] = report.get("digest")
+        result["tags"] = report.get("tags")
+    except (OSError, ValueError) as e:
+        result["report_error"] = str(e)
+    return result
+
+
+def one(ctx, reg, tool, case, rep):
+    variant = CASES[case][1]
+    logdir = os.path.join(ctx["work"], "runs", f"{rep}-{case}-{tool}")
+    os.makedirs(logdir)
+    clear_skopeo_cache()
+    load = open("/proc/loadavg").read().split()[0]
+    start = reg.log_offset()
+    if tool == "seed":
+        r = seed_run(ctx, reg, variant, DATES[variant], logdir)
+    else:
+        r = runnerctl_run(ctx, reg, variant, logdir)
+    time.sleep(0.05)  # the proxy logs a request once its body is through
+    r.update(reg.traffic(start))
+    r["up_headers"] = r["up"] - r["up_body"]
+    r["skopeo_cache_written"] = bool(skopeo_cache_files())
+    r.update({"tool": tool, "case": case, "repeat": rep, "logdir": logdir, "load": load})
+    if r["rc"] != 0:
+        with open(os.path.join(logdir, "stderr.log"), errors="replace") as f:
+            tail = f.read()[-3000:]
+        say(f"{tool} ({case}) failed with exit code {r['rc']}:\n{tail}")
+    extra = ""
+    if tool == "runnerctl":
+        extra = f", push stage {fmt_s((r.get('push_ms') or 0) / 1000)} s, peak RSS {r['own_rss'] / 1e6:.1f} MB"
+    say(f"repeat {rep + 1} case ({case}) {tool:9}: {r['wall']:6.2f} s, "
+        f"{r['up'] / 1e6:8.2f} MB to the registry, {r['requests']} requests, "
+        f"{r['blob_uploads']} blob uploads, {r['manifest_puts']} manifest PUTs{extra}")
+    return r
+
+
+def budget_b(reg, ctx, runs):
+    """(b)'s physical limit for runnerctl: the new layer(s) compressed, the
+    new config, and one manifest PUT per tag written, from what the registry
+    holds after the bump."""
+    old_raw, old = reg.manifest(RCTL_REPO, DATES["base"])
+    new_raw, new = reg.manifest(RCTL_REPO, DATES["bump"])
+    old_layers = {l["digest"] for l in old["layers"]}
+    fresh = [l for l in new["layers"] if l["digest"] not in old_layers]
+    tags = len(runs["tags"] or []) + 1  # + the nix-<hash> tag
+    return {
+        "new_layers": len(fresh),
+        "new_layer_bytes": sum(l["size"] for l in fresh),
+        "config_bytes": new["config"]["size"],
+        "manifest_bytes": len(new_raw),
+        "tags": tags,
+        "limit": sum(l["size"] for l in fresh) + new["config"]["size"] + len(new_raw) * tags,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def fmt_s(x):
+    return f"{x:.2f}"
+
+
+def fmt_mb(x):
+    return f"{x / 1e6:.2f}" if x >= 10_000 else f"{x / 1e3:.1f} kB"
+
+
+def med(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def report(results, budgets, ctx):
+    lines = []
+    out = lines.append
+    out("")
+    out(f"Push benchmark: median of {ctx['repeats']} runs; bytes = client→registry on the wire "
+        "(request lines, headers and bodies)")
+    out("")
+    out("| case | seed s | runnerctl s | ratio | seed MB | runnerctl MB | ratio "
+        "| runnerctl push stage s | runnerctl peak RSS MB | runnerctl uploads / manifest PUTs |")
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = {}
+    for case in ["a", "b", "c"]:
+        s = [r for r in results if r["case"] == case and r["tool"] == "seed"]
+        n = [r for r in results if r["case"] == case and r["tool"] == "runnerctl"]
+        if not s or not n:
+            continue
+        row = {
+            "seed_wall": med(s, "wall"), "rctl_wall": med(n, "wall"),
+            "seed_up": med(s, "up"), "rctl_up": med(n, "up"), "rctl_body": med(n, "up_body"),
+            "push_s": (med(n, "push_ms") or 0) / 1000,
+            "rss": max(r["own_rss"] for r in n),
+            "uploads": max(r["blob_uploads"] for r in n),
+            "puts": max(r["manifest_puts"] for r in n),
+        }
+        row["wall_ratio"] = row["rctl_wall"] / row["seed_wall"]
+        row["bytes_ratio"] = row["rctl_up"] / row["seed_up"] if row["seed_up"] else float("nan")
+        table[case] = row
+        out(f"| ({case}) {CASES[case][0]} | {fmt_s(row['seed_wall'])} | {fmt_s(row['rctl_wall'])} "
+            f"| {row['wall_ratio']:.3f} | {fmt_mb(row['seed_up'])} | {fmt_mb(row['rctl_up'])} "
+            f"| {row['bytes_ratio']:.4f} | {fmt_s(row['push_s'])} | {row['rss'] / 1e6:.1f} "
+            f"| {row['uploads']} / {row['puts']} |")
+    out("")
+    out("Targets:")
+    verdicts = []
+
+    def target(name, ok, detail):
+        verdicts.append((name, ok, detail))
+        out(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
+
+    if "b" in table:
+        b = table["b"]
+        limit = statistics.median([x["limit"] for x in budgets]) if budgets else None
+        if limit:
+            target("(b) bytes <= 1.1 x (changed layer compressed + config + manifests)",
+                   b["rctl_up"] <= 1.1 * limit,
+                   f"{b['rctl_up']:,} B vs 1.1 x {limit:,.0f} B = {1.1 * limit:,.0f} B "
+                   f"(new layer {budgets[0]['new_layer_bytes']:,} B, config "
+                   f"{budgets[0]['config_bytes']:,} B, manifest {budgets[0]['manifest_bytes']:,} B "
+                   f"x {budgets[0]['tags']} tags); runnerctl/limit = {b['rctl_up'] / limit:.3f}; "
+                   f"request bodies alone {b['rctl_body']:,} B = {b['rctl_body'] / limit:.3f} x limit, "
+                   f"request lines and headers {b['rctl_up'] - b['rctl_body']:,} B")
+        target("(b) wall <= 0.5 x seed", b["wall_ratio"] <= 0.5,
+               f"{fmt_s(b['rctl_wall'])} s vs {fmt_s(b['seed_wall'])} s = {b['wall_ratio']:.3f}")
+    if "c" in table:
+        c = table["c"]
+        target("(c) wall <= 0.1 x seed", c["wall_ratio"] <= 0.1,
+               f"{fmt_s(c['rctl_wall'])} s vs {fmt_s(c['seed_wall'])} s = {c['wall_ratio']:.3f}")
+        target("(c) no blob upload, no manifest PUT", c["uploads"] == 0 and c["puts"] == 0,
+               f"{c['uploads']} blob uploads, {c['puts']} manifest PUTs (max over runs)")
+    if "a" in table:
+        a = table["a"]
+        target("(a) wall <= seed", a["wall_ratio"] <= 1.0,
+               f"{fmt_s(a['rctl_wall'])} s vs {fmt_s(a['seed_wall'])} s = {a['wall_ratio']:.3f}")
+    rss = max(r["own_rss"] for r in results if r["tool"] == "runnerctl")
+    target("runnerctl peak RSS <= 30 MB", rss <= RSS_LIMIT_BYTES,
+           f"max {rss / 1e6:.1f} MB over all runs (VmHWM of the runnerctl process, "
+           f"polled every 10 ms; skopeo and nix children not included)")
+    written = [r for r in results if r["skopeo_cache_written"]]
+    out(f"  skopeo blob-info cache ({skopeo_cache_dir()}): deleted before each of the "
+        f"{len(results)} runs; skopeo had written it again after {len(written)} of them "
+        f"(every seed run: {all(r['skopeo_cache_written'] for r in results if r['tool'] == 'seed')})")
+    out("")
+    out("Per run: wall s, MB client→registry (of which request lines + headers), requests, "
+        "blob uploads, manifest PUTs, 1-min load average at the start; runnerctl: stages in s, "
+        "own / process-tree peak RSS MB; seed: process-tree peak RSS MB")
+    for r in sorted(results, key=lambda r: (r["case"], r["tool"], r["repeat"])):
+        line = (f"  ({r['case']}) #{r['repeat'] + 1} {r['tool']:9} {r['wall']:6.2f} s "
+                f"{r['up'] / 1e6:8.3f} MB ({r['up_headers'] / 1e3:5.1f} kB) {r['requests']:4} req "
+                f"{r['blob_uploads']:2} up {r['manifest_puts']} put  load {r['load']}")
+        if r["tool"] == "runnerctl":
+            st = " ".join(f"{k}={v['ms'] / 1000:.2f}" for k, v in (r.get("stages") or {}).items())
+            line += f"  [{st}]  RSS {r['own_rss'] / 1e6:.1f} / {r['tree_rss'] / 1e6:.1f}"
+        else:
+            line += f"  tree RSS {r['tree_rss'] / 1e6:.1f}"
+        out(line)
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return table, verdicts, text
+
+
+# ---------------------------------------------------------------------------
+
+def machine():
+    def first(path, key):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            return "?"
+    def cmd(*c):
+        try:
+            return subprocess.run(c, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return {
+        "nproc": os.cpu_count(),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "kernel": os.uname().release,
+        "skopeo": cmd("skopeo", "--version"),
+        "docker_registry": cmd(REGISTRY_BIN, "--version"),
+        "nix": cmd("nix", "--version"),
+        "runnerctl": cmd(RUNNERCTL, "--version"),
+        "python": sys.version.split()[0],
+        "loadavg": open("/proc/loadavg").read().strip(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description="runnerctl push benchmark (see bench/push.sh)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", default="1", help="image generator seed")
+    ap.add_argument("--cases", default="a,b,c", help="subset of a,b,c ((b), (c) need (a))")
+    ap.add_argument("--work", help="work directory [default: a new one under $TMPDIR]")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json-out", help="also write all results as JSON here")
+    args = ap.parse_args()
+
+    for tool in (RUNNERCTL, PROXY, REGISTRY_BIN):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} is missing: run bench/push.sh")
+    wanted = set(args.cases.split(","))
+    cases = [c for c in CASE_ORDER if c in wanted or (c == "a" and wanted & {"b", "c"})]
+    work = args.work or tempfile.mkdtemp(prefix="runnerctl-bench-")
+    os.makedirs(work, exist_ok=True)
+    ctx = {"work": work, "repeats": args.repeats, "flakes": {}, "images": {}}
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    say(f"work directory {work}; skopeo blob-info cache {skopeo_cache_dir()}")
+    try:
+        variants = sorted({CASES[c][1] for c in cases})
+        for variant in variants:
+            t0 = time.monotonic()
+            flake = make_flake(work, variant, args.seed, python)
+            path = build_image(work, flake)
+            info = archive_info(path)
+            info["path"] = path
+            ctx["flakes"][variant] = flake
+            ctx["images"][variant] = info
+            say(f"image {variant}: {path}: {info['layers']} layers, "
+                f"{info['layer_bytes'] / 1e6:.1f} MB of layers ({time.monotonic() - t0:.1f} s)")
+        if len(variants) == 2:
+            a, b = ctx["images"]["base"]["diff_ids"], ctx["images"]["bump"]["diff_ids"]
+            changed = [i for i in range(len(a)) if a[i] != b[i]]
+            sizes = [ctx["images"]["bump"]["layer_sizes"][i] for i in changed]
+            ctx["changed"] = {"layers": changed, "sizes": sizes}
+            say(f"bump changes layer(s) {changed} ({', '.join(f'{s:,} B' for s in sizes)})")
+            if len(changed) != 1:
+                raise SystemExit("the bump variant must change exactly one layer")
+
+        results, budgets = [], []
+        for rep in range(args.repeats):
+            regdir = os.path.join(work, f"registry-{rep}")
+            reg = Registry(regdir)
+            say(f"repeat {rep + 1}/{args.repeats}: fresh registry on 127.0.0.1:{reg.port}, "
+                f"proxy on {reg.host}")
+            try:
+                tools = ["seed", "runnerctl"] if rep % 2 == 0 else ["runnerctl", "seed"]
+                for case in cases:
+                    for tool in tools:
+                        r = one(ctx, reg, tool, case, rep)
+                        results.append(r)
+                        if r["rc"] != 0:
+                            raise SystemExit(f"{tool} failed in case ({case}); logs in {r['logdir']}")
+                        if case == "b" and tool == "runnerctl":
+                            budgets.append(budget_b(reg, ctx, r))
+            finally:
+                reg.stop()
+                if not args.keep:
+                    shutil.rmtree(os.path.join(regdir, "storage"), ignore_errors=True)
+        table, verdicts, text = report(results, budgets, ctx)
+        m = machine()
+        print("\nMachine: " + "; ".join(f"{k}: {v}" for k, v in m.items()))
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump({"machine": m, "images": {k: {x: y for x, y in v.items() if x != "diff_ids"}
+                                                    for k, v in ctx["images"].items()},
+                           "changed": ctx.get("changed"), "budgets": budgets,
+                           "results": results, "table": table,
+                           "verdicts": verdicts, "text": text}, f, indent=1)
+        return 0 if all(ok for _, ok, _ in verdicts) else 1
+    finally:
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
