@@ -122,6 +122,28 @@ pub fn auth_json(registry: &str, user: &str, password: &Secret) -> String {
     serde_json::json!({ "auths": { registry: { "auth": token } } }).to_string()
 }
 
+const AUTH_PREFIX: &str = "runnerctl-auth-";
+
+/// Remove auth files left by runs that were killed (kill -9 skips every
+/// destructor): `runnerctl-auth-<pid>-*.json` whose process is gone.
+pub fn remove_stale_auth_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(AUTH_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// An auth file for skopeo's `--authfile`: ours (temporary, 0600, removed on
 /// drop) or the user's.
 #[derive(Debug)]
@@ -146,9 +168,12 @@ pub fn auth_file(
 ) -> Result<Option<AuthFile>, AuthError> {
     match (creds, registry) {
         (Credentials::UserPassword { user, password }, Some(registry)) => {
-            // tempfile creates the file with mode 0600.
+            remove_stale_auth_files(&std::env::temp_dir());
+            // tempfile creates the file with mode 0600. The name carries our
+            // pid, so a later run can remove it if this one is killed.
+            let prefix = format!("{AUTH_PREFIX}{}-", std::process::id());
             let mut file = tempfile::Builder::new()
-                .prefix("runnerctl-auth-")
+                .prefix(&prefix)
                 .suffix(".json")
                 .tempfile()
                 .map_err(AuthError::Write)?;
@@ -188,6 +213,24 @@ mod tests {
         assert_eq!(decoded, b"ci:hunter2-Zebra");
         drop(file);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_auth_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // pid_max is at most 2^22 on Linux: this pid cannot be running.
+        let stale = dir.path().join("runnerctl-auth-4194305-abc.json");
+        let live = dir
+            .path()
+            .join(format!("runnerctl-auth-{}-def.json", std::process::id()));
+        let other = dir.path().join("unrelated.json");
+        for f in [&stale, &live, &other] {
+            std::fs::write(f, "{}").expect("write");
+        }
+        remove_stale_auth_files(dir.path());
+        assert!(!stale.exists());
+        assert!(live.exists());
+        assert!(other.exists());
     }
 
     #[test]

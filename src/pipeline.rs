@@ -135,7 +135,9 @@ impl Ctx {
         Ok(())
     }
 
-    fn save(&self) -> miette::Result<()> {
+    /// Write the state now (stages call this before a step whose effect a
+    /// kill could otherwise leave unrecorded).
+    pub fn save(&self) -> miette::Result<()> {
         if !self.cfg.dry_run {
             state::save(&self.cfg.state_dir, &self.state)?;
         }

@@ -127,13 +127,19 @@ pub struct State {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingBump {
-    /// sha256 of the flake.lock the update wrote.
-    pub lock_hash: String,
+    /// sha256 of the flake.lock the update wrote; None while `nix flake
+    /// update` runs (a run killed then left a lock nobody recorded).
+    #[serde(default)]
+    pub lock_hash: Option<String>,
     /// The update stage's fingerprint (flake.nix, inputs to update).
     pub fingerprint: Option<String>,
     /// The bump commit, once made (and after a rebase, the rebased one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// HEAD just before `git commit` ran: a run killed right after the
+    /// commit can still recognise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_parent: Option<String>,
 }
 
 impl Default for State {
@@ -228,16 +234,22 @@ pub fn parse(text: &str, path: &Path) -> Result<State, StateError> {
     serde_json::from_value(value).map_err(|e| corrupt(e.to_string(), 1, 1))
 }
 
-/// Byte offset of a 1-based line and column, clamped to the text.
+/// Byte offset of a 1-based line and column, clamped to the text and moved
+/// back onto a character boundary.
 pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = 0;
+    let mut offset = text.len().saturating_sub(1);
+    let mut start = 0;
     for (i, l) in text.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            return (offset + column.saturating_sub(1)).min(text.len());
+            offset = (start + column.saturating_sub(1)).min(text.len());
+            break;
         }
-        offset += l.len();
+        start += l.len();
     }
-    text.len().saturating_sub(1)
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
 }
 
 /// Load the state, or a fresh one if there is none.
@@ -398,10 +410,105 @@ mod tests {
         lock(dir.path()).expect("lock after release");
     }
 
-    proptest::proptest! {
-        #[test]
-        fn parse_never_panics(text in ".{0,300}") {
-            let _ = parse(&text, Path::new("s.json"));
+    /// Parse, and if it fails, render the diagnostic the way main does:
+    /// neither may panic, and a span must lie inside the text.
+    fn parse_and_render(text: &str) {
+        if let Err(err) = parse(text, Path::new("s.json")) {
+            if let StateError::Corrupt { span, .. } = &err {
+                assert!(span.offset() <= text.len());
+                assert!(
+                    text.is_char_boundary(span.offset()),
+                    "span not on a char boundary"
+                );
+            }
+            let mut out = String::new();
+            let report = miette::Report::new(err);
+            let _ = miette::GraphicalReportHandler::new().render_report(&mut out, report.as_ref());
+            assert!(!out.is_empty());
         }
+    }
+
+    fn sample_state() -> String {
+        let mut state = State {
+            command: Some("bump".into()),
+            outcome: Some("failure".into()),
+            ..State::default()
+        };
+        state.stages.insert(
+            "push".into(),
+            StageRecord {
+                status: StageStatus::Failed,
+                fingerprint: Some("/nix/store/x".into()),
+                outputs: Outputs {
+                    digest: Some("sha256:00".into()),
+                    tags: vec!["latest".into(), "20260705".into()],
+                    ..Outputs::default()
+                },
+                note: Some("registry said ✘ 500".into()),
+                started_at: Some(now()),
+                finished_at: None,
+                duration_ms: Some(12),
+            },
+        );
+        state.pending_bump = Some(PendingBump {
+            lock_hash: Some("ab".into()),
+            fingerprint: None,
+            commit: None,
+            commit_parent: None,
+        });
+        serde_json::to_string_pretty(&state).unwrap_or_default()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,300}") {
+            parse_and_render(&text);
+        }
+
+        #[test]
+        fn odd_versions_and_shapes_never_panic(
+            version in proptest::prop_oneof![
+                proptest::strategy::Just("1".to_string()),
+                proptest::strategy::Just("0".to_string()),
+                proptest::strategy::Just("-1".to_string()),
+                proptest::strategy::Just("1.5".to_string()),
+                proptest::strategy::Just("\"1\"".to_string()),
+                proptest::strategy::Just("null".to_string()),
+                proptest::strategy::Just("18446744073709551616".to_string()),
+                "[0-9]{1,6}",
+            ],
+            stages in "\\PC{0,40}",
+        ) {
+            parse_and_render(&format!("{{\"version\": {version}, \"stages\": {stages}}}"));
+            parse_and_render(&format!("{{\"version\": {version}}}"));
+        }
+
+        #[test]
+        fn mutated_real_state_files_never_panic(
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..8)
+        ) {
+            let mut bytes = sample_state().into_bytes();
+            for (at, byte, op) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = at % bytes.len();
+                match op {
+                    0 => bytes[at] = byte,
+                    1 => { bytes.remove(at); }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            parse_and_render(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    #[test]
+    fn the_sample_state_round_trips() {
+        let text = sample_state();
+        let state = parse(&text, Path::new("s.json")).expect("sample parses");
+        assert_eq!(state.stages["push"].outputs.tags, ["latest", "20260705"]);
     }
 }

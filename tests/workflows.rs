@@ -549,7 +549,10 @@ fn just_passes_arguments_through_unchanged_when_just_is_installed() {
     let output = match command.output() {
         Ok(output) => output,
         Err(err) => {
-            assert!(std::env::var_os("CI").is_none(), "just is needed in CI: {err}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "just is needed in CI: {err}"
+            );
             eprintln!("skipped: just is not installed ({err})");
             return;
         }

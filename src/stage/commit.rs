@@ -80,6 +80,13 @@ impl Stage for Commit {
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
         let git = cx.git()?.clone();
         let (subject, body) = Self::message(cx);
+        // Record the parent first: a run killed right after `git commit`
+        // can then recognise the commit as its own.
+        let parent = git.rev_parse(&cx.runner, "HEAD").await?;
+        if let Some(pending) = &mut cx.state.pending_bump {
+            pending.commit_parent = parent;
+        }
+        cx.save()?;
         cx.runner
             .run(&git.cmd(commit_args(&subject, &body, "flake.lock")))
             .await

@@ -167,12 +167,10 @@ impl Stage for GitPush {
                     record.outputs.commit = head;
                 }
             }
-            let push = cx
-                .runner
-                .run(&git.cmd(push_args(&up.remote, &up.branch)))
-                .await;
-            match push {
-                Ok(_) => {
+            let push_cmd = git.cmd(push_args(&up.remote, &up.branch));
+            let push = cx.runner.run_unchecked(&push_cmd).await?;
+            match push.success() {
+                true => {
                     let head = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
                     cx.commit = Some(head.clone());
                     if let Some(record) = cx.state.stages.get_mut("commit") {
@@ -194,15 +192,26 @@ impl Stage for GitPush {
                         ..Outputs::default()
                     }));
                 }
-                Err(err) => {
-                    let rejected_by_race = err
-                        .tail()
-                        .iter()
+                false => {
+                    // `--porcelain` reports a rejected ref on stdout
+                    // (`!  HEAD:refs/heads/main  [rejected] (fetch first)`).
+                    let rejected_by_race = push
+                        .stdout
+                        .lines()
+                        .chain(push.stderr_tail.iter().map(String::as_str))
                         .any(|l| l.contains("fetch first") || l.contains("non-fast-forward"));
                     if rejected_by_race && attempt < 2 {
                         continue;
                     }
-                    return Err(err.with_help(help).into());
+                    let mut out = push.clone();
+                    // Show git's verdict on the ref next to its stderr.
+                    out.stderr_tail.extend(
+                        push.stdout
+                            .lines()
+                            .filter(|l| l.starts_with('!'))
+                            .map(str::to_string),
+                    );
+                    return Err(crate::tool::failed(&push_cmd, &out).with_help(help).into());
                 }
             }
         }

@@ -82,6 +82,45 @@ fn locate(tool: &'static str) -> Result<std::path::PathBuf, PreflightError> {
     })
 }
 
+impl Preflight {
+    /// Is HEAD the bump commit of an unfinished bump? Either the recorded
+    /// one, or, for a run killed right after `git commit`, a commit on top
+    /// of the recorded parent that changes flake.lock only. It is then
+    /// adopted into the state.
+    async fn is_our_commit(cx: &mut Ctx, git: &Git, head: Option<&str>) -> miette::Result<bool> {
+        let Some(head) = head else { return Ok(false) };
+        let Some(pending) = cx.state.pending_bump.clone() else {
+            return Ok(false);
+        };
+        if pending.commit.as_deref() == Some(head) {
+            return Ok(true);
+        }
+        let Some(parent) = pending.commit_parent else {
+            return Ok(false);
+        };
+        if git
+            .rev_parse(&cx.runner, &format!("{head}^"))
+            .await?
+            .as_deref()
+            != Some(parent.as_str())
+        {
+            return Ok(false);
+        }
+        let files = cx
+            .runner
+            .run(&git.cmd(["diff", "--name-only", &parent, head, "--"]))
+            .await?
+            .stdout;
+        let only_lock = files.lines().filter(|l| !l.is_empty()).eq(["flake.lock"]);
+        if only_lock {
+            if let Some(p) = &mut cx.state.pending_bump {
+                p.commit = Some(head.to_string());
+            }
+        }
+        Ok(only_lock)
+    }
+}
+
 impl Stage for Preflight {
     fn name(&self) -> &'static str {
         "preflight"
@@ -126,11 +165,11 @@ impl Stage for Preflight {
         let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
         if cx.cfg.mode == Mode::Bump {
             let current = crate::pipeline::hash_hex(cx.lock_text.as_bytes());
-            let ours = cx
-                .state
-                .pending_bump
-                .as_ref()
-                .is_some_and(|p| p.lock_hash == current);
+            // Ours: the lock an unfinished bump wrote, or one it was writing
+            // when it was killed (the update runs again).
+            let ours = cx.state.pending_bump.as_ref().is_some_and(|p| {
+                p.lock_hash.is_none() || p.lock_hash.as_deref() == Some(current.as_str())
+            });
             if ours {
                 dirty.retain(|line| !line.ends_with("flake.lock"));
             }
@@ -158,12 +197,9 @@ impl Stage for Preflight {
                         .count(&cx.runner, &format!("{}..HEAD", upstream.tracking_ref()))
                         .await?;
                     let head = git.rev_parse(&cx.runner, "HEAD").await?;
-                    let ours = cx
-                        .state
-                        .pending_bump
-                        .as_ref()
-                        .and_then(|p| p.commit.clone());
-                    let only_ours = ahead == 1 && head.is_some() && head == ours;
+                    let only_ours = ahead == 1
+                        && head.is_some()
+                        && Self::is_our_commit(cx, &git, head.as_deref()).await?;
                     if ahead > 0 && !only_ours {
                         return Err(PreflightError::Ahead {
                             branch: branch.clone(),

@@ -83,11 +83,9 @@ impl Stage for Update {
         // unchanged, and flake.lock is still what it wrote.
         let current = hash_hex(cx.lock_text.as_bytes());
         let fingerprint = self.fingerprint(cx);
-        let done = cx
-            .state
-            .pending_bump
-            .as_ref()
-            .is_some_and(|p| p.fingerprint == fingerprint && p.lock_hash == current);
+        let done = cx.state.pending_bump.as_ref().is_some_and(|p| {
+            p.fingerprint == fingerprint && p.lock_hash.as_deref() == Some(current.as_str())
+        });
         if !done {
             return Ok(Check::Todo("check upstream for new input revisions".into()));
         }
@@ -155,6 +153,15 @@ impl Stage for Update {
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
         let nix = cx.nix()?.clone();
         let cmd = nix.update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs);
+        // Record that flake.lock is about to change, so a run killed while
+        // nix writes it still knows the dirty lock is its own.
+        cx.state.pending_bump = Some(PendingBump {
+            lock_hash: None,
+            fingerprint: self.fingerprint(cx),
+            commit: None,
+            commit_parent: None,
+        });
+        cx.save()?;
         cx.runner.run(&cmd).await.map_err(|e| {
             e.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged unless nix wrote it, and a rerun starts the update again")
         })?;
@@ -165,9 +172,10 @@ impl Stage for Update {
         cx.up_to_date = Self::up_to_date(cx).await?;
         let lock_hash = hash_hex(cx.lock_text.as_bytes());
         cx.state.pending_bump = (!cx.up_to_date).then(|| PendingBump {
-            lock_hash,
+            lock_hash: Some(lock_hash),
             fingerprint: self.fingerprint(cx),
             commit: None,
+            commit_parent: None,
         });
         Ok(Done::new(Self::note(&cx.changes)).with(Outputs {
             lock_hash: Some(hash_hex(cx.lock_text.as_bytes())),

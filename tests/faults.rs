@@ -1,0 +1,748 @@
+//! Reliability: kill -9 at every stage boundary and in the middle of the
+//! build, push, commit and git-push; concurrent runs; registry faults; git
+//! faults. Everything runs against real Nix, skopeo, docker-registry and
+//! git; PATH shims only hold calls (to kill runnerctl at a known point) or
+//! fail them. Each test checks what is on disk, in git, on the remote and in
+//! the registry afterwards.
+//!
+//! Issue 5, sections 1–4. The README's "Reliability" table names these tests.
+
+mod common;
+mod fault_support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fault_support::*;
+
+const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// 1. kill -9
+// ---------------------------------------------------------------------------
+
+/// What to wait for, after the hook fired, before the kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Kill at once.
+    Now,
+    /// Until Nix's builder has started (its build dir exists in TMPDIR).
+    BuilderRunning,
+    /// Until the registry has seen a blob upload start.
+    BlobUploadStarted,
+}
+
+/// Where the kill lands.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// The `nth` call of `tool` whose argv starts with `words`, held `when`
+    /// by a PATH hook.
+    Call {
+        tool: &'static str,
+        words: &'static [&'static str],
+        nth: u32,
+        when: When,
+        until: Until,
+    },
+    /// The `nth` manifest write to the registry, held by a proxy in front
+    /// of it (retags are PUTs runnerctl sends itself, not a child).
+    ManifestPut(usize),
+}
+
+/// One place to kill runnerctl.
+#[derive(Debug, Clone, Copy)]
+struct KillPoint {
+    at: At,
+    /// Stages state.json must record as done when the kill lands.
+    done: &'static [&'static str],
+    /// The stage the kill interrupts: not recorded as done.
+    interrupted: &'static str,
+}
+
+const PREFLIGHT: &[&str] = &["preflight"];
+const UPDATED: &[&str] = &["preflight", "update"];
+const BUILT: &[&str] = &["preflight", "update", "build", "verify"];
+const PUSHED: &[&str] = &["preflight", "update", "build", "verify", "push"];
+const COMMITTED: &[&str] = &["preflight", "update", "build", "verify", "push", "commit"];
+
+/// Kills one bump at `kp`, checks the state file, reruns, and checks the
+/// result as if nothing had happened: one bump commit on the remote, every
+/// tag at the built digest, and no finished stage repeated (`nix flake
+/// update`, `nix build`, blob uploads and manifest writes are counted).
+fn kill_and_resume(kp: KillPoint) {
+    let mut w = World::new();
+    let lock_before = w.repo.lock_bytes();
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    let mut hook = None;
+    let mut before = true;
+    let image = match kp.at {
+        At::Call {
+            tool,
+            words,
+            nth,
+            when,
+            ..
+        } => {
+            hook = Some(w.hooks.hold(tool, words, nth, when));
+            before = when == When::Before;
+            w.image()
+        }
+        At::ManifestPut(nth) => {
+            proxy.hold_manifest_put(nth);
+            image_arg(&proxy.host())
+        }
+    };
+    let args = w.bump_args_to(&image, &[]);
+
+    let mut run = Spawned::start(&args, w.repo.path(), &w.env());
+    match (&hook, kp.at) {
+        (Some(hook), At::Call { until, .. }) => {
+            run.wait_hook(hook, HOOK_TIMEOUT);
+            let reached = match until {
+                Until::Now => true,
+                Until::BuilderRunning => wait_for(HOOK_TIMEOUT, || {
+                    !files_named(w.tmp.path(), "nix-build-").is_empty() || hook.rc().is_some()
+                }),
+                Until::BlobUploadStarted => wait_for(HOOK_TIMEOUT, || {
+                    w.registry.blob_upload_count() > 0 || hook.rc().is_some()
+                }),
+            };
+            assert!(reached, "{kp:?}: the kill point was not reached");
+        }
+        _ => run.wait_until(HOOK_TIMEOUT, || proxy.held()),
+    }
+    let killed = run.kill_and_wait();
+    let finished = hook.as_ref().and_then(HookHandle::rc);
+    if hook.is_some() {
+        eprintln!(
+            "{kp:?}: the held call's real tool had {} when killed",
+            match finished {
+                Some(rc) => format!("finished (exit {rc})"),
+                None if before => "not started".to_string(),
+                None => "not finished".to_string(),
+            }
+        );
+    }
+    assert_eq!(
+        killed.code, None,
+        "{kp:?}: runnerctl ended on its own\n{killed}"
+    );
+
+    // The state file parses after the kill, and records where it stopped.
+    let state = w.state();
+    assert!(
+        state["outcome"].is_null(),
+        "a killed run has no outcome: {state:#}"
+    );
+    for stage in kp.done {
+        assert_eq!(
+            w.stage_status(stage).as_deref(),
+            Some("done"),
+            "{kp:?}: {stage} finished before the kill: {state:#}"
+        );
+    }
+    assert_ne!(
+        w.stage_status(kp.interrupted).as_deref(),
+        Some("done"),
+        "{kp:?}: {} was interrupted: {state:#}",
+        kp.interrupted
+    );
+    if let At::ManifestPut(nth) = kp.at {
+        // Killed while the registry waited for the nth manifest: the tags
+        // before it are written, no other.
+        assert_eq!(
+            w.registry.tags(IMAGE_REPO).len(),
+            nth - 1,
+            "{kp:?}: {:?}",
+            w.registry.tags(IMAGE_REPO)
+        );
+    }
+    // `runnerctl status` reads it too.
+    let status = w.run(&["status".into(), "--json".into()]);
+    status.assert_success();
+    assert!(status.json()["state"]["outcome"].is_null(), "{status}");
+    // Nothing reached the remote before git-push.
+    if kp.interrupted != "git-push" {
+        assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    }
+    if kp.done.len() < UPDATED.len() && before {
+        assert_eq!(
+            w.repo.lock_bytes(),
+            lock_before,
+            "flake.lock not touched yet"
+        );
+    }
+
+    let builds = w.nix_builds();
+    let updates = w.shims.count("nix", &["flake", "update"]);
+    let uploads = w.registry.blob_upload_count();
+    let manifest_puts = w.registry.manifest_put_count();
+
+    // The hooks hold one call only; the rerun's calls come after it.
+    let rerun = w.run(&args);
+    rerun.assert_success();
+    w.assert_bumped();
+
+    // Nothing finished is done again.
+    let rerun_builds = w.nix_builds() - builds;
+    if kp.done.contains(&"build") || (kp.interrupted == "build" && finished == Some(0)) {
+        assert_eq!(
+            rerun_builds, 0,
+            "{kp:?}: the image was built already\n{rerun}"
+        );
+    } else {
+        assert_eq!(
+            rerun_builds, 1,
+            "{kp:?}: the build had not finished\n{rerun}"
+        );
+    }
+    if kp.interrupted == "build"
+        && matches!(
+            kp.at,
+            At::Call {
+                when: When::During,
+                ..
+            }
+        )
+    {
+        // Killed mid-build: the rerun builds again only if Nix had not
+        // registered the output.
+        assert!(w.nix_builds() <= 2);
+    } else {
+        assert_eq!(w.nix_builds(), 1, "{kp:?}: nix build ran once overall");
+    }
+    if kp.done.contains(&"update") {
+        assert_eq!(
+            w.shims.count("nix", &["flake", "update"]),
+            updates,
+            "{kp:?}: the update had finished and its inputs are unchanged\n{rerun}"
+        );
+    }
+    if kp.done.contains(&"push") {
+        assert_eq!(
+            w.registry.blob_upload_count(),
+            uploads,
+            "{kp:?}: no re-upload"
+        );
+        assert_eq!(
+            w.registry.manifest_put_count(),
+            manifest_puts,
+            "{kp:?}: no tag rewritten"
+        );
+    }
+    if kp.interrupted == "push" && (finished == Some(0) || matches!(kp.at, At::ManifestPut(_))) {
+        // Every layer had reached the registry before the kill: the rerun
+        // uploads none of them again.
+        assert!(uploads > 0);
+        assert_eq!(
+            w.registry.blob_upload_count(),
+            uploads,
+            "{kp:?}: no re-upload"
+        );
+    }
+    // A third run is a no-op.
+    let again = w.run(&args);
+    again.assert_success();
+    assert!(again.stdout.contains("up-to-date"), "{again}");
+    assert_eq!(w.remote_bump_commits().len(), 1);
+    drop(w);
+}
+
+/// A hook on the `nth` call of `tool` whose argv starts with `words`.
+fn call(tool: &'static str, words: &'static [&'static str], nth: u32, when: When) -> At {
+    At::Call {
+        tool,
+        words,
+        nth,
+        when,
+        until: Until::Now,
+    }
+}
+
+macro_rules! kill_points {
+    ($($name:ident: $at:expr, done $done:expr, interrupts $stage:literal;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                kill_and_resume(KillPoint { at: $at, done: $done, interrupted: $stage });
+            }
+        )*
+    };
+}
+
+// The first command each stage runs (src/stage/*.rs) marks its boundary:
+// preflight starts with `nix --version`, update with `nix flake update`,
+// build with `nix eval`, push (after build and verify, which run no
+// command) with `skopeo copy`, commit with the run's second `git
+// hash-object` (update ran the first), git-push with `git ls-remote`. Each
+// kill point also checks in state.json which stages were done.
+kill_points! {
+    kill_at_start_of_preflight:
+        call("nix", &["--version"], 1, When::Before), done &[], interrupts "preflight";
+    kill_between_preflight_and_update:
+        call("nix", &["flake", "update"], 1, When::Before), done PREFLIGHT, interrupts "update";
+    kill_after_nix_flake_update_wrote_the_lock:
+        call("nix", &["flake", "update"], 1, When::After), done PREFLIGHT, interrupts "update";
+    kill_between_update_and_build:
+        call("nix", &["eval"], 1, When::Before), done UPDATED, interrupts "build";
+    kill_in_the_middle_of_nix_build:
+        At::Call {
+            tool: "nix", words: &["build"], nth: 1, when: When::During,
+            until: Until::BuilderRunning,
+        },
+        done UPDATED, interrupts "build";
+    kill_after_nix_build_before_it_is_recorded:
+        call("nix", &["build"], 1, When::After), done UPDATED, interrupts "build";
+    kill_between_verify_and_push:
+        call("skopeo", &["copy"], 1, When::Before), done BUILT, interrupts "push";
+    kill_in_the_middle_of_the_upload:
+        At::Call {
+            tool: "skopeo", words: &["copy"], nth: 1, when: When::During,
+            until: Until::BlobUploadStarted,
+        },
+        done BUILT, interrupts "push";
+    kill_after_the_layers_before_the_manifest_write:
+        At::ManifestPut(1), done BUILT, interrupts "push";
+    kill_after_the_upload_before_it_is_recorded:
+        call("skopeo", &["copy"], 1, When::After), done BUILT, interrupts "push";
+    kill_in_the_middle_of_the_retags:
+        At::ManifestPut(2), done BUILT, interrupts "push";
+    kill_between_push_and_commit:
+        call("git", &["hash-object"], 2, When::Before), done PUSHED, interrupts "commit";
+    kill_after_git_commit_before_it_is_recorded:
+        call("git", &["commit"], 1, When::After), done PUSHED, interrupts "commit";
+    kill_between_commit_and_git_push:
+        call("git", &["ls-remote"], 1, When::Before), done COMMITTED, interrupts "git-push";
+    kill_just_before_git_push:
+        call("git", &["push"], 1, When::Before), done COMMITTED, interrupts "git-push";
+    kill_in_the_middle_of_git_push:
+        call("git", &["push"], 1, When::During), done COMMITTED, interrupts "git-push";
+    kill_after_git_push_before_it_is_recorded:
+        call("git", &["push"], 1, When::After), done COMMITTED, interrupts "git-push";
+}
+
+// ---------------------------------------------------------------------------
+// 2. Concurrent runs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn second_run_exits_1_at_once_naming_the_pid_that_holds_the_lock() {
+    let mut w = World::new();
+    let hook = w.hooks.hold("nix", &["eval"], 1, When::Before);
+    let mut first = w.spawn_bump(&[]);
+    first.wait_hook(&hook, HOOK_TIMEOUT);
+    let pid = first.pid();
+
+    let state = fs::read(w.state_path()).expect("state.json of the first run");
+    let snapshot = Snapshot::take(&w.repo, Some(&w.registry));
+    let calls = (
+        w.shims.calls("nix").len(),
+        w.shims.calls("git").len(),
+        w.shims.calls("skopeo").len(),
+    );
+    for json in [false, true] {
+        let started = Instant::now();
+        let second = if json {
+            w.bump(&["--json"])
+        } else {
+            w.bump(&[])
+        };
+        let took = started.elapsed();
+        second.assert_code(1);
+        assert!(
+            took < Duration::from_secs(5),
+            "not at once: {took:?}\n{second}"
+        );
+        let expected = format!("another runnerctl run (pid {pid}) holds the lock");
+        assert_diagnostic(&second, "runnerctl::state::locked");
+        assert_stderr_mentions(&second, &[&expected, "wait for that run to finish"]);
+        if json {
+            let doc = second.json();
+            assert_eq!(doc["outcome"], "failure", "{second}");
+            let message = doc["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&expected), "{second}");
+        }
+    }
+    // The second runs changed nothing and ran nothing.
+    assert_eq!(fs::read(w.state_path()).expect("state.json"), state);
+    assert_eq!(Snapshot::take(&w.repo, Some(&w.registry)), snapshot);
+    assert_eq!(
+        (
+            w.shims.calls("nix").len(),
+            w.shims.calls("git").len(),
+            w.shims.calls("skopeo").len(),
+        ),
+        calls
+    );
+
+    // The first run was not disturbed.
+    hook.release();
+    first.wait(HOOK_TIMEOUT).assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+}
+
+#[test]
+fn a_lock_left_by_a_killed_run_does_not_block_the_next() {
+    let mut w = World::new();
+    let hook = w.hooks.hold("nix", &["eval"], 1, When::Before);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hook, HOOK_TIMEOUT);
+    let pid = run.pid();
+    run.kill_and_wait();
+    // The lock file stays behind, naming the dead run.
+    let lock = w.state_dir().join("lock");
+    assert_eq!(
+        fs::read_to_string(&lock)
+            .expect("lock file left behind")
+            .trim(),
+        pid.to_string()
+    );
+    let next = w.bump(&[]);
+    next.assert_success();
+    assert!(!next.stderr.contains("holds the lock"), "{next}");
+    assert!(next.stderr.contains("resuming"), "{next}");
+    w.assert_bumped();
+}
+
+// ---------------------------------------------------------------------------
+// 3. Registry faults
+// ---------------------------------------------------------------------------
+
+#[test]
+fn registry_stopped_mid_push_bounded_retries_clear_error_then_resume() {
+    let mut w = World::new();
+    let hook = w.hooks.hold("skopeo", &["copy"], 1, When::Before);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hook, HOOK_TIMEOUT);
+    w.registry.stop();
+    hook.release();
+    let released = Instant::now();
+    let out = run.wait(Duration::from_secs(180));
+    let took = released.elapsed();
+    out.assert_code(1);
+    // Bounded: a few `skopeo copy` attempts by runnerctl, each with
+    // skopeo's own bounded `--retry-times`, all within a minute and a half.
+    assert!(
+        took < Duration::from_secs(90),
+        "retries are not bounded: {took:?}"
+    );
+    let copies: Vec<Vec<String>> = w
+        .shims
+        .calls("skopeo")
+        .into_iter()
+        .filter(|c| c.first().map(String::as_str) == Some("copy"))
+        .collect();
+    assert!(
+        (1..=3).contains(&copies.len()),
+        "{} upload attempts: {copies:?}",
+        copies.len()
+    );
+    for copy in &copies {
+        let retries = copy
+            .windows(2)
+            .find(|p| p[0] == "--retry-times")
+            .and_then(|p| p[1].parse::<u32>().ok());
+        assert!(
+            retries.is_some_and(|n| (1..=5).contains(&n)),
+            "skopeo's own retries are bounded: {copy:?}"
+        );
+    }
+    // A clear error: what failed, skopeo's own words, and what to do.
+    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_stderr_mentions(
+        &out,
+        &[
+            "skopeo copy",
+            "connection refused",
+            "run the same command again",
+        ],
+    );
+    // Nothing committed or pushed to git; the state says where it stopped.
+    assert_eq!(w.repo.head(), w.initial_remote_head);
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+    assert_eq!(w.stage_status("build").as_deref(), Some("done"));
+    assert_eq!(w.state()["outcome"], "failure");
+
+    w.registry.start();
+    let rerun = w.bump(&[]);
+    rerun.assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1, "the rerun did not build again");
+}
+
+#[test]
+fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
+    let mut w = World::new();
+    w.password = "not-the-password".into();
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_stderr_mentions(
+        &out,
+        &[
+            "unauthorized",
+            "the registry rejected the credentials",
+            "RUNNERCTL_REGISTRY_PASSWORD",
+            "nothing was committed or pushed to git",
+        ],
+    );
+    // No retry: the registry checked the wrong password once (it logs
+    // "error authenticating user" for every request that carries wrong
+    // credentials, whoever sends it), and skopeo ran at most once.
+    let attempts = w
+        .registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("error authenticating user"))
+        .count();
+    assert_eq!(
+        attempts,
+        1,
+        "the wrong password was tried {attempts} times\n{}",
+        w.registry.log()
+    );
+    let skopeo = w.shims.calls("skopeo");
+    assert!(skopeo.len() <= 1, "no retry after a 401: {skopeo:?}");
+    // Nothing built, committed, pushed or tagged.
+    assert_eq!(w.nix_builds(), 0);
+    assert_eq!(w.repo.head(), w.initial_remote_head);
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    assert!(w.registry.tags(IMAGE_REPO).is_empty());
+    assert_eq!(w.registry.blob_upload_count(), 0);
+
+    w.password = w.registry.password().to_string();
+    w.bump(&[]).assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+}
+
+#[test]
+fn a_500_on_one_manifest_write_is_retried_and_the_push_completes() {
+    let w = World::new();
+    let proxy = FaultProxy::start(w.registry.port(), 1);
+    let image = image_arg(&proxy.host());
+    let out = w.run(&w.bump_args_to(&image, &[]));
+    out.assert_success();
+    assert_eq!(proxy.injected(), 1, "{:#?}", proxy.requests());
+    w.assert_bumped();
+}
+
+#[test]
+fn a_500_on_every_manifest_write_fails_clearly_then_resumes() {
+    let w = World::new();
+    let proxy = FaultProxy::start(w.registry.port(), usize::MAX);
+    let image = image_arg(&proxy.host());
+    let args = w.bump_args_to(&image, &[]);
+    let started = Instant::now();
+    let out = w.run(&args);
+    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "bounded retries"
+    );
+    // Retried, and bounded: the first tag's manifest write is tried again
+    // (by skopeo's `--retry-times` or by runnerctl), a few times at most;
+    // runnerctl gives up there, before any other tag.
+    assert!(
+        (2..=8).contains(&proxy.manifest_puts()),
+        "manifest writes: {:#?}\n{out}",
+        proxy.requests()
+    );
+    assert_stderr_mentions(
+        &out,
+        &[
+            "skopeo copy",
+            "writing manifest",
+            "500 Internal Server Error",
+            "run the same command again",
+        ],
+    );
+    assert_eq!(w.repo.head(), w.initial_remote_head);
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    assert!(w.registry.tags(IMAGE_REPO).is_empty());
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+
+    proxy.fail_next(0);
+    w.run(&args).assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+}
+
+#[test]
+fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
+    let w = World::new();
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    // The upload's own manifest write goes through; every retag after it
+    // (a manifest write of the same bytes under another tag) gets a 500.
+    proxy.fail_after(1, usize::MAX);
+    let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
+    let started = Instant::now();
+    let out = w.run(&args);
+    out.assert_code(1);
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(90), "bounded");
+    assert!(
+        (1..=8).contains(&proxy.injected()),
+        "{} retag attempts",
+        proxy.injected()
+    );
+    assert_stderr_mentions(&out, &["500"]);
+    assert!(
+        squash(&out.stderr).contains("run again")
+            || squash(&out.stderr).contains("run the same command again"),
+        "says what to do\n{out}"
+    );
+    // Half-pushed: the first tag only; nothing committed or pushed to git.
+    assert_eq!(w.registry.tags(IMAGE_REPO), vec!["latest".to_string()]);
+    assert_eq!(w.repo.head(), w.initial_remote_head);
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+    let uploads = w.registry.blob_upload_count();
+
+    proxy.fail_next(0);
+    w.run(&args).assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+    assert_eq!(w.registry.blob_upload_count(), uploads, "only retags");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Git faults
+// ---------------------------------------------------------------------------
+
+#[test]
+fn remote_moved_without_touching_the_lock_rebase_and_push() {
+    let mut w = World::new();
+    let moved = w.repo.push_unrelated_readme_commit();
+    w.initial_remote_commits += 1;
+    let out = w.bump(&[]);
+    out.assert_success();
+    assert!(
+        out.stdout.contains("rebased onto the moved remote"),
+        "{out}"
+    );
+    w.assert_bumped();
+    w.assert_remote_not_rewritten(&moved);
+    assert_eq!(
+        w.repo.git(&["rev-parse", "HEAD^"]),
+        moved,
+        "bump commit on top"
+    );
+    let readme = git(w.repo.remote_path(), &["show", "refs/heads/main:README.md"]);
+    assert!(readme.contains("private registry"), "{readme}");
+    assert_eq!(w.git_pushes().len(), 1);
+}
+
+#[test]
+fn remote_moved_between_fetch_and_push_rebase_and_push_again() {
+    let mut w = World::new();
+    let hook = w.hooks.hold("git", &["push"], 1, When::Before);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hook, HOOK_TIMEOUT);
+    let moved = w.repo.push_unrelated_readme_commit();
+    w.initial_remote_commits += 1;
+    hook.release();
+    let out = run.wait(HOOK_TIMEOUT);
+    out.assert_success();
+    w.assert_bumped();
+    w.assert_remote_not_rewritten(&moved);
+    assert_eq!(
+        w.repo.git(&["rev-parse", "HEAD^"]),
+        moved,
+        "bump commit on top"
+    );
+    assert_eq!(w.git_pushes().len(), 2, "rejected once, then pushed");
+}
+
+#[test]
+fn remote_changed_the_lock_stop_keep_the_local_commit_and_explain() {
+    let mut w = World::new();
+    let moved = w.repo.push_remote_lock_update();
+    // Upstream moves again, so this bump's lock differs from the remote's.
+    let rev3 = w.nixpkgs.commit(w.new_time + DAY);
+    let subject = bump_subject(&date_tag(w.new_time + DAY));
+    for attempt in 0..2 {
+        let out = w.bump(&[]);
+        assert_diagnostic(&out, "runnerctl::git_push::lock_conflict");
+        assert_stderr_mentions(
+            &out,
+            &[
+                "changed flake.lock since this bump started",
+                "the local commit",
+                "is kept and nothing was pushed",
+                "git reset --hard",
+                "git pull --rebase",
+            ],
+        );
+        // The local bump commit is kept (exactly one), on the old base.
+        assert_eq!(
+            w.repo.git(&["log", "-1", "--format=%s"]),
+            subject,
+            "attempt {attempt}"
+        );
+        assert_eq!(w.repo.git(&["rev-parse", "HEAD^"]), w.initial_remote_head);
+        assert!(w
+            .repo
+            .lock_bytes()
+            .windows(rev3.len())
+            .any(|x| x == rev3.as_bytes()));
+        assert_eq!(w.repo.status(), "");
+        // The remote is as the other clone left it.
+        assert_eq!(w.repo.remote_head(), moved);
+        w.assert_remote_not_rewritten(&moved);
+        assert_eq!(w.stage_status("git-push").as_deref(), Some("failed"));
+    }
+    w.assert_never_forced();
+}
+
+#[test]
+fn push_rejected_by_a_hook_clear_error_then_resume_repeats_only_the_push() {
+    let w = World::new();
+    let marker = w.repo.remote_path().join("rejected-once");
+    let hook = w.repo.remote_path().join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ ! -e '{m}' ]; then : >'{m}'; echo 'policy: main is frozen (injected rejection)' >&2; exit 1; fi\nexit 0\n",
+            m = marker.display()
+        ),
+    )
+    .expect("write pre-receive hook");
+    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod hook");
+
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_stderr_mentions(
+        &out,
+        &[
+            "git push",
+            "main is frozen (injected rejection)",
+            "only the git push is repeated",
+        ],
+    );
+    assert_eq!(
+        w.repo.remote_head(),
+        w.initial_remote_head,
+        "nothing pushed"
+    );
+    assert_eq!(w.stage_status("git-push").as_deref(), Some("failed"));
+    let commit = w.repo.head();
+    assert_ne!(commit, w.initial_remote_head, "the bump commit is made");
+    let (builds, uploads, puts) = (
+        w.nix_builds(),
+        w.registry.blob_upload_count(),
+        w.registry.manifest_put_count(),
+    );
+
+    let rerun = w.bump(&[]);
+    rerun.assert_success();
+    w.assert_bumped();
+    assert_eq!(w.repo.head(), commit, "the same commit was pushed");
+    assert_eq!(w.nix_builds(), builds);
+    assert_eq!(w.registry.blob_upload_count(), uploads);
+    assert_eq!(w.registry.manifest_put_count(), puts);
+    assert_eq!(w.git_pushes().len(), 2);
+}
