@@ -257,6 +257,8 @@ pub struct Registry {
 struct Session {
     scheme: Option<&'static str>,
     authorization: Option<String>,
+    /// `GET /v2/` was asked: the scheme and the credentials are known.
+    pinged: bool,
 }
 
 /// What a request needs: method, path below /v2/<repo>/, headers, body.
@@ -375,7 +377,52 @@ impl Registry {
 
     /// Send a request, answering one authentication challenge, and pick the
     /// scheme that works.
+    /// `GET /v2/` once, as docker clients do: learns the scheme and answers
+    /// the authentication challenge before any request with a body, so no
+    /// manifest is sent twice.
+    fn ping(&self) -> Result<(), RegistryError> {
+        if self.state.lock().map(|s| s.pinged).unwrap_or(false) {
+            return Ok(());
+        }
+        let mut last_transport = None;
+        for scheme in self.schemes.clone() {
+            let url = format!("{scheme}://{}/v2/", self.registry);
+            let authorization = match self.agent.get(&url).call() {
+                Ok(_) => None,
+                Err(ureq::Error::Status(401, resp)) => {
+                    match resp.header("WWW-Authenticate").and_then(parse_challenge) {
+                        Some(Challenge::Bearer { realm, service, scope }) => {
+                            Some(self.token(&realm, service.as_deref(), scope.as_deref())?)
+                        }
+                        _ => self.basic.as_ref().map(Basic::header),
+                    }
+                }
+                // Some registries answer 404 or 403 here; the request
+                // itself will tell.
+                Err(ureq::Error::Status(_, _)) => None,
+                Err(e) => {
+                    last_transport = Some(RegistryError::Transport {
+                        url,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if let Ok(mut state) = self.state.lock() {
+                state.scheme = Some(scheme);
+                state.authorization = authorization;
+                state.pinged = true;
+            }
+            return Ok(());
+        }
+        Err(last_transport.unwrap_or_else(|| RegistryError::Transport {
+            url: self.registry.clone(),
+            reason: "no scheme to try".into(),
+        }))
+    }
+
     fn execute(&self, req: Request) -> Result<Option<ureq::Response>, RegistryError> {
+        self.ping()?;
         let (scheme, mut authorization) = {
             let state = self.state.lock().map_err(|_| RegistryError::Transport {
                 url: self.registry.clone(),

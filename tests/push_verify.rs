@@ -1,0 +1,364 @@
+//! The push and verify stages in detail: the archive is read once, extra
+//! tags are manifest-only writes, a bump uploads only the changed layer,
+//! `oci:` destinations get tags through their index, the `nix-<hash>` tag
+//! can be turned off, and the verify checks are data.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{
+    PathShims, Registry, Run, RunOutput, RunnerRepo, StandInNixpkgs, DAY, IMAGE_REPO, T0,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A commit time no other test (or earlier run) used, so images are new.
+fn fresh_time() -> i64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst) + u64::from(std::process::id());
+    T0 + ((nanos / 1000 + n * 7919) % (1500 * 86_400)) as i64
+}
+
+struct World {
+    nixpkgs: StandInNixpkgs,
+    repo: RunnerRepo,
+    registry: Registry,
+    shims: PathShims,
+    base: i64,
+}
+
+impl World {
+    fn new() -> Self {
+        let base = fresh_time();
+        let nixpkgs = StandInNixpkgs::new_at(base);
+        let repo = RunnerRepo::new(&nixpkgs);
+        let mut shims = PathShims::new();
+        shims.log_calls("nix").log_calls("skopeo");
+        World {
+            nixpkgs,
+            repo,
+            registry: Registry::new(),
+            shims,
+            base,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> RunOutput {
+        let image = format!("docker://{}/{IMAGE_REPO}", self.registry.host());
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--image", &image, "--tls-verify", "false"]);
+        Run::new(all)
+            .in_repo(&self.repo)
+            .shims(&self.shims)
+            .env("RUNNERCTL_REGISTRY_USER", self.registry.user())
+            .env("RUNNERCTL_REGISTRY_PASSWORD", self.registry.password())
+            .timeout(TIMEOUT)
+            .run()
+    }
+
+    fn skopeo_copies(&self) -> Vec<Vec<String>> {
+        self.shims
+            .calls("skopeo")
+            .into_iter()
+            .filter(|argv| argv.first().map(String::as_str) == Some("copy"))
+            .collect()
+    }
+}
+
+fn source_of(copy: &[String]) -> &str {
+    copy.get(copy.len().saturating_sub(2))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+#[test]
+fn the_archive_is_read_once_and_extra_tags_are_manifest_writes() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    let out = w.run(&["bump", "--no-git-push"]);
+    out.assert_success();
+
+    // One skopeo copy, from the archive; no tag is copied from it again.
+    let copies = w.skopeo_copies();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        source_of(&copies[0]).starts_with("docker-archive:"),
+        "{copies:?}"
+    );
+    // Every tag is there at one digest, and the other three were PUTs.
+    let latest = w.registry.digest(IMAGE_REPO, "latest").expect("latest");
+    let tags = w.registry.tags(IMAGE_REPO);
+    assert_eq!(tags.len(), 4, "{tags:?}");
+    for tag in &tags {
+        assert_eq!(
+            w.registry.digest(IMAGE_REPO, tag).as_deref(),
+            Some(latest.as_str()),
+            "{tag}"
+        );
+    }
+    assert!(tags.iter().any(|t| t.starts_with("nix-")), "{tags:?}");
+    assert_eq!(w.registry.manifest_put_count(), 4);
+    assert_eq!(w.registry.blob_upload_count(), 5, "4 layers and the config");
+}
+
+#[test]
+fn a_bump_uploads_only_the_changed_layer_through_a_layout_that_reuses_the_rest() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    w.run(&["bump", "--no-git-push"]).assert_success();
+    let first = w.registry.digest(IMAGE_REPO, "latest").expect("latest");
+    let uploads = w.registry.blob_upload_count();
+    let puts = w.registry.manifest_put_count();
+
+    w.nixpkgs.commit(w.base + 2 * DAY);
+    let out = w.run(&["bump", "--no-git-push", "--json"]);
+    out.assert_success();
+    let report = out.json();
+    let second = w.registry.digest(IMAGE_REPO, "latest").expect("latest");
+    assert_ne!(first, second);
+    assert_eq!(report["digest"], second.as_str());
+    // The fixture's nixpkgs layer changed; the other three are reused: one
+    // layer and the config go up, and four manifests (three tags and the
+    // new date tag share the new digest; the old date tag stays).
+    assert_eq!(w.registry.blob_upload_count() - uploads, 2);
+    assert_eq!(w.registry.manifest_put_count() - puts, 4);
+    let copies = w.skopeo_copies();
+    let last = copies.last().expect("a copy");
+    assert!(source_of(last).starts_with("oci:"), "{last:?}");
+    assert!(last.contains(&"--preserve-digests".to_string()), "{last:?}");
+    let push = report["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|s| s["name"] == "push")
+        .expect("push");
+    assert!(
+        push["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("3 of 4 layers already in the registry")),
+        "{push}"
+    );
+}
+
+#[test]
+fn a_new_tag_for_a_published_image_is_only_a_retag() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    w.run(&["bump", "--no-git-push"]).assert_success();
+    let digest = w.registry.digest(IMAGE_REPO, "latest").expect("latest");
+    let (uploads, copies) = (w.registry.blob_upload_count(), w.skopeo_copies().len());
+    let puts = w.registry.manifest_put_count();
+
+    let out = w.run(&["release", "--tag", "latest", "--tag", "stable"]);
+    out.assert_success();
+    assert_eq!(
+        w.registry.digest(IMAGE_REPO, "stable").as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(
+        w.registry.blob_upload_count(),
+        uploads,
+        "no blob for a retag"
+    );
+    assert_eq!(
+        w.skopeo_copies().len(),
+        copies,
+        "no skopeo copy for a retag"
+    );
+    assert_eq!(w.registry.manifest_put_count() - puts, 1, "one PUT: stable");
+    assert!(
+        out.stdout.contains("already there as latest") && out.stdout.contains("tagged stable"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn no_nix_tag_means_no_content_addressed_tag() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    w.run(&["bump", "--no-git-push", "--no-nix-tag"])
+        .assert_success();
+    let tags = w.registry.tags(IMAGE_REPO);
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    assert!(!tags.iter().any(|t| t.starts_with("nix-")), "{tags:?}");
+}
+
+#[test]
+fn oci_destinations_get_tags_through_the_index_and_reuse_their_blobs() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    let layout = tempfile::tempdir().expect("tempdir");
+    let dest = format!("oci:{}", layout.path().display());
+    let run = |args: &[&str]| {
+        Run::new(args)
+            .in_repo(&w.repo)
+            .shims(&w.shims)
+            .timeout(TIMEOUT)
+            .run()
+    };
+    run(&["bump", "--no-git-push", "--image", &dest]).assert_success();
+    let blobs = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("blobs/sha256"))
+            .expect("blobs")
+            .count()
+    };
+    assert_eq!(blobs(layout.path()), 6, "4 layers, config, manifest");
+    assert!(
+        w.skopeo_copies().is_empty(),
+        "an oci: layout is written by runnerctl itself"
+    );
+
+    // A new tag: only index.json changes.
+    let before = blobs(layout.path());
+    run(&["release", "--image", &dest, "--tag", "extra"]).assert_success();
+    assert_eq!(blobs(layout.path()), before);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.path().join("index.json")).expect("index"))
+            .expect("json");
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"extra") && names.contains(&"latest"),
+        "{names:?}"
+    );
+
+    // A bump: one new layer blob, a new config and manifest.
+    w.nixpkgs.commit(w.base + 2 * DAY);
+    run(&["bump", "--no-git-push", "--image", &dest]).assert_success();
+    assert_eq!(blobs(layout.path()), before + 3);
+    // skopeo reads the result.
+    let inspect = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("{dest}:latest")])
+        .output()
+        .expect("skopeo inspect");
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+}
+
+#[test]
+fn verify_checks_are_data() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    // An extra required path the image lacks: named, nothing pushed.
+    let out = w.run(&["release", "--verify-require", "bin/jq,etc/os-release"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("/bin/jq") && out.stderr.contains("/etc/os-release"),
+        "{}",
+        out.stderr
+    );
+    assert!(w.registry.tags(IMAGE_REPO).is_empty());
+
+    // Through the environment, the same.
+    let env_out = Run::new([
+        "release",
+        "--image",
+        &format!("docker://{}/{IMAGE_REPO}", w.registry.host()),
+        "--tls-verify",
+        "false",
+    ])
+    .in_repo(&w.repo)
+    .env("RUNNERCTL_REGISTRY_USER", w.registry.user())
+    .env("RUNNERCTL_REGISTRY_PASSWORD", w.registry.password())
+    .env("RUNNERCTL_VERIFY_REQUIRE", "bin/jq")
+    .timeout(TIMEOUT)
+    .run();
+    env_out.assert_code(1);
+    assert!(env_out.stderr.contains("/bin/jq"), "{}", env_out.stderr);
+
+    // The image without node: fails by default, passes when the defaults
+    // are replaced by paths it has, or with --no-verify.
+    let nonode = w.run(&["release", "--attr", "nixos-nonode"]);
+    nonode.assert_code(1);
+    assert!(nonode.stderr.contains("/bin/node"), "{}", nonode.stderr);
+    let stage = |out: &RunOutput, name: &str| {
+        out.json()["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .expect("stage")
+    };
+    let replaced = w.run(&[
+        "release",
+        "--attr",
+        "nixos-nonode",
+        "--verify-no-defaults",
+        "--verify-require",
+        "bin/bash,bin/nix",
+        "--json",
+    ]);
+    replaced.assert_success();
+    assert_eq!(stage(&replaced, "verify")["status"], "done");
+    // --no-verify: on a fresh state dir without the nix- tag the image is
+    // not known as published, so only the flag can skip verify.
+    let fresh = tempfile::tempdir().expect("state dir");
+    let state_dir = fresh.path().display().to_string();
+    let skipped = w.run(&[
+        "release",
+        "--attr",
+        "nixos-nonode",
+        "--no-verify",
+        "--no-nix-tag",
+        "--tag",
+        "novfy",
+        "--state-dir",
+        &state_dir,
+        "--json",
+    ]);
+    skipped.assert_success();
+    let verify = stage(&skipped, "verify");
+    assert_eq!(verify["status"], "skipped");
+    assert!(
+        verify["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("--no-verify")),
+        "{verify}"
+    );
+    assert!(w.registry.digest(IMAGE_REPO, "novfy").is_some());
+}
+
+#[test]
+fn verify_reads_gzip_and_stream_images_and_runs_in_a_dry_run() {
+    let mut w = World::new();
+    w.nixpkgs.commit(w.base + DAY);
+    for attr in ["nixos-gz", "nixos-stream"] {
+        let out = w.run(&["release", "--attr", attr, "--json", "--tag", attr]);
+        out.assert_success();
+        let report = out.json();
+        let verify = report["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .find(|s| s["name"] == "verify")
+            .cloned()
+            .expect("verify");
+        assert_eq!(verify["status"], "done", "{attr}: {verify}");
+    }
+    // The plain image, built but not pushed: a dry run verifies it.
+    let built = w.repo.build("nixos-nonode");
+    assert!(built.exists());
+    let dry = w.run(&["release", "--attr", "nixos-nonode", "--dry-run"]);
+    dry.assert_code(1);
+    assert!(dry.stderr.contains("/bin/node"), "{}", dry.stderr);
+    assert!(w
+        .registry
+        .tags(IMAGE_REPO)
+        .iter()
+        .all(|t| t == "nixos-gz" || t == "nixos-stream" || t.starts_with("nix-")));
+}
