@@ -118,6 +118,9 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
         None => ExitCode::SUCCESS,
         Some(err) => {
             print_error(&err);
+            if std::path::Path::new(&report.log_file).is_file() {
+                eprintln!("The full output of every command is in {}", report.log_file);
+            }
             ExitCode::FAILURE
         }
     }

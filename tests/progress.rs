@@ -279,4 +279,95 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
         screen.contains("[1/1 derivations]"),
         "the build bar did not reach 1/1:\n{screen}"
     );
+
+    // The same terminal with NO_COLOR: plain lines, no escape codes.
+    nixpkgs.commit(T0 + 6 * DAY + salt);
+    let plain = tempfile::NamedTempFile::new().expect("typescript");
+    let out = Run::program(
+        "script",
+        [
+            "-qfec",
+            command.as_str(),
+            &plain.path().display().to_string(),
+        ],
+    )
+    .in_repo(&repo)
+    .env("TERM", "xterm-256color")
+    .env("NO_COLOR", "1")
+    .run();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let screen = String::from_utf8_lossy(&std::fs::read(plain.path()).expect("read typescript"))
+        .into_owned();
+    assert!(
+        !screen.contains('\u{1b}'),
+        "escape codes with NO_COLOR:\n{screen}"
+    );
+    assert!(
+        screen.contains("] build: "),
+        "plain progress lines expected:\n{screen}"
+    );
+}
+
+#[test]
+fn a_failure_shows_the_tail_and_where_the_full_log_is() {
+    let mut nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    nixpkgs.commit(T0 + 9 * DAY);
+    // A skopeo that fails with 30 lines of output: the diagnostic shows the
+    // last 20 and names the log that has them all.
+    let shim_dir = tempfile::tempdir().expect("shim dir");
+    let shim = shim_dir.path().join("skopeo");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\ncase \"$1\" in copy) for i in $(seq 1 30); do echo \"skopeo line $i\" >&2; done; exit 1;; esac\nexec /usr/bin/skopeo \"$@\"\n",
+    )
+    .expect("write shim");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        shim_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let registry = common::Registry::new();
+    let out = Run::new([
+        "release",
+        "--image",
+        &format!("docker://{}/x/y", registry.host()),
+        "--tls-verify",
+        "false",
+    ])
+    .in_repo(&repo)
+    .env("PATH", &path)
+    .env("RUNNERCTL_REGISTRY_USER", registry.user())
+    .env("RUNNERCTL_REGISTRY_PASSWORD", registry.password())
+    .run();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("skopeo line 30") && out.stderr.contains("skopeo line 11"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("skopeo line 10\n"),
+        "more than 20 lines:\n{}",
+        out.stderr
+    );
+    let log = repo.path().join(".runnerctl/logs/release.log");
+    assert!(
+        out.stderr.contains(&log.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("skopeo line 1\n") && text.contains("skopeo line 30"),
+        "{text}"
+    );
 }

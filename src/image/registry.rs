@@ -391,9 +391,11 @@ impl Registry {
                 Ok(_) => None,
                 Err(ureq::Error::Status(401, resp)) => {
                     match resp.header("WWW-Authenticate").and_then(parse_challenge) {
-                        Some(Challenge::Bearer { realm, service, scope }) => {
-                            Some(self.token(&realm, service.as_deref(), scope.as_deref())?)
-                        }
+                        Some(Challenge::Bearer {
+                            realm,
+                            service,
+                            scope,
+                        }) => Some(self.token(&realm, service.as_deref(), scope.as_deref())?),
                         _ => self.basic.as_ref().map(Basic::header),
                     }
                 }
