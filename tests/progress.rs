@@ -261,6 +261,9 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
     )
     .in_repo(&repo)
     .env("TERM", "xterm-256color")
+    // A person at a terminal, not CI (which gets plain lines).
+    .env("CI", "")
+    .env("NO_COLOR", "")
     .run();
     assert_eq!(
         out.code,
