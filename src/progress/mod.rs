@@ -60,9 +60,96 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PushEvent {
-    LayersPlanned { total: usize },
-    LayerChecked { skipped: bool, bytes: u64 },
-    TagWritten { tag: String, skipped: bool },
+    /// The image has this many layers.
+    LayersPlanned {
+        total: usize,
+    },
+    /// runnerctl looked at one layer: the registry has it (skipped), or it
+    /// was compressed to `bytes` to be uploaded.
+    LayerChecked {
+        skipped: bool,
+        bytes: u64,
+    },
+    /// skopeo copied (or skipped) one blob.
+    BlobCopied {
+        skipped: bool,
+    },
+    /// After the upload: what went over the wire.
+    Uploaded {
+        blobs: usize,
+        bytes: u64,
+    },
+    TagWritten {
+        tag: String,
+        skipped: bool,
+    },
+}
+
+/// Push progress folded from [`PushEvent`]s (shared by the renderers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushProgress {
+    pub layers: usize,
+    pub reused: usize,
+    pub compressed: usize,
+    pub compressed_bytes: u64,
+    pub blobs_copied: usize,
+    pub blobs_skipped: usize,
+    pub uploaded_blobs: Option<usize>,
+    pub sent_bytes: Option<u64>,
+}
+
+impl PushProgress {
+    pub fn apply(&mut self, event: &PushEvent) {
+        match event {
+            PushEvent::LayersPlanned { total } => self.layers = *total,
+            PushEvent::LayerChecked { skipped: true, .. } => self.reused += 1,
+            PushEvent::LayerChecked {
+                skipped: false,
+                bytes,
+            } => {
+                self.compressed += 1;
+                self.compressed_bytes += bytes;
+            }
+            PushEvent::BlobCopied { skipped: true } => self.blobs_skipped += 1,
+            PushEvent::BlobCopied { skipped: false } => self.blobs_copied += 1,
+            PushEvent::Uploaded { blobs, bytes } => {
+                self.uploaded_blobs = Some(*blobs);
+                self.sent_bytes = Some(*bytes);
+            }
+            PushEvent::TagWritten { .. } => {}
+        }
+    }
+
+    /// `layers: 39 in the registry, 1 new (557 KiB compressed); skopeo
+    /// checked 40 blobs; uploaded 2 blobs, 563 KiB`
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.layers > 0 {
+            let mut layers = format!("layers: {}", self.layers);
+            if self.reused + self.compressed > 0 {
+                layers = format!(
+                    "layers: {} in the registry, {} new ({} compressed)",
+                    self.reused,
+                    self.compressed,
+                    indicatif::HumanBytes(self.compressed_bytes)
+                );
+            }
+            parts.push(layers);
+        }
+        if self.blobs_copied + self.blobs_skipped > 0 {
+            parts.push(format!(
+                "skopeo checked {} blobs",
+                self.blobs_copied + self.blobs_skipped
+            ));
+        }
+        if let (Some(blobs), Some(bytes)) = (self.uploaded_blobs, self.sent_bytes) {
+            parts.push(format!(
+                "uploaded {blobs} blobs, {}",
+                indicatif::HumanBytes(bytes)
+            ));
+        }
+        parts.join("; ")
+    }
 }
 
 /// Something that draws events.
@@ -146,5 +233,40 @@ pub fn format_duration(d: Duration) -> String {
     } else {
         let whole = d.as_secs();
         format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_progress_summary() {
+        let mut p = PushProgress::default();
+        p.apply(&PushEvent::LayersPlanned { total: 3 });
+        assert_eq!(p.summary(), "layers: 3");
+        p.apply(&PushEvent::LayerChecked {
+            skipped: true,
+            bytes: 0,
+        });
+        p.apply(&PushEvent::LayerChecked {
+            skipped: true,
+            bytes: 0,
+        });
+        p.apply(&PushEvent::LayerChecked {
+            skipped: false,
+            bytes: 2048,
+        });
+        for _ in 0..3 {
+            p.apply(&PushEvent::BlobCopied { skipped: false });
+        }
+        p.apply(&PushEvent::Uploaded {
+            blobs: 2,
+            bytes: 4096,
+        });
+        assert_eq!(
+            p.summary(),
+            "layers: 2 in the registry, 1 new (2.00 KiB compressed); skopeo checked 3 blobs; uploaded 2 blobs, 4.00 KiB"
+        );
     }
 }

@@ -9,6 +9,7 @@ use crate::progress::nix_log::BuildProgress;
 pub struct Plain {
     verbosity: Verbosity,
     build: Mutex<BuildProgress>,
+    push: Mutex<super::PushProgress>,
 }
 
 impl Plain {
@@ -16,6 +17,7 @@ impl Plain {
         Plain {
             verbosity,
             build: Mutex::new(BuildProgress::default()),
+            push: Mutex::new(super::PushProgress::default()),
         }
     }
 
@@ -65,10 +67,25 @@ impl Render for Plain {
                     ));
                 }
             }
-            Event::Push(super::PushEvent::TagWritten { tag, skipped }) => self.line(&format!(
-                "push: tag {tag} {}",
-                if *skipped { "already there" } else { "written" }
-            )),
+            Event::Push(event) => {
+                let Ok(mut push) = self.push.lock() else {
+                    return;
+                };
+                push.apply(event);
+                match event {
+                    super::PushEvent::TagWritten { tag, skipped } => self.line(&format!(
+                        "push: tag {tag} {}",
+                        if *skipped { "already there" } else { "written" }
+                    )),
+                    super::PushEvent::Uploaded { .. } => {
+                        self.line(&format!("push: {}", push.summary()))
+                    }
+                    super::PushEvent::BlobCopied { .. } if self.verbosity >= Verbosity::Verbose => {
+                        self.line(&format!("push: {}", push.summary()))
+                    }
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }

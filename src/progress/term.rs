@@ -20,10 +20,7 @@ struct Inner {
     bars: HashMap<&'static str, ProgressBar>,
     current: Option<&'static str>,
     build: BuildProgress,
-    layers_total: usize,
-    layers_skipped: usize,
-    layers_uploaded: usize,
-    bytes_sent: u64,
+    push: super::PushProgress,
 }
 
 impl Term {
@@ -135,31 +132,14 @@ impl Render for Term {
                 }
             }
             Event::Push(push) => {
-                match push {
-                    PushEvent::LayersPlanned { total } => inner.layers_total = *total,
-                    PushEvent::LayerChecked { skipped, bytes } => {
-                        if *skipped {
-                            inner.layers_skipped += 1;
-                        } else {
-                            inner.layers_uploaded += 1;
-                            inner.bytes_sent += bytes;
-                        }
-                    }
-                    PushEvent::TagWritten { .. } => {}
-                }
-                let msg = format!(
-                    "layers: {} skipped, {} uploaded of {} ({} sent)",
-                    inner.layers_skipped,
-                    inner.layers_uploaded,
-                    inner.layers_total,
-                    indicatif::HumanBytes(inner.bytes_sent)
-                );
+                inner.push.apply(push);
                 if let PushEvent::TagWritten { tag, skipped } = push {
                     let _ = self.multi.println(format!(
                         "  tag {tag} {}",
                         if *skipped { "already there" } else { "written" }
                     ));
                 }
+                let msg = inner.push.summary();
                 if let Some(bar) = inner.current.and_then(|s| inner.bars.get(s)) {
                     bar.set_message(msg);
                 }

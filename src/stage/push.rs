@@ -253,6 +253,7 @@ impl Push {
                 source,
             })?;
         let dst = cx.cfg.image.at_tag(first);
+        let mut written_new: Option<(usize, u64)> = None;
         let (src, manifest, how, layout_dir) = if reusable == 0 {
             cx.reporter().emit(Event::Push(PushEvent::LayersPlanned {
                 total: diff_ids.len(),
@@ -287,6 +288,7 @@ impl Push {
                 "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
                 written.reused, written.layers, written.compressed, written.compressed_bytes
             );
+            written_new = Some((written.compressed, written.compressed_bytes));
             if states.iter().any(|s| {
                 s.tag == *first && s.digest.as_deref() == Some(written.manifest_digest.as_str())
             }) {
@@ -316,6 +318,50 @@ impl Push {
             None if reported.starts_with("sha256:") => reported.clone(),
             None => Self::digest_of_tag(cx, first).await?,
         };
+        // What went over the wire: the new layers, the config and the
+        // manifest. From the archive, skopeo made the manifest: fetch it
+        // (the retags need its bytes anyway).
+        let (manifest, blobs, bytes) = match (manifest, &cx.cfg.image) {
+            (Some(bytes), _) => {
+                let config = serde_json::from_slice::<layout::Manifest>(&bytes)
+                    .map(|m| m.config.size)
+                    .unwrap_or(0);
+                let new = written_new.unwrap_or((0, 0));
+                (
+                    Some(bytes.clone()),
+                    new.0 + 1,
+                    new.1 + config + bytes.len() as u64,
+                )
+            }
+            (
+                None,
+                ImageRef::Docker {
+                    registry,
+                    repository,
+                },
+            ) => {
+                let client = RegistryClient::new(
+                    registry,
+                    repository,
+                    &cx.cfg.credentials,
+                    cx.cfg.tls_verify,
+                )?;
+                let fetched = client.manifest(&digest)?.map(|(b, _)| b);
+                let (blobs, bytes) = fetched
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<layout::Manifest>(b).ok())
+                    .map(|m| {
+                        let layers: u64 = m.layers.iter().map(|l| l.size).sum();
+                        (m.layers.len() + 1, layers + m.config.size)
+                    })
+                    .unwrap_or((0, 0));
+                let total = bytes + fetched.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+                (fetched, blobs, total)
+            }
+            (None, ImageRef::Oci { .. }) => (None, 0, 0),
+        };
+        cx.reporter()
+            .emit(Event::Push(PushEvent::Uploaded { blobs, bytes }));
         if reported.starts_with("sha256:") && reported != digest {
             cx.reporter().info(format!(
                 "warning: the registry reports {reported}, runnerctl computed {digest}"

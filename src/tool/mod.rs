@@ -44,6 +44,9 @@ pub struct Cmd {
     /// Decodes child stderr lines before they reach the tail and the log
     /// (used for Nix's `--log-format internal-json`).
     pub stderr_format: StderrFormat,
+    /// Stream stdout line by line as progress (skopeo's `Copying blob …`)
+    /// while still capturing it.
+    pub stdout_progress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +64,7 @@ impl Cmd {
             cwd: None,
             stdout_file: None,
             stderr_format: StderrFormat::Text,
+            stdout_progress: false,
         }
     }
 
@@ -81,6 +85,12 @@ impl Cmd {
     /// Send the child's stdout to a file instead of capturing it.
     pub fn stdout_to(mut self, file: impl Into<PathBuf>) -> Self {
         self.stdout_file = Some(file.into());
+        self
+    }
+
+    /// skopeo copy: report each blob it copies as push progress.
+    pub fn skopeo_progress(mut self) -> Self {
+        self.stdout_progress = true;
         self
     }
 
@@ -299,10 +309,32 @@ impl Runner {
         let stderr = child.stderr.take();
         let stdout = child.stdout.take();
 
+        let progress = cmd
+            .stdout_progress
+            .then(|| (self.reporter.clone(), cmd.name()));
         let stdout_task = tokio::spawn(async move {
             let mut buf = Vec::new();
-            if let Some(mut out) = stdout {
-                let _ = out.read_to_end(&mut buf).await;
+            match (stdout, progress) {
+                (Some(out), Some((reporter, program))) => {
+                    let mut lines = BufReader::new(out).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line.starts_with("Copying blob ") {
+                            reporter.emit(Event::Push(crate::progress::PushEvent::BlobCopied {
+                                skipped: line.contains("skipped"),
+                            }));
+                        }
+                        reporter.emit(Event::ChildLine {
+                            program: program.clone(),
+                            line: line.clone(),
+                        });
+                        buf.extend_from_slice(line.as_bytes());
+                        buf.push(b'\n');
+                    }
+                }
+                (Some(mut out), None) => {
+                    let _ = out.read_to_end(&mut buf).await;
+                }
+                (None, _) => {}
             }
             buf
         });

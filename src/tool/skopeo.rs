@@ -196,7 +196,7 @@ impl Skopeo {
         dst: &str,
         opts: &CopyOpts<'_>,
     ) -> Result<(), ToolError> {
-        let cmd = self.cmd(copy_args(src, dst, opts));
+        let cmd = self.cmd(copy_args(src, dst, opts)).skopeo_progress();
         let mut attempt = 1;
         loop {
             let out = runner.run_unchecked(&cmd).await?;
