@@ -143,10 +143,6 @@ impl Ctx {
         }
         Ok(())
     }
-
-    pub fn record(&self, name: &str) -> Option<&StageRecord> {
-        self.state.stages.get(name)
-    }
 }
 
 #[derive(Debug, Error, Diagnostic)]

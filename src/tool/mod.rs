@@ -186,14 +186,6 @@ pub enum ToolError {
 }
 
 impl ToolError {
-    /// The last lines of the failed child's stderr, if it ran.
-    pub fn tail(&self) -> &[String] {
-        match self {
-            ToolError::Failed { tail, .. } => tail,
-            _ => &[],
-        }
-    }
-
     pub fn with_help(mut self, text: impl Into<String>) -> Self {
         match &mut self {
             ToolError::Failed { help, .. } => *help = Some(text.into()),
@@ -221,7 +213,6 @@ fn format_tail(tail: &[String]) -> String {
 pub struct Runner {
     reporter: Reporter,
     log: Option<Arc<Mutex<File>>>,
-    env: Vec<(OsString, OsString)>,
 }
 
 impl Runner {
@@ -229,7 +220,6 @@ impl Runner {
         Runner {
             reporter,
             log: None,
-            env: Vec::new(),
         }
     }
 
@@ -244,12 +234,6 @@ impl Runner {
             .open(path)?;
         self.log = Some(Arc::new(Mutex::new(file)));
         Ok(self)
-    }
-
-    /// Extra environment for every child (used by `runnerctl demo`).
-    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
     }
 
     pub fn reporter(&self) -> &Reporter {
@@ -289,9 +273,6 @@ impl Runner {
         }
         for key in SECRET_ENV {
             command.env_remove(key);
-        }
-        for (key, value) in &self.env {
-            command.env(key, value);
         }
         command.stdin(Stdio::null());
         command.stderr(Stdio::piped());
