@@ -1356,7 +1356,9 @@ impl Run {
         self
     }
 
-    pub fn run(self) -> RunOutput {
+    /// The command this would run, environment and all, to spawn by hand
+    /// (tests that kill it).
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .stdin(Stdio::null())
@@ -1374,6 +1376,11 @@ impl Run {
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
+        cmd
+    }
+
+    pub fn run(self) -> RunOutput {
+        let mut cmd = self.command();
         let mut argv = vec![self.program.display().to_string()];
         argv.extend(self.args.iter().cloned());
         let mut child = cmd

@@ -22,7 +22,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -362,25 +361,9 @@ impl Hooks {
 // Running runnerctl in its own process group
 // ---------------------------------------------------------------------------
 
-/// Environment handling like [`Run`]: no RUNNERCTL_* or GIT_DIR from the
-/// outer environment, [`git_env`], then `env`.
+/// The runnerctl command [`Run`] would run (same environment handling).
 fn runnerctl_command(args: &[String], cwd: &Path, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnerctl"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("RUNNERCTL_") || k.starts_with("GIT_DIR") || k == "GIT_WORK_TREE" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.envs(git_env());
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd
+    Run::new(args).cwd(cwd).envs(env).command()
 }
 
 /// A runnerctl run started in the background (its own process group).
