@@ -374,3 +374,44 @@ fn a_failure_shows_the_tail_and_where_the_full_log_is() {
         "{text}"
     );
 }
+
+#[test]
+fn quiet_keeps_errors_only_and_verbose_streams_child_output() {
+    let mut nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    nixpkgs.commit(T0 + 11 * DAY);
+    let verbose = Run::new(["bump", "-v", "--no-git-push"])
+        .in_repo(&repo)
+        .run();
+    verbose.assert_success();
+    // Every command and the children's own output.
+    assert!(
+        verbose.stderr.contains("$ nix flake update"),
+        "{}",
+        verbose.stderr
+    );
+    assert!(verbose.stderr.contains("  nix: "), "{}", verbose.stderr);
+
+    let quiet = Run::new(["bump", "-q", "--no-git-push"])
+        .in_repo(&repo)
+        .run();
+    quiet.assert_success();
+    assert_eq!(quiet.stdout, "", "quiet success prints nothing");
+    assert_eq!(quiet.stderr, "", "quiet success prints nothing");
+
+    let failing = Run::new(["release", "-q", "--attr", "nixos-nonode"])
+        .in_repo(&repo)
+        .run();
+    assert_eq!(failing.code, Some(1));
+    assert_eq!(failing.stdout, "");
+    assert!(
+        failing.stderr.contains("bin/node"),
+        "errors still show: {}",
+        failing.stderr
+    );
+    assert!(
+        !failing.stderr.contains("] verify:"),
+        "no progress lines: {}",
+        failing.stderr
+    );
+}
