@@ -349,6 +349,12 @@ fn verify_reads_gzip_and_stream_images_and_runs_in_a_dry_run() {
             .cloned()
             .expect("verify");
         assert_eq!(verify["status"], "done", "{attr}: {verify}");
+        // The decompressed or streamed archive does not outlive the push.
+        let cache = w.repo.path().join(".runnerctl/cache");
+        let left: Vec<_> = std::fs::read_dir(&cache)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{attr}: left in the cache: {left:?}");
     }
     // The plain image, built but not pushed: a dry run verifies it.
     let built = w.repo.build("nixos-nonode");

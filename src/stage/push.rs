@@ -7,8 +7,12 @@
 //!   only new layers. For an `oci:` destination that layout *is* the
 //!   destination; for a registry, skopeo copies it once and asks the
 //!   registry before sending each blob.
-//! - Every other tag is a manifest-only copy; tags already at the digest
-//!   are skipped.
+//!   When the repository has none of the layers, the archive goes to skopeo
+//!   directly, which compresses while it uploads.
+//! - Every other tag is a manifest PUT of the same bytes; tags already at
+//!   the digest are skipped.
+//! - Temporary files (a decompressed or streamed archive, the layout) are
+//!   removed once the push is done.
 
 use std::path::{Path, PathBuf};
 
@@ -378,6 +382,23 @@ impl Push {
         Ok((digest, manifest, how))
     }
 
+    /// Drop what the cache holds for pushed images: decompressed or
+    /// streamed archives and layouts. A later run that needs them again
+    /// makes them again.
+    fn clean_cache(cx: &Ctx) {
+        let Ok(entries) = std::fs::read_dir(cx.cfg.cache_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-image.tar") {
+                let _ = std::fs::remove_file(entry.path());
+            } else if name.starts_with("layout-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     async fn digest_of_tag(cx: &Ctx, tag: &Tag) -> miette::Result<String> {
         let manifest = cx
             .skopeo()?
@@ -537,6 +558,7 @@ impl Stage for Push {
                     written.compressed,
                     written.compressed_bytes
                 );
+                Self::clean_cache(cx);
                 return Ok(Done::new(note).with(Self::outputs(cx, &written.manifest_digest)));
             }
             (None, ImageRef::Docker { .. }) => {
@@ -628,6 +650,7 @@ impl Stage for Push {
         if !skipped.is_empty() {
             note.push_str(&format!("; skipped {} (already there)", skipped.join(", ")));
         }
+        Self::clean_cache(cx);
         Ok(Done::new(note).with(Self::outputs(cx, &digest)))
     }
 }
