@@ -162,6 +162,22 @@ impl World {
         self.against_registry("bump", extra).run()
     }
 
+    /// After a resumed run: one `nix build` and one `nix flake update` in all.
+    fn assert_nothing_ran_twice(&self) {
+        assert_eq!(
+            self.nix_builds(),
+            1,
+            "nix build ran again: {:?}",
+            self.shims.calls("nix")
+        );
+        assert_eq!(
+            self.nix_updates(),
+            1,
+            "the update ran again: {:?}",
+            self.shims.calls("nix")
+        );
+    }
+
     fn nix_builds(&self) -> usize {
         self.shims.count("nix", &["build"])
     }
@@ -716,18 +732,7 @@ fn resume_after_a_failed_push_does_not_rebuild() {
     second.assert_success();
     let report = second.json();
     assert_eq!(report["outcome"], "success", "{second}");
-    assert_eq!(
-        w.nix_builds(),
-        1,
-        "nix build ran again: {:?}",
-        w.shims.calls("nix")
-    );
-    assert_eq!(
-        w.nix_updates(),
-        1,
-        "the update ran again: {:?}",
-        w.shims.calls("nix")
-    );
+    w.assert_nothing_ran_twice();
     let out_path = json_str(&report, "/out_path");
     let digest = w.assert_registry_tags_share_one_digest(&the_four_tags(&date, out_path));
     assert_eq!(json_str(&report, "/digest"), digest);
@@ -870,18 +875,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
     out.assert_success();
     let report = out.json();
     assert_eq!(report["outcome"], "success", "{out}");
-    assert_eq!(
-        w.nix_builds(),
-        1,
-        "nix build ran again: {:?}",
-        w.shims.calls("nix")
-    );
-    assert_eq!(
-        w.nix_updates(),
-        1,
-        "the update ran again: {:?}",
-        w.shims.calls("nix")
-    );
+    w.assert_nothing_ran_twice();
     let out_path = json_str(&report, "/out_path");
     w.assert_registry_tags_share_one_digest(&the_four_tags(&date, out_path));
     assert_eq!(w.repo.commit_count_on_remote(), 3);

@@ -23,7 +23,7 @@ use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::{self, ImageRecord, Outputs};
-use crate::tool::skopeo::{sha256_digest, CopyOpts, RETRY_TIMES};
+use crate::tool::skopeo::{config_args, inspect_args, sha256_digest, CopyOpts, RETRY_TIMES};
 
 pub struct Push;
 
@@ -77,12 +77,14 @@ impl Push {
                 }),
                 ImageRef::Docker { .. } => {
                     skopeo
-                        .manifest(
+                        .inspect(
                             &cx.runner,
-                            &cx.cfg.image.at_tag(&tag),
-                            Self::authfile(cx),
-                            cx.cfg.tls_verify,
-                            true,
+                            inspect_args(
+                                &cx.cfg.image.at_tag(&tag),
+                                Self::authfile(cx),
+                                cx.cfg.tls_verify,
+                                true,
+                            ),
                         )
                         .await?
                 }
@@ -183,12 +185,14 @@ impl Push {
             }
             seen.push(digest.clone());
             let config = skopeo
-                .config(
+                .inspect(
                     &cx.runner,
-                    &cx.cfg.image.at_tag(&s.tag),
-                    Self::authfile(cx),
-                    cx.cfg.tls_verify,
-                    true,
+                    config_args(
+                        &cx.cfg.image.at_tag(&s.tag),
+                        Self::authfile(cx),
+                        cx.cfg.tls_verify,
+                        true,
+                    ),
                 )
                 .await?;
             if let Some(config) = config {
@@ -402,12 +406,14 @@ impl Push {
     async fn digest_of_tag(cx: &Ctx, tag: &Tag) -> miette::Result<String> {
         let manifest = cx
             .skopeo()?
-            .manifest(
+            .inspect(
                 &cx.runner,
-                &cx.cfg.image.at_tag(tag),
-                Self::authfile(cx),
-                cx.cfg.tls_verify,
-                true,
+                inspect_args(
+                    &cx.cfg.image.at_tag(tag),
+                    Self::authfile(cx),
+                    cx.cfg.tls_verify,
+                    true,
+                ),
             )
             .await?
             .ok_or(Missing {

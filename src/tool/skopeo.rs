@@ -151,34 +151,15 @@ impl Skopeo {
         Cmd::new(&self.path).args(args)
     }
 
-    /// The raw manifest a reference points at (its sha256 is the digest),
-    /// or `None` if the tag does not exist.
-    pub async fn manifest(
+    /// Run `skopeo inspect` with argv from [`inspect_args`] (the raw
+    /// manifest, whose sha256 is the digest) or [`config_args`] (the config
+    /// blob). `None` if the tag does not exist.
+    pub async fn inspect(
         &self,
         runner: &Runner,
-        reference: &str,
-        authfile: Option<&Path>,
-        tls_verify: bool,
-        is_registry: bool,
+        args: Vec<String>,
     ) -> Result<Option<String>, ToolError> {
-        let cmd = self.cmd(inspect_args(reference, authfile, tls_verify, is_registry));
-        self.inspect(runner, cmd).await
-    }
-
-    /// The config blob of the image a reference points at.
-    pub async fn config(
-        &self,
-        runner: &Runner,
-        reference: &str,
-        authfile: Option<&Path>,
-        tls_verify: bool,
-        is_registry: bool,
-    ) -> Result<Option<String>, ToolError> {
-        let cmd = self.cmd(config_args(reference, authfile, tls_verify, is_registry));
-        self.inspect(runner, cmd).await
-    }
-
-    async fn inspect(&self, runner: &Runner, cmd: Cmd) -> Result<Option<String>, ToolError> {
+        let cmd = self.cmd(args);
         let out = runner.run_unchecked(&cmd).await?;
         if out.success() {
             return Ok(Some(out.stdout));
