@@ -374,14 +374,6 @@ pub struct Spawned {
     stderr: Option<thread::JoinHandle<Vec<u8>>>,
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
 impl Spawned {
     pub fn start(args: &[String], cwd: &Path, env: &[(String, String)]) -> Spawned {
         let mut child = runnerctl_command(args, cwd, env)
