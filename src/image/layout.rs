@@ -143,6 +143,35 @@ pub struct Written {
     pub compressed_bytes: u64,
 }
 
+/// A docker-archive, indexed: its config and where each layer's bytes are.
+/// Scanning reads only tar headers and the small JSON files.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub path: PathBuf,
+    config: Vec<u8>,
+    layers: Vec<LayerEntry>,
+}
+
+impl Scanned {
+    pub fn new(archive: &Path) -> Result<Scanned, LayoutError> {
+        let (config, layers) = scan(archive)?;
+        Ok(Scanned {
+            path: archive.to_path_buf(),
+            config,
+            layers,
+        })
+    }
+
+    /// The layers' diff_ids, in order.
+    pub fn diff_ids(&self) -> impl Iterator<Item = &str> {
+        self.layers.iter().map(|l| l.diff_id.as_str())
+    }
+
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+}
+
 /// Index the docker-archive: config bytes and where each layer is.
 fn scan(archive: &Path) -> Result<(Vec<u8>, Vec<LayerEntry>), LayoutError> {
     let bad = |reason: String| LayoutError::Archive {
@@ -325,7 +354,7 @@ pub fn learn_from_layout(dir: &Path, map: &mut ReuseMap) {
 /// from `reuse`. Tags in `tags` are pointed at the image in index.json
 /// (other entries are kept). `on_layer(reused, bytes)` reports progress.
 pub fn write(
-    archive: &Path,
+    scanned: &Scanned,
     dir: &Path,
     reuse: &ReuseMap,
     tags: &[String],
@@ -335,7 +364,7 @@ pub fn write(
         path: dir.to_path_buf(),
         source,
     };
-    let (config, layers) = scan(archive)?;
+    let (archive, config, layers) = (scanned.path.as_path(), &scanned.config, &scanned.layers);
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(werr)?;
     std::fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").map_err(werr)?;
@@ -395,7 +424,7 @@ pub fn write(
         }
     }
 
-    let config_digest = write_blob(&blobs, &config).map_err(werr)?;
+    let config_digest = write_blob(&blobs, config).map_err(werr)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
@@ -428,11 +457,6 @@ pub fn write(
         compressed: todo.len(),
         compressed_bytes,
     })
-}
-
-/// The archive's layers by diff_id, in order.
-pub fn diff_ids(archive: &Path) -> Result<Vec<String>, LayoutError> {
-    Ok(scan(archive)?.1.into_iter().map(|l| l.diff_id).collect())
 }
 
 fn read_index(dir: &Path) -> Index {

@@ -225,14 +225,15 @@ impl Push {
     /// Write the image as an OCI layout at `dir`, reusing `reuse`.
     fn write_layout(
         cx: &Ctx,
-        archive: &Path,
+        archive: &layout::Scanned,
         dir: &Path,
         reuse: &layout::ReuseMap,
         tags: &[String],
-        total: usize,
     ) -> miette::Result<layout::Written> {
         let reporter = cx.reporter().clone();
-        reporter.emit(Event::Push(PushEvent::LayersPlanned { total }));
+        reporter.emit(Event::Push(PushEvent::LayersPlanned {
+            total: archive.layer_count(),
+        }));
         let on_layer = move |skipped: bool, bytes: u64| {
             reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
         };
@@ -250,9 +251,12 @@ impl Push {
     ) -> miette::Result<(String, Option<Vec<u8>>, String)> {
         let skopeo = cx.skopeo()?.clone();
         let archive = Self::archive(cx).await?;
-        let diff_ids = layout::diff_ids(&archive)?;
+        let scanned = layout::Scanned::new(&archive)?;
         let reuse = Self::registry_reuse(cx, states).await?;
-        let reusable = diff_ids.iter().filter(|d| reuse.contains_key(*d)).count();
+        let reusable = scanned
+            .diff_ids()
+            .filter(|d| reuse.contains_key(*d))
+            .count();
         let digestfile = tempfile::Builder::new()
             .prefix(".digest-")
             .tempfile_in(&cx.cfg.state_dir)
@@ -264,11 +268,11 @@ impl Push {
         let mut written_new: Option<(usize, u64)> = None;
         let (src, manifest, how, layout_dir) = if reusable == 0 {
             cx.reporter().emit(Event::Push(PushEvent::LayersPlanned {
-                total: diff_ids.len(),
+                total: scanned.layer_count(),
             }));
             let how = format!(
                 "uploaded as {first}; none of its {} layers were in the registry yet",
-                diff_ids.len()
+                scanned.layer_count()
             );
             (
                 format!("docker-archive:{}", archive.display()),
@@ -284,14 +288,7 @@ impl Push {
                 .cfg
                 .cache_dir()
                 .join(format!("layout-{}", eval.out_path.hash_part()));
-            let written = Self::write_layout(
-                cx,
-                &archive,
-                &dir,
-                &reuse,
-                &[first.to_string()],
-                diff_ids.len(),
-            )?;
+            let written = Self::write_layout(cx, &scanned, &dir, &reuse, &[first.to_string()])?;
             let how = format!(
                 "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
                 written.reused, written.layers, written.compressed, written.compressed_bytes
@@ -544,8 +541,8 @@ impl Stage for Push {
                 let mut reuse = layout::ReuseMap::new();
                 layout::learn_from_layout(&dir, &mut reuse);
                 let archive = Self::archive(cx).await?;
-                let total = layout::diff_ids(&archive)?.len();
-                let written = Self::write_layout(cx, &archive, &dir, &reuse, &all, total)?;
+                let scanned = layout::Scanned::new(&archive)?;
+                let written = Self::write_layout(cx, &scanned, &dir, &reuse, &all)?;
                 for s in &states {
                     cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                         tag: s.tag.to_string(),
