@@ -157,13 +157,6 @@ pub struct LockRead {
     pub source: std::io::Error,
 }
 
-/// sha256 of some bytes, hex.
-pub fn hash_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
     let name = stage.name();
     let started = Instant::now();
@@ -204,7 +197,6 @@ async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
     }
     .await;
 
-    let duration = started.elapsed();
     let (status, note, outputs, commands, error) = match result {
         Ok((status, done, commands)) => (status, done.note, done.outputs, commands, None),
         Err(err) => (
@@ -215,70 +207,85 @@ async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
             Some(err),
         ),
     };
-    cx.reporter().emit(Event::StageFinished {
-        stage: name,
-        status,
-        note: first_line(&note),
-        duration,
-    });
-    cx.report.stages.push(StageReport {
-        name: name.to_string(),
-        status,
-        note: first_line(&note),
-        duration_ms: duration.as_millis() as u64,
-        commands,
-    });
-    if status != StageStatus::Planned {
-        cx.state.stages.insert(
-            name.to_string(),
-            StageRecord {
-                status,
-                fingerprint,
-                outputs,
-                note: Some(first_line(&note)),
-                started_at: Some(started_at),
-                finished_at: Some(state::now()),
-                duration_ms: Some(duration.as_millis() as u64),
-            },
-        );
-        cx.save()?;
-    }
+    finish_stage(
+        cx,
+        Finished {
+            name,
+            status,
+            note: first_line(&note),
+            outputs,
+            commands,
+            fingerprint,
+            started_at,
+            duration: started.elapsed(),
+        },
+    )?;
     match error {
         Some(err) => Err(err),
         None => Ok(()),
     }
 }
 
-fn skip_stage(cx: &mut Ctx, name: &'static str, why: &str) -> miette::Result<()> {
+/// How a stage ended, for the progress display, the report and the state.
+struct Finished {
+    name: &'static str,
+    status: StageStatus,
+    note: String,
+    outputs: Outputs,
+    commands: Vec<String>,
+    fingerprint: Option<String>,
+    started_at: String,
+    duration: std::time::Duration,
+}
+
+/// Report a finished stage and record it (a dry run records nothing).
+fn finish_stage(cx: &mut Ctx, f: Finished) -> miette::Result<()> {
     cx.reporter().emit(Event::StageFinished {
-        stage: name,
-        status: StageStatus::Skipped,
-        note: why.to_string(),
-        duration: std::time::Duration::ZERO,
+        stage: f.name,
+        status: f.status,
+        note: f.note.clone(),
+        duration: f.duration,
     });
     cx.report.stages.push(StageReport {
-        name: name.to_string(),
-        status: StageStatus::Skipped,
-        note: why.to_string(),
-        duration_ms: 0,
-        commands: Vec::new(),
+        name: f.name.to_string(),
+        status: f.status,
+        note: f.note.clone(),
+        duration_ms: f.duration.as_millis() as u64,
+        commands: f.commands,
     });
-    if !cx.cfg.dry_run {
-        cx.state.stages.insert(
-            name.to_string(),
-            StageRecord {
-                status: StageStatus::Skipped,
-                fingerprint: None,
-                outputs: Outputs::default(),
-                note: Some(why.to_string()),
-                started_at: Some(state::now()),
-                finished_at: Some(state::now()),
-                duration_ms: Some(0),
-            },
-        );
-        cx.save()?;
+    if cx.cfg.dry_run || f.status == StageStatus::Planned {
+        return Ok(());
     }
-    Ok(())
+    cx.state.stages.insert(
+        f.name.to_string(),
+        StageRecord {
+            status: f.status,
+            fingerprint: f.fingerprint,
+            outputs: f.outputs,
+            note: Some(f.note),
+            started_at: Some(f.started_at),
+            finished_at: Some(state::now()),
+            duration_ms: Some(f.duration.as_millis() as u64),
+        },
+    );
+    cx.save()
+}
+
+/// A stage that does not run at all in this pipeline (and why).
+fn skip_stage(cx: &mut Ctx, name: &'static str, why: &str) -> miette::Result<()> {
+    finish_stage(
+        cx,
+        Finished {
+            name,
+            status: StageStatus::Skipped,
+            note: why.to_string(),
+            outputs: Outputs::default(),
+            commands: Vec::new(),
+            fingerprint: None,
+            started_at: state::now(),
+            duration: std::time::Duration::ZERO,
+        },
+    )
 }
 
 fn first_line(text: &str) -> String {

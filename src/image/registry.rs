@@ -19,7 +19,8 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use crate::auth::{Credentials, Secret};
-use crate::tool::skopeo::{sha256_digest, AUTH_HELP};
+use crate::digest::sha256_digest;
+use crate::tool::skopeo::AUTH_HELP;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 

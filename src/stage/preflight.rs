@@ -164,7 +164,7 @@ impl Stage for Preflight {
         // flake.lock this tool updated in an interrupted run.
         let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
         if cx.cfg.mode == Mode::Bump {
-            let current = crate::pipeline::hash_hex(cx.lock_text.as_bytes());
+            let current = crate::digest::sha256_hex(cx.lock_text.as_bytes());
             // Ours: the lock an unfinished bump wrote, or one it was writing
             // when it was killed (the update runs again).
             let ours = cx.state.pending_bump.as_ref().is_some_and(|p| {

@@ -17,13 +17,14 @@
 use std::path::{Path, PathBuf};
 
 use super::{Check, Done, Stage};
+use crate::digest::sha256_digest;
 use crate::image::reference::{ImageRef, Tag};
 use crate::image::registry::{self, Registry as RegistryClient};
 use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::{self, ImageRecord, Outputs};
-use crate::tool::skopeo::{config_args, inspect_args, sha256_digest, CopyOpts, RETRY_TIMES};
+use crate::tool::skopeo::{config_args, inspect_args, CopyOpts, RETRY_TIMES};
 
 pub struct Push;
 

@@ -9,8 +9,9 @@ use miette::{Diagnostic, IntoDiagnostic};
 use thiserror::Error;
 
 use super::{Check, Done, Stage};
+use crate::digest::sha256_hex as hash_hex;
 use crate::flake_lock::{self, diff_inputs};
-use crate::pipeline::{hash_hex, Ctx};
+use crate::pipeline::Ctx;
 use crate::state::{Outputs, PendingBump};
 
 pub struct Update;

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::{failed, Cmd, Output, Runner, ToolError};
 
 /// How often skopeo itself retries a transient registry error.
@@ -97,17 +95,6 @@ pub fn config_args(
     let mut args = inspect_args(reference, authfile, tls_verify, is_registry);
     args.insert(2, "--config".to_string());
     args
-}
-
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 /// What skopeo's stderr says went wrong, when we can tell.
@@ -323,9 +310,5 @@ mod tests {
             Failure::Unauthorized
         );
         assert_eq!(classify(&lines("connection refused")), Failure::Other);
-        assert_eq!(
-            sha256_digest(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 }
