@@ -248,32 +248,7 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
         .map(|d| d.as_nanos() % 1_000_000)
         .unwrap_or(0) as i64;
     nixpkgs.commit(T0 + 5 * DAY + salt);
-    let typescript = tempfile::NamedTempFile::new().expect("typescript");
-    let bin = env!("CARGO_BIN_EXE_runnerctl");
-    let command = format!("{bin} bump --no-git-push");
-    let out = Run::program(
-        "script",
-        [
-            "-qfec",
-            command.as_str(),
-            &typescript.path().display().to_string(),
-        ],
-    )
-    .in_repo(&repo)
-    .env("TERM", "xterm-256color")
-    // A person at a terminal, not CI (which gets plain lines).
-    .env("CI", "")
-    .env("NO_COLOR", "")
-    .run();
-    assert_eq!(
-        out.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
-    let screen = std::fs::read(typescript.path()).expect("read typescript");
-    let screen = String::from_utf8_lossy(&screen);
+    let screen = bump_under_a_pty(&repo, "");
     assert!(
         screen.contains('\u{1b}'),
         "no live drawing under a pty:\n{screen}"
@@ -285,28 +260,7 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
 
     // The same terminal with NO_COLOR: plain lines, no escape codes.
     nixpkgs.commit(T0 + 6 * DAY + salt);
-    let plain = tempfile::NamedTempFile::new().expect("typescript");
-    let out = Run::program(
-        "script",
-        [
-            "-qfec",
-            command.as_str(),
-            &plain.path().display().to_string(),
-        ],
-    )
-    .in_repo(&repo)
-    .env("TERM", "xterm-256color")
-    .env("NO_COLOR", "1")
-    .run();
-    assert_eq!(
-        out.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
-    let screen = String::from_utf8_lossy(&std::fs::read(plain.path()).expect("read typescript"))
-        .into_owned();
+    let screen = bump_under_a_pty(&repo, "1");
     assert!(
         !screen.contains('\u{1b}'),
         "escape codes with NO_COLOR:\n{screen}"
@@ -315,6 +269,36 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
         screen.contains("] build: "),
         "plain progress lines expected:\n{screen}"
     );
+}
+
+/// `runnerctl bump --no-git-push` under `script` (a pseudo-terminal), as a
+/// person at a terminal would run it (not CI), with NO_COLOR set to
+/// `no_color`. Returns everything the terminal received.
+fn bump_under_a_pty(repo: &RunnerRepo, no_color: &str) -> String {
+    let typescript = tempfile::NamedTempFile::new().expect("typescript");
+    let command = format!("{} bump --no-git-push", env!("CARGO_BIN_EXE_runnerctl"));
+    let out = Run::program(
+        "script",
+        [
+            "-qfec",
+            command.as_str(),
+            &typescript.path().display().to_string(),
+        ],
+    )
+    .in_repo(repo)
+    .env("TERM", "xterm-256color")
+    .env("CI", "")
+    .env("NO_COLOR", no_color)
+    .run();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    String::from_utf8_lossy(&std::fs::read(typescript.path()).expect("read typescript"))
+        .into_owned()
 }
 
 #[test]
