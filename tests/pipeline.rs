@@ -17,9 +17,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -41,27 +40,6 @@ const STAGES: [&str; 7] = [
 // ---------------------------------------------------------------------------
 // Times and dates
 // ---------------------------------------------------------------------------
-
-/// A commit time for a test's first stand-in nixpkgs commit that no other
-/// test (nor an earlier run of this suite) uses: somewhere in the ~5.5 years
-/// after [`T0`], at a random second of the day. Later commits add whole
-/// days to it.
-fn fresh_base() -> i64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as u64;
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    // splitmix64
-    let mut z = nanos
-        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(u64::from(std::process::id()) << 32);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    T0 + (z % 2000) as i64 * DAY + ((z / 2000) % 86_400) as i64
-}
 
 fn utc_date(secs: i64) -> time::Date {
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -100,7 +78,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let base = fresh_base();
+        let base = common::fresh_time();
         let nixpkgs = StandInNixpkgs::new_at(base);
         let repo = RunnerRepo::new(&nixpkgs);
         Self::assemble(nixpkgs, repo, base)
@@ -1187,7 +1165,7 @@ fn release_pushes_the_committed_lock_and_a_fresh_machine_reuses_it() {
 
 #[test]
 fn date_follows_the_root_input_not_the_node_named_nixpkgs() {
-    let base = fresh_base();
+    let base = common::fresh_time();
     let mut nixpkgs = StandInNixpkgs::new_at(base);
     let pinned = nixpkgs.rev();
     nixpkgs.commit(base + 20 * DAY);

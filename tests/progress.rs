@@ -243,11 +243,8 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
     let repo = RunnerRepo::new(&nixpkgs);
     // A new upstream commit at a time no earlier run used makes the image
     // derivation new, so Nix really builds it.
-    let salt = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() % 1_000_000)
-        .unwrap_or(0) as i64;
-    nixpkgs.commit(T0 + 5 * DAY + salt);
+    let when = common::fresh_time() + DAY;
+    nixpkgs.commit(when);
     let screen = bump_under_a_pty(&repo, "");
     assert!(
         screen.contains('\u{1b}'),
@@ -259,7 +256,7 @@ fn build_bar_reaches_done_of_expected_under_a_pty() {
     );
 
     // The same terminal with NO_COLOR: plain lines, no escape codes.
-    nixpkgs.commit(T0 + 6 * DAY + salt);
+    nixpkgs.commit(when + DAY);
     let screen = bump_under_a_pty(&repo, "1");
     assert!(
         !screen.contains('\u{1b}'),

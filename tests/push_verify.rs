@@ -5,25 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{
-    PathShims, Registry, Run, RunOutput, RunnerRepo, StandInNixpkgs, DAY, IMAGE_REPO, T0,
-};
+use common::{PathShims, Registry, Run, RunOutput, RunnerRepo, StandInNixpkgs, DAY, IMAGE_REPO};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A commit time no other test (or earlier run) used, so images are new.
-fn fresh_time() -> i64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst) + u64::from(std::process::id());
-    T0 + ((nanos / 1000 + n * 7919) % (1500 * 86_400)) as i64
-}
 
 struct World {
     nixpkgs: StandInNixpkgs,
@@ -35,7 +21,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let base = fresh_time();
+        let base = common::fresh_time();
         let nixpkgs = StandInNixpkgs::new_at(base);
         let repo = RunnerRepo::new(&nixpkgs);
         let mut shims = PathShims::new();

@@ -1631,3 +1631,26 @@ pub fn skopeo_push(registry: &Registry, archive: &Path, repo: &str, tag: &str) -
             .arg(format!("docker://{}", registry.image_ref(repo, tag))),
     )
 }
+
+/// A commit time that, with high probability, no other test (in this or an
+/// earlier run of the suite) uses: the fixture image's out path is then new
+/// to the shared Nix store, so `nix build` really runs and a skipped build is
+/// a real skip.
+pub fn fresh_time() -> i64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64;
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    // splitmix64
+    let mut z = nanos
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(u64::from(std::process::id()) << 32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    T0 + (z % 2000) as i64 * DAY + ((z / 2000) % 86_400) as i64
+}

@@ -24,10 +24,10 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -53,15 +53,7 @@ pub fn date_tag(secs: i64) -> String {
 /// earlier run of the suite) uses, so that the fixture image's out path is
 /// new to the Nix store and `nix build` really has to run.
 pub fn unique_time() -> i64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as u64;
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let mix = nanos ^ (u64::from(std::process::id()) << 24) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // Within ~8 months after T0, whole seconds.
-    T0 + (mix % (240 * DAY as u64)) as i64
+    fresh_time()
 }
 
 fn write_executable(path: &Path, text: &str) {
@@ -911,29 +903,22 @@ impl Snapshot {
 /// [`fail_next`](Self::fail_next) allows.
 pub struct FaultProxy {
     port: u16,
-    stop: Arc<AtomicBool>,
-    skip: Arc<AtomicUsize>,
-    fail: Arc<AtomicUsize>,
-    hold: Arc<AtomicUsize>,
-    held: Arc<AtomicBool>,
-    release: Arc<AtomicBool>,
-    injected: Arc<AtomicUsize>,
-    manifest_puts: Arc<AtomicUsize>,
-    log: Arc<Mutex<Vec<String>>>,
+    c: Arc<ProxyCounters>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// Shared counters of a [`FaultProxy`].
+/// What a [`FaultProxy`] shares with its connection threads.
+#[derive(Default)]
 struct ProxyCounters {
-    stop: Arc<AtomicBool>,
-    skip: Arc<AtomicUsize>,
-    fail: Arc<AtomicUsize>,
-    hold: Arc<AtomicUsize>,
-    held: Arc<AtomicBool>,
-    release: Arc<AtomicBool>,
-    injected: Arc<AtomicUsize>,
-    manifest_puts: Arc<AtomicUsize>,
-    log: Arc<Mutex<Vec<String>>>,
+    stop: AtomicBool,
+    skip: AtomicUsize,
+    fail: AtomicUsize,
+    hold: AtomicUsize,
+    held: AtomicBool,
+    release: AtomicBool,
+    injected: AtomicUsize,
+    manifest_puts: AtomicUsize,
+    log: Mutex<Vec<String>>,
 }
 
 impl FaultProxy {
@@ -945,34 +930,18 @@ impl FaultProxy {
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
-        let stop = Arc::new(AtomicBool::new(false));
-        let skip = Arc::new(AtomicUsize::new(0));
-        let fail = Arc::new(AtomicUsize::new(fail));
-        let hold = Arc::new(AtomicUsize::new(0));
-        let held = Arc::new(AtomicBool::new(false));
-        let release = Arc::new(AtomicBool::new(false));
-        let injected = Arc::new(AtomicUsize::new(0));
-        let manifest_puts = Arc::new(AtomicUsize::new(0));
-        let log = Arc::new(Mutex::new(Vec::new()));
         let counters = Arc::new(ProxyCounters {
-            stop: stop.clone(),
-            skip: skip.clone(),
-            fail: fail.clone(),
-            hold: hold.clone(),
-            held: held.clone(),
-            release: release.clone(),
-            injected: injected.clone(),
-            manifest_puts: manifest_puts.clone(),
-            log: log.clone(),
+            fail: AtomicUsize::new(fail),
+            ..ProxyCounters::default()
         });
-        let s = stop.clone();
+        let c = counters.clone();
         let thread = thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
+            while !c.stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let counters = counters.clone();
+                        let c = c.clone();
                         thread::spawn(move || {
-                            let _ = proxy_one(client, upstream_port, &counters);
+                            let _ = proxy_one(client, upstream_port, &c);
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -981,15 +950,7 @@ impl FaultProxy {
         });
         FaultProxy {
             port,
-            stop,
-            skip,
-            fail,
-            hold,
-            held,
-            release,
-            injected,
-            manifest_puts,
-            log,
+            c: counters,
             thread: Some(thread),
         }
     }
@@ -1000,52 +961,53 @@ impl FaultProxy {
 
     /// Fail the next `n` manifest writes (0: forward everything).
     pub fn fail_next(&self, n: usize) {
-        self.skip.store(self.manifest_puts(), Ordering::SeqCst);
-        self.fail.store(n, Ordering::SeqCst);
+        self.c.skip.store(self.manifest_puts(), Ordering::SeqCst);
+        self.c.fail.store(n, Ordering::SeqCst);
     }
 
     /// Let the next `skip` manifest writes through, then fail `n`.
     pub fn fail_after(&self, skip: usize, n: usize) {
-        self.skip
+        self.c
+            .skip
             .store(self.manifest_puts() + skip, Ordering::SeqCst);
-        self.fail.store(n, Ordering::SeqCst);
+        self.c.fail.store(n, Ordering::SeqCst);
     }
 
     /// Hold the `nth` (1-based) manifest write, not failed, until
     /// [`release`](Self::release): [`held`](Self::held) says it arrived.
     pub fn hold_manifest_put(&self, nth: usize) {
-        self.hold.store(nth, Ordering::SeqCst);
+        self.c.hold.store(nth, Ordering::SeqCst);
     }
 
     /// The held manifest write has arrived (and is waiting).
     pub fn held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
+        self.c.held.load(Ordering::SeqCst)
     }
 
     /// Forward the held manifest write.
     pub fn release(&self) {
-        self.release.store(true, Ordering::SeqCst);
+        self.c.release.store(true, Ordering::SeqCst);
     }
 
     /// 500s answered so far.
     pub fn injected(&self) -> usize {
-        self.injected.load(Ordering::SeqCst)
+        self.c.injected.load(Ordering::SeqCst)
     }
 
     /// Manifest PUTs seen (answered 500 or forwarded).
     pub fn manifest_puts(&self) -> usize {
-        self.manifest_puts.load(Ordering::SeqCst)
+        self.c.manifest_puts.load(Ordering::SeqCst)
     }
 
     /// Request lines seen, in order.
     pub fn requests(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.c.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.c.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
