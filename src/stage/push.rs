@@ -247,6 +247,7 @@ impl Push {
     /// uploads). Returns the digest, the manifest and what happened.
     async fn upload(
         cx: &mut Ctx,
+        client: &RegistryClient,
         states: &[TagState],
         first: &Tag,
     ) -> miette::Result<(String, Option<Vec<u8>>, String)> {
@@ -339,19 +340,7 @@ impl Push {
                     new.1 + config + bytes.len() as u64,
                 )
             }
-            (
-                None,
-                ImageRef::Docker {
-                    registry,
-                    repository,
-                },
-            ) => {
-                let client = RegistryClient::new(
-                    registry,
-                    repository,
-                    &cx.cfg.credentials,
-                    cx.cfg.tls_verify,
-                )?;
+            (None, ImageRef::Docker { .. }) => {
                 let fetched = client.manifest(&digest)?.map(|(b, _)| b);
                 let (blobs, bytes) = fetched
                     .as_deref()
@@ -398,6 +387,23 @@ impl Push {
             } else if name.starts_with("layout-") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
+        }
+    }
+
+    /// The registry client for a `docker://` destination (one per run, so
+    /// it authenticates once).
+    fn client(cx: &Ctx) -> miette::Result<Option<RegistryClient>> {
+        match &cx.cfg.image {
+            ImageRef::Docker {
+                registry,
+                repository,
+            } => Ok(Some(RegistryClient::new(
+                registry,
+                repository,
+                &cx.cfg.credentials,
+                cx.cfg.tls_verify,
+            )?)),
+            ImageRef::Oci { .. } => Ok(None),
         }
     }
 
@@ -519,6 +525,8 @@ impl Stage for Push {
         cx.tag_states = None;
         let known = Self::known_digest(cx, &states);
         let all: Vec<String> = states.iter().map(|s| s.tag.to_string()).collect();
+        // One client for the whole push, so it authenticates once.
+        let client = Self::client(cx)?;
 
         // 1. Get the image there once (or find it there already).
         let existing = known
@@ -570,7 +578,8 @@ impl Stage for Push {
                     .first()
                     .map(|s| s.tag.clone())
                     .ok_or(Missing { what: "a tag" })?;
-                let (digest, manifest, how) = Self::upload(cx, &states, &first).await?;
+                let client = client.as_ref().ok_or(Missing { what: "a registry" })?;
+                let (digest, manifest, how) = Self::upload(cx, client, &states, &first).await?;
                 (first, digest, manifest, how)
             }
         };
@@ -620,8 +629,7 @@ impl Stage for Push {
             },
         ) = (lagging.is_empty(), &cx.cfg.image)
         {
-            let client =
-                RegistryClient::new(registry, repository, &cx.cfg.credentials, cx.cfg.tls_verify)?;
+            let client = client.as_ref().ok_or(Missing { what: "a registry" })?;
             let (bytes, media_type) = match manifest {
                 Some(bytes) => {
                     let media_type = registry::media_type_of(&bytes);
