@@ -1,0 +1,722 @@
+//! `runnerctl bump` against Debian's docker-registry configured with
+//! **token auth**: the registry answers `401` with a
+//! `WWW-Authenticate: Bearer realm=…,service=…` challenge, and both skopeo
+//! (the upload) and runnerctl's own registry client (the extra tags) must
+//! fetch a JWT from the realm with Basic credentials.
+//!
+//! The realm is a tiny token server run by the test itself: a std
+//! `TcpListener` thread answering `GET /token?service=…&scope=…` with
+//! `{"token": "<JWT>"}` when the request carries the right Basic
+//! credentials, `401` otherwise. Tokens are RS256 JWTs signed with
+//! `openssl dgst -sha256 -sign`, with the signing certificate in the `x5c`
+//! header; the registry trusts that certificate (`rootcertbundle`).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::*;
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+const USER: &str = "token-runner";
+const PASSWORD: &str = "t0ken-Runner-pw";
+const WRONG_PASSWORD: &str = "wr0ng-t0ken-pw";
+const SERVICE: &str = "test-registry";
+const ISSUER: &str = "test-issuer";
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Signing key and JWTs
+// ---------------------------------------------------------------------------
+
+/// An RSA key and its self-signed certificate (CN=test-issuer).
+struct SigningKey {
+    key: PathBuf,
+    cert: PathBuf,
+    /// Standard base64 of the certificate's DER, for the `x5c` header.
+    cert_der_b64: String,
+}
+
+impl SigningKey {
+    fn generate(dir: &Path) -> Self {
+        let key = dir.join("key.pem");
+        let cert = dir.join("cert.pem");
+        run_checked(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .args(["-days", "2", "-subj", "/CN=test-issuer"])
+                .stderr(Stdio::null()),
+        );
+        let pem = fs::read_to_string(&cert).expect("read cert.pem");
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .concat();
+        // Check it is valid base64 (DER) before using it.
+        base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .expect("cert.pem holds base64 DER");
+        SigningKey {
+            key,
+            cert,
+            cert_der_b64: body,
+        }
+    }
+
+    /// RS256: a PKCS#1 v1.5 signature over SHA-256 of `data`.
+    fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start openssl dgst");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(data)
+            .expect("write to openssl");
+        let out = child.wait_with_output().expect("openssl dgst");
+        assert!(
+            out.status.success(),
+            "openssl dgst -sign failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A JWT for `subject` granting `access` (a list of
+    /// `{"type","name","actions"}`).
+    fn jwt(&self, subject: &str, access: serde_json::Value) -> String {
+        static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = unix_now();
+        let header = serde_json::json!({
+            "typ": "JWT",
+            "alg": "RS256",
+            "x5c": [self.cert_der_b64],
+        });
+        let claims = serde_json::json!({
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + 600,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": format!("jti-{}-{}", std::process::id(), JTI.fetch_add(1, Ordering::SeqCst)),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signature = self.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64url(&signature))
+    }
+}
+
+/// `repository:<name>:<a,b>` scopes as JWT `access` entries.
+fn access_for(scopes: &[String]) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = scopes
+        .iter()
+        .flat_map(|s| s.split(' '))
+        .filter_map(|scope| {
+            let (kind, rest) = scope.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+            Some(serde_json::json!({ "type": kind, "name": name, "actions": actions }))
+        })
+        .collect();
+    serde_json::Value::Array(entries)
+}
+
+// ---------------------------------------------------------------------------
+// Token server
+// ---------------------------------------------------------------------------
+
+/// One `GET /token` the token server answered.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    user_agent: String,
+    /// The Basic user, if the request carried Basic credentials.
+    basic_user: Option<String>,
+    service: Option<String>,
+    scopes: Vec<String>,
+    /// A token was issued (the credentials were right).
+    issued: bool,
+}
+
+struct TokenServer {
+    port: u16,
+    log: Arc<Mutex<Vec<TokenRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(key: Arc<SigningKey>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        let port = listener.local_addr().expect("token server address").port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let log = log.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let key = key.clone();
+                    let log = log.clone();
+                    thread::spawn(move || serve_token(stream, &key, &log));
+                }
+            })
+        };
+        TokenServer {
+            port,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    fn requests(&self) -> Vec<TokenRequest> {
+        self.log.lock().expect("token log").clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, extra: &str, body: &str) {
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn serve_token(mut stream: TcpStream, key: &SigningKey, log: &Mutex<Vec<TokenRequest>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        if raw.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let mut authorization = None;
+    let mut user_agent = String::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "authorization" => authorization = Some(v.trim().to_string()),
+                "user-agent" => user_agent = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if method != "GET" || path != "/token" {
+        respond(&mut stream, "404 Not Found", "", "{}");
+        return;
+    }
+    let mut service = None;
+    let mut scopes = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(k).as_str() {
+            "service" => service = Some(percent_decode(v)),
+            "scope" => scopes.push(percent_decode(v)),
+            _ => {}
+        }
+    }
+    let basic = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Basic "))
+        .and_then(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| {
+            d.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        });
+    let ok = matches!(&basic, Some((u, p)) if u == USER && p == PASSWORD)
+        && service.as_deref() == Some(SERVICE);
+    let record = TokenRequest {
+        user_agent,
+        basic_user: basic.as_ref().map(|(u, _)| u.clone()),
+        service,
+        scopes: scopes.clone(),
+        issued: ok,
+    };
+    if !ok {
+        log.lock().expect("token log").push(record);
+        respond(
+            &mut stream,
+            "401 Unauthorized",
+            "WWW-Authenticate: Basic realm=\"token\"\r\n",
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+        );
+        return;
+    }
+    let token = key.jwt(USER, access_for(&scopes));
+    log.lock().expect("token log").push(record);
+    let body = serde_json::json!({ "token": token, "expires_in": 600 }).to_string();
+    respond(&mut stream, "200 OK", "", &body);
+}
+
+// ---------------------------------------------------------------------------
+// docker-registry with token auth
+// ---------------------------------------------------------------------------
+
+/// Like tests/common's supervisor: the registry dies with the test process.
+const SUPERVISOR: &str = r#"
+"$1" serve "$2" >>"$3" 2>&1 &
+reg=$!
+echo "$reg" >"$4"
+while kill -0 "$5" 2>/dev/null && kill -0 "$reg" 2>/dev/null; do
+  sleep 0.2
+done
+kill "$reg" 2>/dev/null
+wait "$reg"
+exit 0
+"#;
+
+struct TokenRegistry {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.0 request (headers only are returned).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad response: {head}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response { status, headers })
+}
+
+impl TokenRegistry {
+    fn start(realm: &str, cert: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("runnerctl-token-registry-")
+            .tempdir()
+            .expect("tempdir");
+        fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
+        let mut reg = TokenRegistry {
+            dir,
+            port: 0,
+            child: None,
+        };
+        let mut last = String::new();
+        // Another process may grab the port between probing and binding.
+        for _ in 0..5 {
+            reg.port = free_port();
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: runnerctl-token-tests\n\
+                 auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {cert}\n",
+                storage = reg.dir.path().join("storage").display(),
+                port = reg.port,
+                cert = cert.display(),
+            );
+            fs::write(reg.dir.path().join("config.yml"), config).expect("write config");
+            match reg.try_start() {
+                Ok(()) => return reg,
+                Err(e) => last = e,
+            }
+        }
+        panic!("docker-registry with token auth did not start: {last}");
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        let d = self.dir.path();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg("runnerctl-token-registry-supervisor")
+            .arg("/usr/bin/docker-registry")
+            .arg(d.join("config.yml"))
+            .arg(d.join("registry.log"))
+            .arg(d.join("registry.pid"))
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("could not start sh: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http(self.port, "GET", "/v2/", &[]) {
+                if r.status == 401 {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+                .unwrap_or(true);
+            if exited || Instant::now() > deadline {
+                self.stop();
+                return Err(format!(
+                    "no 401 from /v2/ (exited: {exited}); log:\n{}",
+                    self.log()
+                ));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let kill = |target: String| {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &target])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        kill(format!("-{}", child.id()));
+        if let Ok(pid) = fs::read_to_string(self.dir.path().join("registry.pid")) {
+            kill(pid.trim().to_string());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for TokenRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `Docker-Content-Digest` of `repo:tag`, asked with a token minted for
+/// `repository:<repo>:pull` (not through the token server, so its log holds
+/// only what runnerctl and skopeo asked for).
+fn digest(registry: &TokenRegistry, key: &SigningKey, repo: &str, tag: &str) -> Option<String> {
+    let token = key.jwt(
+        "test-code",
+        access_for(&[format!("repository:{repo}:pull")]),
+    );
+    let bearer = format!("Bearer {token}");
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, \
+         application/vnd.docker.distribution.manifest.list.v2+json, \
+         application/vnd.oci.image.manifest.v1+json, \
+         application/vnd.oci.image.index.v1+json";
+    let r = http(
+        registry.port,
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Authorization", &bearer), ("Accept", accept)],
+    )
+    .unwrap_or_else(|e| panic!("HEAD {repo}:{tag}: {e}"));
+    match r.status {
+        200 => Some(
+            r.header("docker-content-digest")
+                .unwrap_or_else(|| panic!("HEAD {repo}:{tag} has no Docker-Content-Digest"))
+                .to_string(),
+        ),
+        404 => None,
+        s => panic!(
+            "HEAD {repo}:{tag} answered {s}; registry log:\n{}",
+            registry.log()
+        ),
+    }
+}
+
+fn nix_tag(out_path: &str) -> String {
+    let name = Path::new(out_path)
+        .file_name()
+        .unwrap_or_else(|| panic!("no file name in {out_path}"))
+        .to_string_lossy()
+        .into_owned();
+    let (hash, _) = name
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{out_path} is not a store path"));
+    assert_eq!(hash.len(), 32, "{out_path}");
+    format!("nix-{hash}")
+}
+
+fn date_tag(secs: i64) -> String {
+    let d = time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
+        .date();
+    format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+#[test]
+fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
+    let key_dir = tempfile::Builder::new()
+        .prefix("runnerctl-token-key-")
+        .tempdir()
+        .expect("tempdir");
+    let key = Arc::new(SigningKey::generate(key_dir.path()));
+    let tokens = TokenServer::start(key.clone());
+    let registry = TokenRegistry::start(&tokens.realm(), &key.cert);
+
+    // The registry really asks for a token from our realm.
+    let ping = http(registry.port, "GET", "/v2/", &[]).expect("ping registry");
+    assert_eq!(ping.status, 401);
+    let challenge = ping.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer ")
+            && challenge.contains(&tokens.realm())
+            && challenge.contains(SERVICE),
+        "unexpected challenge {challenge:?}"
+    );
+
+    let base = fresh_time();
+    let mut nixpkgs = StandInNixpkgs::new_at(base);
+    let repo = RunnerRepo::new(&nixpkgs);
+    let new_time = base + 3 * DAY;
+    nixpkgs.commit(new_time);
+
+    let image = format!("docker://127.0.0.1:{}/{IMAGE_REPO}", registry.port);
+    let bump = |password: &str| {
+        Run::new([
+            "bump",
+            "--no-git-push",
+            "--image",
+            image.as_str(),
+            "--tls-verify",
+            "false",
+            "--json",
+        ])
+        .in_repo(&repo)
+        .env("RUNNERCTL_REGISTRY_USER", USER)
+        .env("RUNNERCTL_REGISTRY_PASSWORD", password)
+        .timeout(TIMEOUT)
+        .run()
+    };
+
+    let out = bump(PASSWORD);
+    assert!(
+        out.success() && !out.timed_out,
+        "bump failed\n{out}\n--- registry log ---\n{}\n--- token requests ---\n{:#?}",
+        registry.log(),
+        tokens.requests()
+    );
+    let report = out.json();
+    assert_eq!(report["outcome"], "success", "{out}");
+    let date = date_tag(new_time);
+    assert_eq!(report["date"], date.as_str(), "{out}");
+    let out_path = report["out_path"].as_str().expect("out_path").to_string();
+    let reported_digest = report["digest"].as_str().expect("digest").to_string();
+
+    // All four tags exist and name one manifest, the one runnerctl reports.
+    let tags = [
+        "latest".to_string(),
+        "unstable".to_string(),
+        date.clone(),
+        nix_tag(&out_path),
+    ];
+    for tag in &tags {
+        let got = digest(&registry, &key, IMAGE_REPO, tag);
+        assert_eq!(
+            got.as_deref(),
+            Some(reported_digest.as_str()),
+            "tag {tag}; registry log:\n{}",
+            registry.log()
+        );
+    }
+
+    // The token server saw Basic credentials and issued tokens, to skopeo
+    // and to runnerctl's own client (ureq), for the repository with pull
+    // and push, for the configured service.
+    let requests = tokens.requests();
+    assert!(!requests.is_empty(), "no token was requested");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.basic_user.as_deref() == Some(USER) && r.issued),
+        "{requests:#?}"
+    );
+    let wanted_scope = format!("repository:{IMAGE_REPO}:pull,push");
+    let from_runnerctl: Vec<&TokenRequest> = requests
+        .iter()
+        .filter(|r| r.user_agent.starts_with("ureq"))
+        .collect();
+    // One client per push: it authenticates once and reuses the token.
+    assert_eq!(
+        from_runnerctl.len(),
+        1,
+        "runnerctl's client should fetch exactly one token: {requests:#?}"
+    );
+    assert!(
+        from_runnerctl
+            .iter()
+            .all(|r| r.service.as_deref() == Some(SERVICE) && r.scopes == [wanted_scope.clone()]),
+        "{from_runnerctl:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| !r.user_agent.starts_with("ureq")
+            && r.scopes.iter().any(|s| s.contains(&wanted_scope))),
+        "skopeo fetched no push token: {requests:#?}"
+    );
+    // The extra tags were written by runnerctl's client with a Bearer token.
+    let log = registry.log();
+    let ureq_puts = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/") && l.contains("/manifests/") && l.contains("ureq"))
+        .count();
+    assert!(
+        ureq_puts >= 3,
+        "no manifest PUT by runnerctl's client in the registry log:\n{}",
+        registry.log()
+    );
+
+    // A wrong password: the token server refuses, runnerctl exits 1 and
+    // says so.
+    let before = tokens.requests().len();
+    nixpkgs.commit(new_time + DAY);
+    let out = bump(WRONG_PASSWORD);
+    out.assert_code(1);
+    assert!(
+        out.stderr.to_lowercase().contains("credentials"),
+        "stderr does not mention the credentials\n{out}"
+    );
+    assert!(!out.stdout.contains(WRONG_PASSWORD) && !out.stderr.contains(WRONG_PASSWORD));
+    let refused: Vec<TokenRequest> = tokens.requests()[before..].to_vec();
+    assert!(
+        !refused.is_empty() && refused.iter().all(|r| !r.issued),
+        "{refused:#?}"
+    );
+}
