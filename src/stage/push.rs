@@ -583,10 +583,13 @@ impl Stage for Push {
                 (first, digest, manifest, how)
             }
         };
-        // Remember the digest as soon as it exists, so a resumed run only
-        // retags.
+        // Remember the digest as soon as it exists, and save it, so a run
+        // killed during the retags resumes with only the missing tags (the
+        // rerun's own upload could give another manifest, an OCI one
+        // instead of skopeo's docker one, and move the tags already there).
         cx.digest = Some(digest.clone());
         Self::remember(cx, &digest);
+        cx.save()?;
 
         // 2. Every other tag: a manifest-only PUT of the same bytes (the
         // registry checks that it has every blob). One at a time: the

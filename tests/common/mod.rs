@@ -605,20 +605,90 @@ impl RunnerRepo {
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Starts the registry in the background and watches the test process: if
-/// that dies without dropping the [`Registry`], the registry is killed too.
-/// Args: registry binary, config, log file, pid file, pid to watch.
-const REGISTRY_SUPERVISOR: &str = r#"
-"$1" serve "$2" >>"$3" 2>&1 &
-reg=$!
-echo "$reg" >"$4"
-while kill -0 "$5" 2>/dev/null && kill -0 "$reg" 2>/dev/null; do
+/// Runs a server in the background and watches the test process: if that
+/// dies without dropping the [`ServerProcess`], the server is killed too.
+/// Args: log file, pid file, pid to watch, then the server's argv.
+const SERVER_SUPERVISOR: &str = r#"
+log=$1 pidfile=$2 watch=$3
+shift 3
+"$@" >>"$log" 2>&1 &
+server=$!
+echo "$server" >"$pidfile"
+while kill -0 "$watch" 2>/dev/null && kill -0 "$server" 2>/dev/null; do
   sleep 0.2
 done
-kill "$reg" 2>/dev/null
-wait "$reg"
+kill "$server" 2>/dev/null
+wait "$server"
 exit 0
 "#;
+
+/// The environment variable every server a test starts carries (its value
+/// names the kind of server): scripts/test's leak check looks for it.
+pub const TEST_SERVER_ENV: &str = "RUNNERCTL_TEST_SERVER";
+
+/// A server process (e.g. docker-registry) a test started: under a small
+/// sh supervisor that kills it when the test process dies, in a process
+/// group of its own that [`stop`](Self::stop) and `Drop` kill (on success,
+/// failure and panic). Its stdout and stderr are appended to a log file.
+pub struct ServerProcess {
+    child: Child,
+    pid_file: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `argv` as a server of `kind`, logging to `log`; `pid_file`
+    /// receives the server's pid.
+    pub fn start(kind: &str, argv: &[&OsStr], log: &Path, pid_file: &Path) -> Result<Self, String> {
+        let _ = fs::remove_file(pid_file);
+        let program = argv
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(SERVER_SUPERVISOR)
+            .arg(format!("runnerctl-test-{kind}-supervisor"))
+            .arg(log)
+            .arg(pid_file)
+            .arg(std::process::id().to_string())
+            .args(argv)
+            .env(TEST_SERVER_ENV, kind)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Supervisor and server share a process group that stop() kills.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("could not start sh for {program}: {e}"))?;
+        Ok(ServerProcess {
+            child,
+            pid_file: pid_file.to_path_buf(),
+        })
+    }
+
+    /// The supervisor has ended (so has the server).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILLs the process group and the server (should it have left the
+    /// group), and reaps the supervisor.
+    pub fn stop(&mut self) {
+        kill(&self.child.id().to_string(), true);
+        if let Ok(pid) = fs::read_to_string(&self.pid_file) {
+            kill(pid.trim(), false);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 /// A private docker-registry on 127.0.0.1 with htpasswd (bcrypt) auth and
 /// filesystem storage in a temp dir. Killed on drop.
@@ -632,7 +702,7 @@ pub struct Registry {
     port: u16,
     user: String,
     password: String,
-    child: Option<Child>,
+    child: Option<ServerProcess>,
 }
 
 impl Registry {
@@ -709,34 +779,24 @@ impl Registry {
     }
 
     fn try_start(&mut self) -> Result<(), String> {
-        let _ = fs::remove_file(self.pid_file());
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(REGISTRY_SUPERVISOR)
-            .arg("runnerctl-registry-supervisor")
-            .arg(REGISTRY_BIN)
-            .arg(self.dir.path().join("config.yml"))
-            .arg(self.log_path())
-            .arg(self.pid_file())
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Supervisor and registry share a process group that stop() kills.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("could not start sh for {REGISTRY_BIN}: {e}"))?;
+        let config = self.dir.path().join("config.yml");
+        let child = ServerProcess::start(
+            "docker-registry",
+            &[
+                OsStr::new(REGISTRY_BIN),
+                OsStr::new("serve"),
+                config.as_os_str(),
+            ],
+            &self.log_path(),
+            &self.pid_file(),
+        )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(HttpResponse { status: 401, .. }) = self.request("GET", "/v2/", &[], false) {
                 return Ok(());
             }
-            let exited = self
-                .child
-                .as_mut()
-                .map(|c| matches!(c.try_wait(), Ok(Some(_))))
-                .unwrap_or(true);
+            let exited = self.child.as_mut().is_none_or(ServerProcess::exited);
             if exited || Instant::now() > deadline {
                 self.stop();
                 return Err(format!(
@@ -763,14 +823,7 @@ impl Registry {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // The registry runs in the supervisor's process group.
-        kill(&child.id().to_string(), true);
-        if let Ok(pid) = fs::read_to_string(self.pid_file()) {
-            kill(pid.trim(), false);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = fs::remove_file(self.pid_file());
+        child.stop();
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
@@ -844,6 +897,25 @@ impl Registry {
             .lines()
             .filter(|l| l.contains("\"PUT /v2/") && l.contains("/manifests/"))
             .count()
+    }
+
+    /// The tag (or digest) of every manifest PUT the registry answered 201,
+    /// in order, from the access log: `"PUT /v2/<repo>/manifests/<ref> …" 201`.
+    pub fn manifest_puts_by_ref(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let start = l.find("\"PUT /v2/")?;
+                let rest = &l[start + 1..];
+                let (request, after) = rest.split_once('"')?;
+                let reference = request
+                    .split_whitespace()
+                    .nth(1)?
+                    .split_once("/manifests/")?
+                    .1;
+                (after.split_whitespace().next() == Some("201")).then(|| reference.to_string())
+            })
+            .collect()
     }
 
     /// Tags of `repo` (empty if the repository does not exist).

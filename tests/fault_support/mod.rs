@@ -918,6 +918,11 @@ struct ProxyCounters {
     release: AtomicBool,
     injected: AtomicUsize,
     manifest_puts: AtomicUsize,
+    /// Answer 401 to every blob upload's data (`PATCH`/`PUT` on
+    /// `/v2/…/blobs/uploads/…`), as a registry that lets these credentials
+    /// pull but not push does.
+    deny_uploads: AtomicBool,
+    denied: AtomicUsize,
     log: Mutex<Vec<String>>,
 }
 
@@ -989,6 +994,17 @@ impl FaultProxy {
         self.c.release.store(true, Ordering::SeqCst);
     }
 
+    /// Answer 401 (`UNAUTHORIZED`) to the data of every blob upload from
+    /// now on; reads (pings, manifests, blob checks) still go through.
+    pub fn deny_uploads(&self) {
+        self.c.deny_uploads.store(true, Ordering::SeqCst);
+    }
+
+    /// 401s answered to uploads so far.
+    pub fn denied(&self) -> usize {
+        self.c.denied.load(Ordering::SeqCst)
+    }
+
     /// 500s answered so far.
     pub fn injected(&self) -> usize {
         self.c.injected.load(Ordering::SeqCst)
@@ -1046,6 +1062,22 @@ fn proxy_one(
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if counters.deny_uploads.load(Ordering::SeqCst)
+        && matches!(method, "PATCH" | "PUT")
+        && path.starts_with("/v2/")
+        && path.contains("/blobs/uploads/")
+    {
+        counters.denied.fetch_add(1, Ordering::SeqCst);
+        drain_body(&mut client, &text)?;
+        let msg = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":"injected fault: these credentials may pull but not push"}]}"#;
+        let resp = format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWww-Authenticate: Basic realm=\"runnerctl-tests\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+            msg.len()
+        );
+        client.write_all(resp.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     if method == "PUT" && path.starts_with("/v2/") && path.contains("/manifests/") {
         let nth = counters.manifest_puts.fetch_add(1, Ordering::SeqCst) + 1;
         let take = nth > counters.skip.load(Ordering::SeqCst)
@@ -1106,6 +1138,47 @@ fn proxy_one(
     let _ = std::io::copy(&mut client, &mut upstream);
     let _ = upstream.shutdown(Shutdown::Write);
     let _ = down.join();
+    Ok(())
+}
+
+/// Reads a request's body (by `Content-Length`, or chunk by chunk) and
+/// throws it away, so that the client reads the answer instead of a reset.
+fn drain_body(client: &mut TcpStream, head: &str) -> std::io::Result<()> {
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            line.clear();
+            while !line.ends_with(b"\r\n") {
+                if client.read(&mut byte)? == 0 {
+                    return Ok(());
+                }
+                line.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&line);
+            let size = text.trim().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size, 16).unwrap_or(0);
+            // The chunk and its CRLF; after the last (empty) chunk, the
+            // final CRLF (no trailers are sent).
+            std::io::copy(
+                &mut Read::take(&mut *client, size as u64 + 2),
+                &mut std::io::sink(),
+            )?;
+            if size == 0 {
+                return Ok(());
+            }
+        }
+    }
+    let len = header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    std::io::copy(&mut Read::take(&mut *client, len), &mut std::io::sink())?;
     Ok(())
 }
 
