@@ -787,6 +787,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
         .env("RUNNERCTL_REGISTRY_PASSWORD", w.registry.password());
     let mut child = cmd.spawn().expect("start runnerctl");
     let pid = child.id();
+    let _group = KillGroupOnDrop(pid);
     let output = || {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",

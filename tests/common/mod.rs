@@ -1114,6 +1114,17 @@ fn kill(pid: &str, group: bool) {
         .status();
 }
 
+/// SIGKILLs a process group when dropped (on success, failure and panic):
+/// for a test that starts runnerctl in a group of its own and may panic
+/// before it ends.
+pub struct KillGroupOnDrop(pub u32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        kill(&self.0.to_string(), true);
+    }
+}
+
 /// A TCP port that was free a moment ago (bind port 0, read it, close).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0")
