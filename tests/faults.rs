@@ -635,17 +635,11 @@ fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
             "nothing was committed or pushed to git",
         ],
     );
-    assert!(
-        !squash(&out.stderr).contains("retrying"),
-        "a 401 is not retried\n{out}"
-    );
     // The inspects before the copy went through: the build ran.
     assert_eq!(w.nix_builds(), 1);
-    // One copy, refused: the shims saw one `skopeo copy`; the proxy
-    // refused at least one upload, and after the first refusal saw no new
-    // session (skopeo pings /v2/ once per run, before anything else).
-    let copies = w.shims.count("skopeo", &["copy"]);
-    assert_eq!(copies, 1, "skopeo copy ran {copies} times\n{out}");
+    // One copy, refused: the proxy refused at least one upload, and after
+    // the first refusal saw no new session (skopeo pings /v2/ once per
+    // run, before anything else); the shims saw one `skopeo copy`.
     assert!(proxy.denied() >= 1, "{:#?}", proxy.requests());
     let requests = proxy.requests();
     let first_refused = requests
@@ -661,6 +655,12 @@ fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
     assert!(
         pings_after.is_empty(),
         "a second attempt after the 401: {requests:#?}"
+    );
+    let copies = w.shims.count("skopeo", &["copy"]);
+    assert_eq!(copies, 1, "skopeo copy ran {copies} times\n{out}");
+    assert!(
+        !squash(&out.stderr).contains("retrying"),
+        "a 401 is not retried\n{out}"
     );
     // Nothing tagged or committed.
     assert!(w.registry.tags(IMAGE_REPO).is_empty());
