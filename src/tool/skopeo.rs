@@ -129,7 +129,7 @@ pub fn write_policy(state_dir: &Path, cache_dir: &Path) -> Result<PathBuf, Polic
     Ok(policy_path(state_dir))
 }
 
-/// Options every skopeo call gets, before the subcommand.
+/// Options every skopeo call gets (right after the subcommand).
 pub fn global_args(policy: &Path, timeout: Duration) -> Vec<String> {
     vec![
         "--policy".to_string(),
@@ -320,6 +320,16 @@ pub fn classify(stderr: &[String]) -> Failure {
     }
 }
 
+/// The registry answered that the tag (or its repository) does not exist,
+/// which for `inspect` is an answer, not an error. A 404 from something
+/// that is not a registry at all ("pinging container registry …: invalid
+/// status code from registry 404") is not.
+pub fn tag_is_absent(stderr: &[String]) -> bool {
+    let text = stderr.join("\n").to_ascii_lowercase();
+    classify(stderr) == Failure::NotFound
+        && (text.contains("manifest unknown") || text.contains("name unknown"))
+}
+
 pub const AUTH_HELP: &str = "the registry rejected the credentials: check RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD (or the file named by REGISTRY_AUTH_FILE), then run again; nothing was committed or pushed to git";
 
 /// The registry host (`HOST[:PORT]`) a skopeo argv talks to, if any.
@@ -361,8 +371,8 @@ pub fn explain_failure(failure: Failure, cx: &Context) -> (String, String) {
             AUTH_HELP.to_string(),
         ),
         Failure::NotFound => (
-            format!("{host} has no such repository or tag"),
-            format!("check the repository path in --image / RUNNERCTL_IMAGE, and that the account may create it on {host}; {not_again}"),
+            format!("{host} has no such repository or tag, or is not a registry"),
+            format!("check the address and the repository path in --image / RUNNERCTL_IMAGE (a registry answers 401 or 200 at http(s)://{host}/v2/), and that the account may create the repository; {not_again}"),
         ),
         Failure::Tls(TlsProblem::PlainHttp) => (
             format!("{host} speaks plain HTTP, not HTTPS"),
@@ -444,10 +454,12 @@ impl Skopeo {
         self.cmd_with_timeout(args, self.timeout)
     }
 
-    fn cmd_with_timeout(&self, args: Vec<String>, timeout: Duration) -> Cmd {
-        Cmd::new(&self.path)
-            .args(global_args(&self.policy, timeout))
-            .args(args)
+    fn cmd_with_timeout(&self, mut args: Vec<String>, timeout: Duration) -> Cmd {
+        // skopeo's global options are accepted after the subcommand too:
+        // `skopeo copy --policy … --command-timeout …`.
+        let at = usize::from(!args.is_empty());
+        args.splice(at..at, global_args(&self.policy, timeout));
+        Cmd::new(&self.path).args(args)
     }
 
     /// The argv of a copy that may upload up to `bytes` (for plans).
@@ -470,10 +482,11 @@ impl Skopeo {
         if out.success() {
             return Ok(Some(out.stdout));
         }
-        match classify(&out.stderr_tail) {
-            Failure::NotFound => Ok(None),
-            failure => Err(self.explain(&cmd, &out, failure, host.as_deref(), self.timeout)),
+        if tag_is_absent(&out.stderr_tail) {
+            return Ok(None);
         }
+        let failure = classify(&out.stderr_tail);
+        Err(self.explain(&cmd, &out, failure, host.as_deref(), self.timeout))
     }
 
     /// `skopeo copy`, for an image of up to `bytes` to upload.
@@ -654,7 +667,7 @@ mod tests {
     }
 
     #[test]
-    fn every_call_gets_the_policy_and_a_timeout_before_the_subcommand() {
+    fn every_call_gets_the_policy_and_a_timeout() {
         let skopeo = Skopeo {
             path: "/usr/bin/skopeo".into(),
             policy: "/s/.runnerctl/policy.json".into(),
@@ -665,11 +678,11 @@ mod tests {
         assert_eq!(
             inspect.args[..5],
             [
+                "inspect",
                 "--policy",
                 "/s/.runnerctl/policy.json",
                 "--command-timeout",
                 "30s",
-                "inspect"
             ]
         );
         // A copy gets time for its upload: 2 × 30 s + 1 s per 256 KiB.
@@ -677,11 +690,11 @@ mod tests {
         assert_eq!(
             copy.args[..5],
             [
+                "copy",
                 "--policy",
                 "/s/.runnerctl/policy.json",
                 "--command-timeout",
                 "4156s",
-                "copy"
             ]
         );
         assert_eq!(
@@ -882,6 +895,15 @@ mod tests {
         assert!(plain.contains("--tls-verify false"));
         let (_, ca) = explain_failure(Failure::Tls(TlsProblem::UnknownAuthority), &cx);
         assert!(ca.contains("SSL_CERT_FILE"));
+    }
+
+    #[test]
+    fn only_a_registrys_own_not_found_means_the_tag_is_absent() {
+        let absent = r#"time="2026-12-01T06:18:41Z" level=fatal msg="Error parsing image name \"docker://127.0.0.1:45123/x/y:nosuch\": reading manifest nosuch in 127.0.0.1:45123/x/y: manifest unknown: manifest unknown""#;
+        assert!(tag_is_absent(&lines(absent)));
+        let not_a_registry = r#"time="2026-12-01T06:37:09Z" level=fatal msg="Error parsing image name \"docker://127.0.0.1:45126/x/y:t\": pinging container registry 127.0.0.1:45126: invalid status code from registry 404 (Not Found)""#;
+        assert!(!tag_is_absent(&lines(not_a_registry)));
+        assert_eq!(classify(&lines(not_a_registry)), Failure::NotFound);
     }
 
     #[test]
