@@ -578,7 +578,10 @@ impl Registry {
                 RegistryError::Timeout {
                     host: self.registry.clone(),
                     secs: self.timeout.as_secs(),
-                    url: self.url("", &format!("manifests/{reference}")),
+                    url: format!(
+                        "{}/v2/{}/manifests/{reference}",
+                        self.registry, self.repository
+                    ),
                 }
             } else {
                 RegistryError::Transport {

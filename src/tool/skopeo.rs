@@ -298,9 +298,17 @@ pub fn classify(stderr: &[String]) -> Failure {
         "denied: ",
         "403 forbidden",
         "forbidden: ",
+        "statuscode: 401",
+        "statuscode: 403",
+        "invalid status code from registry 403",
     ]) {
         Failure::Unauthorized
-    } else if has(&["manifest unknown", "name unknown", "not found"]) {
+    } else if has(&[
+        "manifest unknown",
+        "name unknown",
+        "not found",
+        "statuscode: 404",
+    ]) {
         Failure::NotFound
     } else if has(&[
         "connection refused",
@@ -313,6 +321,9 @@ pub fn classify(stderr: &[String]) -> Failure {
         "503 service unavailable",
         "504 gateway timeout",
         "unexpected http status: 5",
+        "invalid status code from registry 5",
+        "statuscode: 5",
+        "too many requests to registry",
     ]) {
         Failure::Unavailable
     } else {
@@ -803,8 +814,29 @@ mod tests {
     ];
 
     /// The same failures as later containers/image releases word them
-    /// (skopeo 1.18 on Debian 13: Go ≥ 1.20 TLS errors, the typed 401).
+    /// (skopeo 1.18 on Debian 13: Go ≥ 1.20 TLS errors, the typed 401
+    /// `unable to retrieve auth token: invalid username/password: …`,
+    /// `loading trust policy: …` without "Error", and the generic
+    /// `invalid status code from registry N (Text)` / `StatusCode: N, body`
+    /// of containers/image's docker client). Not captured here: written
+    /// from those sources' format strings.
     const LATER_WORDING: &[(&str, Failure)] = &[
+        (
+            r#"time="2025-06-01T00:00:00Z" level=fatal msg="pinging container registry r.example: invalid status code from registry 403 (Forbidden)""#,
+            Failure::Unauthorized,
+        ),
+        (
+            r#"time="2025-06-01T00:00:00Z" level=fatal msg="reading manifest t in r.example/x: StatusCode: 403, <html><body>Forbidden</body></html>""#,
+            Failure::Unauthorized,
+        ),
+        (
+            r#"time="2025-06-01T00:00:00Z" level=fatal msg="pinging container registry r.example: invalid status code from registry 503 (Service Unavailable)""#,
+            Failure::Unavailable,
+        ),
+        (
+            r#"time="2025-06-01T00:00:00Z" level=fatal msg="reading manifest t in r.example/x: too many requests to registry""#,
+            Failure::Unavailable,
+        ),
         (
             r#"time="2025-06-01T00:00:00Z" level=fatal msg="loading trust policy: open /etc/containers/policy.json: no such file or directory""#,
             Failure::Policy,
