@@ -324,6 +324,29 @@ fn a_policy_file_that_is_missing_or_not_json_is_refused_in_preflight() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn a_wrong_password_gives_the_credentials_help() {
+    let mut w = World::new();
+    w.password = "not-the-password".into();
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
+    assert_stderr_mentions(
+        &out,
+        &[
+            &format!("{} refused the credentials (401/403)", w.registry.host()),
+            "unauthorized: authentication required",
+            "RUNNERCTL_REGISTRY_PASSWORD",
+        ],
+    );
+    assert_no_run_again(&out);
+    assert_eq!(
+        w.nix_builds(),
+        0,
+        "nothing built with credentials the registry refuses"
+    );
+    assert_nothing_published(&w);
+}
+
+#[test]
 fn an_address_that_is_not_a_registry_gives_the_not_found_help() {
     let w = World::new();
     let web = ChildServer::web();
