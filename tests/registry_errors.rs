@@ -2,9 +2,10 @@
 //! reliance on the host's containers policy.
 //!
 //! Every case runs the real binary against real skopeo and a real
-//! docker-registry (or, where the fault is "something else answers", a real
-//! server of another kind: a plain web server, an `openssl s_server` with a
-//! self-signed certificate, a socket that accepts and never answers).
+//! docker-registry, or, where the fault is that something else answers,
+//! against a server of another kind: an `openssl s_server` with a
+//! self-signed certificate, or a socket on 127.0.0.1 that answers 404 to
+//! everything (a web server that is not a registry) or never answers.
 //! Each asserts the diagnostic's code, headline and help, that nothing was
 //! committed or tagged, and, for every class but the network ones, that
 //! the help does not send the user to "run the same command again".
@@ -112,18 +113,6 @@ impl ChildServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// A web server that is not a registry: 404 for /v2/.
-    fn web() -> ChildServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(dir.path());
-        ChildServer::start(cmd, port, dir)
-    }
-
     /// An HTTPS server whose certificate no one trusts (`openssl s_server`
     /// with a fresh self-signed certificate for 127.0.0.1).
     fn untrusted_tls() -> ChildServer {
@@ -169,17 +158,48 @@ impl Drop for ChildServer {
     }
 }
 
-/// A socket on 127.0.0.1 that accepts every connection and never sends a
-/// byte. Stopped (its connections closed) on drop.
-struct SilentServer {
+/// What a [`TcpServer`] does with a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Nothing, ever (the connection stays open).
+    Never,
+    /// `404 Not Found` to every request, as a web server that is not a
+    /// registry answers `/v2/`.
+    NotFound,
+}
+
+/// A server on 127.0.0.1 that is not a registry. Stopped (its connections
+/// closed) on drop.
+struct TcpServer {
     port: u16,
     accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl SilentServer {
-    fn start() -> SilentServer {
+/// Answer one HTTP request with a 404 page, then close.
+fn answer_not_found(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match std::io::Read::read(&mut stream, &mut byte) {
+            // Not HTTP (a TLS handshake first: skopeo tries https): close.
+            Ok(1) if head.is_empty() && !byte[0].is_ascii_uppercase() => return,
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let body = "<html><body><h1>404 Not Found</h1></body></html>";
+    let response = format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+}
+
+impl TcpServer {
+    fn start(answer: Answer) -> TcpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("local addr").port();
@@ -193,7 +213,13 @@ impl SilentServer {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             accepted.fetch_add(1, Ordering::SeqCst);
-                            held.push(stream);
+                            match answer {
+                                Answer::Never => held.push(stream),
+                                Answer::NotFound => {
+                                    let _ = stream.set_nonblocking(false);
+                                    thread::spawn(move || answer_not_found(stream));
+                                }
+                            }
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             thread::sleep(Duration::from_millis(20))
@@ -203,7 +229,7 @@ impl SilentServer {
                 }
             })
         };
-        SilentServer {
+        TcpServer {
             port,
             accepted,
             stop,
@@ -216,7 +242,7 @@ impl SilentServer {
     }
 }
 
-impl Drop for SilentServer {
+impl Drop for TcpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
@@ -349,7 +375,7 @@ fn a_wrong_password_gives_the_credentials_help() {
 #[test]
 fn an_address_that_is_not_a_registry_gives_the_not_found_help() {
     let w = World::new();
-    let web = ChildServer::web();
+    let web = TcpServer::start(Answer::NotFound);
     let image = image_arg(&web.host());
     let out = w.run(&w.bump_args_to(&image, &[]));
     assert_diagnostic(&out, "runnerctl::skopeo::not_found");
@@ -365,6 +391,7 @@ fn an_address_that_is_not_a_registry_gives_the_not_found_help() {
         ],
     );
     assert_no_run_again(&out);
+    assert!(web.accepted.load(Ordering::SeqCst) > 0, "skopeo asked it");
     assert_eq!(
         w.nix_builds(),
         0,
@@ -463,7 +490,7 @@ fn run_from_first_inspect(w: &mut World, args: &[String]) -> (RunOutput, Instant
 #[test]
 fn a_registry_that_accepts_and_never_answers_times_out() {
     let mut w = World::new();
-    let silent = SilentServer::start();
+    let silent = TcpServer::start(Answer::Never);
     let args = w.bump_args_to(&image_arg(&silent.host()), &["--registry-timeout", "3"]);
     let (out, since) = run_from_first_inspect(&mut w, &args);
     assert_timed_out(&out, since, &silent.host(), 3);
