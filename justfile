@@ -31,7 +31,7 @@ test:
 demo:
     bash scripts/demo
 
-# First image only (image.yml's bootstrap job, on a stock ubuntu-latest
+# First image only (bootstrap.yml, on a stock ubuntu-latest
 # container): install Nix with the Determinate Systems installer. Containers
 # have no systemd, hence --init none: no daemon, Nix runs as root directly.
 bootstrap-nix:

@@ -135,6 +135,20 @@ pub struct RunArgs {
     #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     pub tls_verify: bool,
 
+    /// The containers trust policy for skopeo [default: runnerctl writes its own, STATE_DIR/policy.json].
+    #[arg(long, env = "RUNNERCTL_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Seconds the registry may take to answer one request (skopeo's --command-timeout; a copy gets more for its upload).
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
+
     /// Commit subject template; {date} is the date tag.
     #[arg(
         long,

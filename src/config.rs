@@ -55,6 +55,10 @@ pub struct Config {
     pub image: ImageRef,
     pub tag_templates: Vec<TagTemplate>,
     pub tls_verify: bool,
+    /// The user's containers policy (--policy); None: runnerctl's own.
+    pub policy: Option<PathBuf>,
+    /// How long the registry may take to answer one request.
+    pub registry_timeout: std::time::Duration,
     pub commit_message: String,
     pub git_push: bool,
     pub nix_tag: bool,
@@ -193,6 +197,8 @@ impl Config {
             image,
             tag_templates,
             tls_verify: args.tls_verify,
+            policy: args.policy.clone(),
+            registry_timeout: std::time::Duration::from_secs(args.registry_timeout),
             commit_message: args.commit_message.clone(),
             git_push: !args.no_git_push,
             nix_tag: !args.no_nix_tag,

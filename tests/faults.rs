@@ -542,7 +542,7 @@ fn registry_stopped_mid_push_bounded_retries_clear_error_then_resume() {
         );
     }
     // A clear error: what failed, skopeo's own words, and what to do.
-    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_diagnostic(&out, "runnerctl::skopeo::unavailable");
     assert_stderr_mentions(
         &out,
         &[
@@ -570,7 +570,7 @@ fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     let mut w = World::new();
     w.password = "not-the-password".into();
     let out = w.bump(&[]);
-    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
     assert_stderr_mentions(
         &out,
         &[
@@ -688,7 +688,7 @@ fn a_500_on_every_manifest_write_fails_clearly_then_resumes() {
     let args = w.bump_args_to(&image, &[]);
     let started = Instant::now();
     let out = w.run(&args);
-    assert_diagnostic(&out, "runnerctl::tool::failed");
+    assert_diagnostic(&out, "runnerctl::skopeo::unavailable");
     assert!(
         started.elapsed() < Duration::from_secs(90),
         "bounded retries"

@@ -194,7 +194,7 @@ fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
         } else {
             w.bump(&[])
         };
-        assert_diagnostic(&out, "runnerctl::tool::failed");
+        assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
         assert_stderr_mentions(&out, &["the registry rejected the credentials"]);
         if json {
             assert_eq!(out.json()["outcome"], "failure");

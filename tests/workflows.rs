@@ -8,7 +8,19 @@ use std::process::Command;
 
 use serde_yaml::{Mapping, Value};
 
-const WORKFLOWS: [&str; 2] = ["image.yml", "bump.yml"];
+const WORKFLOWS: [&str; 3] = ["image.yml", "bump.yml", "bootstrap.yml"];
+/// The one step allowed to run something other than runnerctl or just:
+/// bootstrap.yml installs just inline (Debian's pip, PyPI's rust-just), as
+/// no action that a default Forgejo instance resolves installs it.
+const INSTALL_JUST: [&str; 3] = [
+    "apt-get update -q",
+    "apt-get install -y -q --no-install-recommends python3-pip",
+    "pip3 install --break-system-packages rust-just",
+];
+/// Actions a default Forgejo instance resolves: its DEFAULT_ACTIONS_URL,
+/// https://data.forgejo.org, mirrors the `actions/` organisation (and
+/// not, for example, taiki-e/install-action).
+const RESOLVABLE_ACTION_OWNERS: [&str; 1] = ["actions/"];
 /// The shell the steps on the nixos runner run in: the flake's `ci` dev
 /// shell, which provides runnerctl and just.
 const CI_SHELL_PREFIX: &str = "nix develop .#ci --command ";
@@ -76,14 +88,22 @@ struct RunStep {
     run: String,
     shell: Option<String>,
     env: BTreeMap<String, String>,
-    earlier_uses: Vec<Value>,
+    /// The `run:` scripts of the earlier steps of the same job.
+    earlier_runs: Vec<String>,
+}
+
+impl RunStep {
+    fn installs_just(&self) -> bool {
+        self.place.starts_with("bootstrap.yml ")
+            && command_lines(&self.run).eq(INSTALL_JUST.iter().copied())
+    }
 }
 
 fn run_steps(name: &str, workflow: &Value) -> Vec<RunStep> {
     let mut found = Vec::new();
     for (job_name, job) in jobs(workflow) {
         let job_shell = job["defaults"]["run"]["shell"].as_str();
-        let mut earlier_uses = Vec::new();
+        let mut earlier_runs = Vec::new();
         for (index, step) in steps(job).iter().enumerate() {
             if let Some(run) = step.get("run") {
                 let mut env = env_of(workflow);
@@ -94,10 +114,9 @@ fn run_steps(name: &str, workflow: &Value) -> Vec<RunStep> {
                     run: string(run, "run").to_owned(),
                     shell: step["shell"].as_str().or(job_shell).map(str::to_owned),
                     env,
-                    earlier_uses: earlier_uses.clone(),
+                    earlier_runs: earlier_runs.clone(),
                 });
-            } else {
-                earlier_uses.push(step.clone());
+                earlier_runs.push(string(run, "run").to_owned());
             }
         }
     }
@@ -214,9 +233,75 @@ fn image_runs_on_push_to_main_for_image_inputs_and_on_dispatch() {
             "a push touching {path} does not trigger image.yml"
         );
     }
-    let bootstrap = &on["workflow_dispatch"]["inputs"]["bootstrap"];
-    assert_eq!(bootstrap["type"], "boolean");
-    assert_eq!(bootstrap["default"], false);
+    assert!(
+        mapping(on, "on").contains_key("workflow_dispatch"),
+        "image.yml cannot be started by hand"
+    );
+    assert!(
+        on["workflow_dispatch"]["inputs"].is_null(),
+        "image.yml has no bootstrap input any more (bootstrap.yml is the first image)"
+    );
+}
+
+/// Forgejo queues a job by its `runs-on` label before it evaluates `if:`,
+/// so a job for another label in image.yml or bump.yml would wait for such
+/// a runner on every run, even when skipped.
+#[test]
+fn only_bootstrap_yml_runs_off_nixos_and_only_by_hand() {
+    for name in ["image.yml", "bump.yml"] {
+        for (job_name, job) in jobs(&workflow(name)) {
+            assert_eq!(job["runs-on"], "nixos", "{name} jobs.{job_name}");
+            assert!(
+                job.get("if").is_none(),
+                "{name} jobs.{job_name} is conditional"
+            );
+        }
+    }
+    let bootstrap = workflow("bootstrap.yml");
+    let on = mapping(&bootstrap["on"], "bootstrap.yml on");
+    let triggers: Vec<&str> = on.keys().map(|k| string(k, "a trigger")).collect();
+    assert_eq!(
+        triggers,
+        ["workflow_dispatch"],
+        "bootstrap.yml runs by hand only"
+    );
+    let all = jobs(&bootstrap);
+    assert_eq!(all.len(), 1, "bootstrap.yml has one job");
+    assert_eq!(all[0].1["runs-on"], "ubuntu-latest");
+}
+
+#[test]
+fn every_action_resolves_on_a_default_forgejo_instance() {
+    let mut seen = 0;
+    for name in WORKFLOWS {
+        for (job_name, job) in jobs(&workflow(name)) {
+            for step in steps(job) {
+                let Some(uses) = step.get("uses") else {
+                    continue;
+                };
+                seen += 1;
+                let uses = string(uses, "uses");
+                assert!(
+                    RESOLVABLE_ACTION_OWNERS.iter().any(|o| uses.starts_with(o)),
+                    "{name} jobs.{job_name}: `{uses}` is not mirrored on data.forgejo.org"
+                );
+                assert!(!uses.contains("://"), "{name}: `{uses}` names a host");
+                assert!(
+                    uses.contains('@'),
+                    "{name}: `{uses}` is not pinned to a ref"
+                );
+            }
+        }
+    }
+    assert!(seen >= 3, "every workflow checks out the repository");
+    let text: String = WORKFLOWS
+        .iter()
+        .map(|n| read(&format!(".forgejo/workflows/{n}")))
+        .collect();
+    assert!(
+        !text.contains("taiki-e/"),
+        "taiki-e/install-action is not on data.forgejo.org"
+    );
 }
 
 #[test]
@@ -277,6 +362,9 @@ fn every_run_step_calls_runnerctl_or_a_just_recipe_and_nothing_else() {
         let steps = run_steps(name, &workflow(name));
         assert!(!steps.is_empty(), "{name} has no run steps");
         for step in steps {
+            if step.installs_just() {
+                continue;
+            }
             for line in command_lines(&step.run) {
                 for operator in ["&&", "||", "|", ";", "`", "$(", ">", "<"] {
                     assert!(
@@ -317,6 +405,9 @@ fn runnerctl_and_just_are_provided_before_a_step_uses_them() {
                 );
                 continue;
             }
+            if step.installs_just() {
+                continue;
+            }
             // Outside the ci dev shell only just can run, and only once an
             // earlier step installed it.
             assert!(
@@ -324,12 +415,10 @@ fn runnerctl_and_just_are_provided_before_a_step_uses_them() {
                 "{}: runnerctl outside `{CI_SHELL_PREFIX}…`",
                 step.place
             );
-            let installs_just = step.earlier_uses.iter().any(|used| {
-                used["uses"]
-                    .as_str()
-                    .is_some_and(|u| u.starts_with("taiki-e/install-action@"))
-                    && used["with"]["tool"] == "just"
-            });
+            let installs_just = step
+                .earlier_runs
+                .iter()
+                .any(|run| command_lines(run).eq(INSTALL_JUST.iter().copied()));
             assert!(
                 installs_just,
                 "{}: just is not installed before it runs",
@@ -416,31 +505,30 @@ fn assert_registry_env(name: &str, workflow: &Value, step: &Value) {
 }
 
 #[test]
-fn image_release_job_runs_on_nixos_unless_bootstrapping() {
+fn image_release_job_runs_on_nixos() {
     let image = workflow("image.yml");
     let release = job(&image, "nixos");
-    let condition = string(&release["if"], "release job `if`");
-    assert!(
-        condition.contains("!inputs.bootstrap"),
-        "the nixos job must stand aside for bootstrap: {condition}"
-    );
     let (_, step) = step_running("image.yml", release, "runnerctl release");
     assert_registry_env("image.yml", &image, step);
 }
 
 #[test]
-fn image_bootstrap_job_installs_nix_with_the_determinate_installer_then_releases() {
-    let image = workflow("image.yml");
-    let bootstrap = job(&image, "ubuntu-latest");
-    let condition = string(&bootstrap["if"], "bootstrap job `if`");
-    assert!(
-        condition.contains("inputs.bootstrap") && !condition.contains('!'),
-        "bootstrap runs only when asked: {condition}"
-    );
-    let (install, _) = step_running("image.yml", bootstrap, "just bootstrap-nix");
-    let (release, step) = step_running("image.yml", bootstrap, "runnerctl release");
+fn bootstrap_installs_just_inline_then_nix_with_the_determinate_installer_then_releases() {
+    let workflow = workflow("bootstrap.yml");
+    let bootstrap = job(&workflow, "ubuntu-latest");
+    let just = steps(bootstrap)
+        .iter()
+        .position(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| command_lines(r).eq(INSTALL_JUST.iter().copied()))
+        })
+        .expect("bootstrap.yml installs just inline");
+    let (install, _) = step_running("bootstrap.yml", bootstrap, "just bootstrap-nix");
+    let (release, step) = step_running("bootstrap.yml", bootstrap, "runnerctl release");
+    assert!(just < install, "just is installed before it runs");
     assert!(install < release, "Nix is installed before the release");
-    assert_registry_env("image.yml", &image, step);
+    assert_registry_env("bootstrap.yml", &workflow, step);
 
     let body = recipe("bootstrap-nix").join("\n");
     for part in [

@@ -49,6 +49,17 @@ pub enum RegistryError {
     )]
     Transport { url: String, reason: String },
 
+    #[error("the registry at {host} did not answer within {secs} s ({url})")]
+    #[diagnostic(
+        code(runnerctl::registry::timeout),
+        help("it accepted the connection but did not answer, or the address is unroutable; check that the registry at {host} is healthy, then run the same command again (finished stages are not repeated), or allow it longer with --registry-timeout / RUNNERCTL_REGISTRY_TIMEOUT")
+    )]
+    Timeout {
+        host: String,
+        secs: u64,
+        url: String,
+    },
+
     #[error("the registry's credentials file {path} could not be read: {reason}")]
     #[diagnostic(
         code(runnerctl::registry::auth_file),
@@ -221,10 +232,36 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-fn agent(tls_verify: bool) -> ureq::Agent {
+/// Did this request fail because the registry took longer than allowed
+/// (to accept the connection, or to send or take bytes)?
+fn is_timeout(err: &ureq::Error) -> bool {
+    let ureq::Error::Transport(transport) = err else {
+        return false;
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(transport);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An agent whose every exchange is bounded by `timeout`: connecting, and
+/// each read and write (a registry that accepts the connection and then
+/// says nothing fails after `timeout`, not never).
+fn agent(tls_verify: bool, timeout: Duration) -> ureq::Agent {
     let builder = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .timeout_write(timeout)
         .redirects(5);
     if tls_verify {
         return builder.build();
@@ -249,6 +286,7 @@ pub struct Registry {
     registry: String,
     repository: String,
     basic: Option<Basic>,
+    timeout: Duration,
     /// `https` first; with --tls-verify false, `http` when HTTPS fails.
     schemes: Vec<&'static str>,
     state: Mutex<Session>,
@@ -277,9 +315,11 @@ impl Registry {
         repository: &str,
         creds: &Credentials,
         tls_verify: bool,
+        timeout: Duration,
     ) -> Result<Self, RegistryError> {
         Ok(Registry {
-            agent: agent(tls_verify),
+            agent: agent(tls_verify, timeout),
+            timeout,
             registry: registry.to_string(),
             repository: repository.to_string(),
             basic: basic_for(creds, registry)?,
@@ -290,6 +330,23 @@ impl Registry {
             },
             state: Mutex::new(Session::default()),
         })
+    }
+
+    /// A request that did not get through: a timeout, or another
+    /// transport error.
+    fn transport(&self, url: &str, err: ureq::Error) -> RegistryError {
+        if is_timeout(&err) {
+            RegistryError::Timeout {
+                host: self.registry.clone(),
+                secs: self.timeout.as_secs(),
+                url: url.to_string(),
+            }
+        } else {
+            RegistryError::Transport {
+                url: url.to_string(),
+                reason: err.to_string(),
+            }
+        }
     }
 
     fn url(&self, scheme: &str, path: &str) -> String {
@@ -352,12 +409,7 @@ impl Registry {
                     body: body_tail(resp),
                 })
             }
-            Err(e) => {
-                return Err(RegistryError::Transport {
-                    url: realm.to_string(),
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return Err(self.transport(realm, e)),
         };
         let json: serde_json::Value =
             serde_json::from_reader(response.into_reader().take(1024 * 1024)).map_err(|e| {
@@ -403,11 +455,11 @@ impl Registry {
                 // Some registries answer 404 or 403 here; the request
                 // itself will tell.
                 Err(ureq::Error::Status(_, _)) => None,
+                // A registry that does not answer is not asked again
+                // over plain HTTP: that would only double the wait.
+                Err(e) if is_timeout(&e) => return Err(self.transport(&url, e)),
                 Err(e) => {
-                    last_transport = Some(RegistryError::Transport {
-                        url,
-                        reason: e.to_string(),
-                    });
+                    last_transport = Some(self.transport(&url, e));
                     continue;
                 }
             };
@@ -485,11 +537,9 @@ impl Registry {
                             body: body_tail(resp),
                         });
                     }
+                    Err(e) if is_timeout(&e) => return Err(self.transport(&url, e)),
                     Err(e) => {
-                        last_transport = Some(RegistryError::Transport {
-                            url,
-                            reason: e.to_string(),
-                        });
+                        last_transport = Some(self.transport(&url, e));
                         break;
                     }
                 }
@@ -520,9 +570,25 @@ impl Registry {
             &mut response.into_reader().take(16 * 1024 * 1024),
             &mut bytes,
         )
-        .map_err(|e| RegistryError::Transport {
-            url: self.registry.clone(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                RegistryError::Timeout {
+                    host: self.registry.clone(),
+                    secs: self.timeout.as_secs(),
+                    url: format!(
+                        "{}/v2/{}/manifests/{reference}",
+                        self.registry, self.repository
+                    ),
+                }
+            } else {
+                RegistryError::Transport {
+                    url: self.registry.clone(),
+                    reason: e.to_string(),
+                }
+            }
         })?;
         Ok(Some((bytes, media_type)))
     }

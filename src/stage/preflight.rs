@@ -11,7 +11,7 @@ use crate::pipeline::Ctx;
 use crate::tool::git::Git;
 use crate::tool::install_hint;
 use crate::tool::nix::Nix;
-use crate::tool::skopeo::Skopeo;
+use crate::tool::skopeo::{self, Skopeo};
 
 pub struct Preflight;
 
@@ -148,7 +148,24 @@ impl Stage for Preflight {
             path: git_path,
             dir: cx.cfg.flake.clone(),
         };
-        cx.skopeo = Some(Skopeo { path: skopeo_path });
+        // skopeo never reads the host's /etc/containers/policy.json: it gets
+        // the user's policy, checked here, or runnerctl's own.
+        let (policy, user_policy) = match &cx.cfg.policy {
+            Some(path) => (skopeo::check_user_policy(path)?, true),
+            // A dry run writes nothing; it only inspects, which reads no
+            // policy.
+            None if cx.cfg.dry_run => (skopeo::policy_path(&cx.cfg.state_dir), false),
+            None => (
+                skopeo::write_policy(&cx.cfg.state_dir, &cx.cfg.cache_dir())?,
+                false,
+            ),
+        };
+        cx.skopeo = Some(Skopeo {
+            path: skopeo_path,
+            policy,
+            user_policy,
+            timeout: cx.cfg.registry_timeout,
+        });
 
         if git.toplevel(&cx.runner).await.is_err() {
             return Err(PreflightError::NotGit {

@@ -316,7 +316,15 @@ impl Push {
         // From the layout the manifest must arrive as written; from the
         // archive skopeo makes it.
         opts.preserve_digests = layout_dir.is_some();
-        skopeo.copy(&cx.runner, &src, &dst, &opts).await?;
+        // What skopeo may have to send: the new layers, or the whole archive
+        // (it compresses while it uploads); its timeout allows for that.
+        let upload_bytes = match written_new {
+            Some((_, bytes)) => bytes,
+            None => std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0),
+        };
+        skopeo
+            .copy(&cx.runner, &src, &dst, &opts, upload_bytes)
+            .await?;
         let reported = std::fs::read_to_string(digestfile.path())
             .map(|d| d.trim().to_string())
             .unwrap_or_default();
@@ -402,6 +410,7 @@ impl Push {
                 repository,
                 &cx.cfg.credentials,
                 cx.cfg.tls_verify,
+                cx.cfg.registry_timeout,
             )?)),
             ImageRef::Oci { .. } => Ok(None),
         }
@@ -491,11 +500,12 @@ impl Stage for Push {
                         layout_dir.display()
                     ),
                     skopeo
-                        .cmd(crate::tool::skopeo::copy_args(
+                        .copy_cmd(
                             &format!("oci:{}:{first}", layout_dir.display()),
                             &cx.cfg.image.at_tag(first),
                             &Self::copy_opts(cx, false, Some(&cx.cfg.state_dir.join("digest"))),
-                        ))
+                            0,
+                        )
                         .display(),
                 ];
                 if let ImageRef::Docker { registry, repository } = &cx.cfg.image {

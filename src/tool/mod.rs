@@ -183,6 +183,11 @@ pub enum ToolError {
         help("this usually means an unsupported version of the tool; run the command by hand to see what it prints")
     )]
     BadOutput { command: String, reason: String },
+
+    /// skopeo ran and failed; its stderr says why (see [`skopeo::classify`]).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Skopeo(Box<skopeo::SkopeoFailed>),
 }
 
 impl ToolError {
@@ -190,6 +195,7 @@ impl ToolError {
         match &mut self {
             ToolError::Failed { help, .. } => *help = Some(text.into()),
             ToolError::Spawn { help, .. } => *help = text.into(),
+            ToolError::Skopeo(failed) => failed.help = text.into(),
             ToolError::BadOutput { .. } => {}
         }
         self

@@ -834,6 +834,28 @@ impl Registry {
         self.child.is_some()
     }
 
+    /// `kill -STOP` the registry: it keeps its port, the kernel still
+    /// accepts connections, and nothing answers.
+    pub fn pause(&self) {
+        self.signal_registry("STOP");
+    }
+
+    /// `kill -CONT` after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal_registry("CONT");
+    }
+
+    fn signal_registry(&self, signal: &str) {
+        let pid = fs::read_to_string(self.pid_file())
+            .unwrap_or_else(|e| panic!("the registry's pid file: {e}"));
+        let status = Command::new("bash")
+            .args(["-c", "kill -\"$1\" -- \"$2\"", "kill", signal, pid.trim()])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{signal}: {e}"));
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// `127.0.0.1:PORT`
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
