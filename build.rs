@@ -1,4 +1,6 @@
-// Embeds the git revision for `runnerctl --version`.
+// Embeds the revision `runnerctl --version` names: RUNNERCTL_SOURCE_REV when
+// the builder says which it is (the Nix package has no .git), else the git
+// commit of the checkout, else "unknown revision".
 fn main() {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -10,8 +12,11 @@ fn main() {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
     };
-    let rev = git(&["rev-parse", "--short=12", "HEAD"])
-        .or_else(|| std::env::var("RUNNERCTL_GIT_REV").ok())
+    let rev = std::env::var("RUNNERCTL_SOURCE_REV")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown revision".to_string());
     println!("cargo:rustc-env=RUNNERCTL_GIT_REV={rev}");
     // Where HEAD and the checked-out branch live (in a linked worktree,
@@ -30,5 +35,5 @@ fn main() {
             println!("cargo:rerun-if-changed={found}");
         }
     }
-    println!("cargo:rerun-if-env-changed=RUNNERCTL_GIT_REV");
+    println!("cargo:rerun-if-env-changed=RUNNERCTL_SOURCE_REV");
 }

@@ -23,36 +23,15 @@
       # commit are the same store path, and the release is a no-op.
       revision = nixpkgs.rev;
 
-      crateFiles = [
-        ./Cargo.toml
-        ./Cargo.lock
-        ./src
-        ./tests
-        (lib.fileset.maybeMissing ./benches)
-      ];
+      # What runnerctl is built from: nix/source.nix, so the tests can
+      # evaluate the same selection with the real nixpkgs lib.
+      inherit (import ./nix/source.nix { inherit lib; }) crateSource evalTestSource;
 
-      # runnerctl's sources only, so editing nix/ or the workflows does not
-      # rebuild it.
-      crateSource = lib.fileset.toSource {
-        root = ./.;
-        fileset = lib.fileset.unions crateFiles;
-      };
-
-      # The offline integration tests also read the flake, nix/, the
-      # justfile and the workflows.
-      evalTestSource = lib.fileset.toSource {
-        root = ./.;
-        fileset = lib.fileset.unions (
-          crateFiles
-          ++ [
-            ./flake.nix
-            ./flake.lock
-            ./nix
-            ./justfile
-            ./.forgejo
-          ]
-        );
-      };
+      # The commit `runnerctl --version` names: Nix knows it for a clean tree
+      # (newer Nix also gives `dirtyShortRev` for a dirty one); with neither,
+      # build.rs says "unknown revision". Every commit is then a new runnerctl
+      # derivation: the price of a --version that tells the truth.
+      sourceRev = self.shortRev or self.dirtyShortRev or null;
 
       forSystem =
         system:
@@ -65,7 +44,10 @@
             inherit sourceUrl revision;
           };
 
-          runnerctl = pkgs.callPackage ./nix/runnerctl.nix { src = crateSource; };
+          runnerctl = pkgs.callPackage ./nix/runnerctl.nix {
+            src = crateSource;
+            inherit sourceRev;
+          };
 
           # The stub-evaluation, flake and workflow tests, run by `nix flake
           # check` against a throwaway Nix store inside the build.

@@ -135,7 +135,14 @@ fn runnerctl_is_built_from_cargo_lock_runs_unit_tests_and_finds_skopeo_and_git()
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for part in ["Cargo.toml", "Cargo.lock", "src", "tests"] {
+        for part in [
+            "Cargo.toml",
+            "Cargo.lock",
+            "build.rs",
+            "src",
+            "tests",
+            "proptest-regressions",
+        ] {
             let path = repo_root().join(part).display().to_string();
             assert!(
                 source.contains(&path.as_str()),
@@ -161,6 +168,49 @@ fn runnerctl_is_built_from_cargo_lock_runs_unit_tests_and_finds_skopeo_and_git()
         }
         assert!(package_paths(array_at(args, &["nativeBuildInputs"]))
             .contains(&stub_path("makeWrapper").as_str()));
+    }
+}
+
+#[test]
+fn runnerctl_version_names_the_commit_nix_knows_and_only_that() {
+    // Nix puts shortRev on `self` for a clean tree and, in newer versions,
+    // dirtyShortRev for a dirty one; a path: flake has neither.
+    for (self_info, expected) in [
+        (
+            json!({ "rev": SELF_REV, "shortRev": &SELF_REV[..7] }),
+            Some(&SELF_REV[..7]),
+        ),
+        (
+            json!({ "dirtyRev": "0a1b2c3d-dirty", "dirtyShortRev": "0a1b2c3-dirty" }),
+            Some("0a1b2c3-dirty"),
+        ),
+        (json!({}), None),
+    ] {
+        let flake = eval_flake(&self_info);
+        for system in SYSTEMS {
+            let args = at(
+                &flake,
+                &["outputs", "packages", system, "runnerctl", "args"],
+            );
+            // build.rs reads this variable; without it, it says "unknown revision".
+            assert_eq!(
+                args.get("RUNNERCTL_SOURCE_REV").and_then(Value::as_str),
+                expected,
+                "runnerctl's revision for self = {self_info}"
+            );
+            // Never the variable build.rs sets: that would hide a missing build.rs.
+            assert!(args.get("RUNNERCTL_GIT_REV").is_none(), "{args:#}");
+            // The offline test derivation does not name a commit, so it is
+            // not rebuilt for each one.
+            let eval_tests = at(
+                &flake,
+                &["outputs", "checks", system, "nix-eval-tests", "args"],
+            );
+            assert!(
+                eval_tests.get("RUNNERCTL_SOURCE_REV").is_none(),
+                "{eval_tests:#}"
+            );
+        }
     }
 }
 
@@ -341,11 +391,12 @@ fn flake_copies(nix: &OfflineNix) -> (String, String) {
         "nix",
         "Cargo.toml",
         "Cargo.lock",
+        "build.rs",
         "justfile",
     ] {
         copy_from_repo(file, &flake);
     }
-    for dir in ["src", "tests", ".forgejo"] {
+    for dir in ["src", "tests", "proptest-regressions", ".forgejo"] {
         std::fs::create_dir_all(flake.join(dir)).expect("create a directory in the flake copy");
     }
 

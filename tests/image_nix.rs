@@ -5,7 +5,9 @@
 
 mod nix_support;
 
-use nix_support::{array_at, at, str_at, stub_path, OfflineNix};
+use nix_support::{
+    array_at, at, copy_from_repo, failure_stderr, json_output, str_at, stub_path, OfflineNix,
+};
 use serde_json::{json, Value};
 
 /// nixpkgs' lastModified in the committed flake.lock: 2026-06-29T09:01:53Z.
@@ -337,4 +339,155 @@ fn image_is_layered_uncompressed_and_registers_its_store() {
         4,
         "contents: root env, nix.conf, certificates, scaffold"
     );
+}
+
+/// `(import ./tests/nix/stubs.nix { }).BUILDER ARGS`, its `name` forced.
+fn stub_call(builder: &str, args: &str) -> String {
+    format!("((import ./tests/nix/stubs.nix {{ }}).{builder} {args}).name")
+}
+
+#[test]
+fn stand_in_builders_reject_arguments_nixpkgs_does_not_take() {
+    let nix = OfflineNix::new();
+    for (builder, good, misspelt) in [
+        (
+            "dockerTools.buildLayeredImage",
+            r#"name = "nixos"; compressor = "none"; maxLayers = 100; mtime = "1970-01-01T00:00:01Z";"#,
+            "maxLayer",
+        ),
+        (
+            "dockerTools.streamLayeredImage",
+            r#"name = "nixos"; contents = [ ]; includeNixDB = true;"#,
+            "content",
+        ),
+        (
+            "buildEnv",
+            r#"name = "env"; paths = [ ]; pathsToLink = [ "/bin" ];"#,
+            "pathToLink",
+        ),
+    ] {
+        // The same call without the misspelt argument evaluates, so the
+        // failure below is the argument's doing.
+        let name = json_output(&mut nix.command([
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            &stub_call(builder, &format!("{{ {good} }}")),
+        ]));
+        assert!(name.is_string(), "{builder}: {name}");
+
+        let stderr = failure_stderr(&mut nix.command([
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            &stub_call(builder, &format!("{{ {good} {misspelt} = 1; }}")),
+        ]));
+        assert!(
+            stderr.contains(&format!(
+                "{builder} (stand-in) called with unexpected argument `{misspelt}`"
+            )),
+            "{builder} did not name the unexpected argument `{misspelt}`:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("nixpkgs' {builder} takes only")),
+            "{builder} does not say what it takes:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn stand_in_builders_demand_their_required_arguments_and_a_known_compressor() {
+    let nix = OfflineNix::new();
+    for (builder, args, message) in [
+        (
+            "buildEnv",
+            r#"{ name = "env"; }"#,
+            "buildEnv (stand-in) called without required argument `paths`",
+        ),
+        (
+            "dockerTools.buildLayeredImage",
+            r#"{ tag = "1"; }"#,
+            "dockerTools.buildLayeredImage (stand-in) called without required argument `name`",
+        ),
+        (
+            // Only buildLayeredImage compresses.
+            "dockerTools.streamLayeredImage",
+            r#"{ name = "nixos"; compressor = "none"; }"#,
+            "dockerTools.streamLayeredImage (stand-in) called with unexpected argument `compressor`",
+        ),
+        (
+            "dockerTools.buildLayeredImage",
+            r#"{ name = "nixos"; compressor = "xz"; }"#,
+            "compressor must be one of `none`, `gz`, `zstd`, not `xz`",
+        ),
+    ] {
+        let stderr = failure_stderr(&mut nix.command([
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            &stub_call(builder, args),
+        ]));
+        assert!(
+            stderr.contains(message),
+            "{builder} {args}: expected {message:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelt_argument_in_nix_fails_the_image_evaluation() {
+    let nix = OfflineNix::new();
+    let image_expr = |nix_dir: &std::path::Path| {
+        format!(
+            "import ./tests/nix/inspect.nix ((import ./tests/nix/stubs.nix {{ }}).callPackage \
+             {}/image.nix (builtins.fromJSON ''{}''))",
+            nix_dir.display(),
+            image_args()
+        )
+    };
+    for (file, right, wrong) in [
+        ("image.nix", "  maxLayers = 100;\n", "  maxLayer = 100;\n"),
+        (
+            "root-env.nix",
+            "  pathsToLink = [ \"/bin\" ];\n",
+            "  pathToLink = [ \"/bin\" ];\n",
+        ),
+    ] {
+        let copy = nix.scratch().join(file.trim_end_matches(".nix"));
+        copy_from_repo("nix", &copy);
+        let nix_dir = copy.join("nix");
+        // The copy as it is evaluates, and builds the image.
+        let image = json_output(&mut nix.command([
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            &image_expr(&nix_dir),
+        ]));
+        assert_eq!(image["stub"], "dockerTools.buildLayeredImage");
+
+        let path = nix_dir.join(file);
+        let text = std::fs::read_to_string(&path).expect("read the copied nix file");
+        assert_eq!(
+            text.matches(right).count(),
+            1,
+            "nix/{file} no longer has {right:?}; update this test"
+        );
+        std::fs::write(&path, text.replace(right, wrong)).expect("write the misspelt copy");
+        let stderr = failure_stderr(&mut nix.command([
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            &image_expr(&nix_dir),
+        ]));
+        let argument = wrong.split_whitespace().next().expect("an argument name");
+        assert!(
+            stderr.contains(&format!("called with unexpected argument `{argument}`")),
+            "misspelling {argument} in nix/{file} did not fail the evaluation on it:\n{stderr}"
+        );
+    }
 }

@@ -1,32 +1,14 @@
-# flake.nix with its inputs replaced by stand-ins, as plain data.
-#
-# `selfInfo` is what Nix would put on `self` besides the outputs (rev, or
-# nothing for a dirty tree). The stand-in nixpkgs input takes its rev and
-# lastModified from flake.lock, as the real input would.
+# flake.nix with its inputs replaced by stand-ins (./flake-with-stubs.nix),
+# as plain data.
 selfInfo:
 let
-  flake = import ../../flake.nix;
-  lock = builtins.fromJSON (builtins.readFile ../../flake.lock);
-  rootInputs = lock.nodes.${lock.root}.inputs;
-  locked = lock.nodes.${rootInputs.nixpkgs}.locked;
-  lib = import ./stub-lib.nix;
-
-  nixpkgs = {
-    inherit lib;
-    inherit (locked) rev lastModified;
-    outPath = "/nix/store/00000000000000000000000000000000-source";
-    legacyPackages = lib.genAttrs [
-      "x86_64-linux"
-      "aarch64-linux"
-      "x86_64-darwin"
-      "aarch64-darwin"
-    ] (system: import ./stubs.nix { inherit system; });
+  evaluated = import ./flake-with-stubs.nix {
+    flakeDir = ../..;
+    lib = import ./stub-lib.nix;
+    inherit selfInfo;
   };
-
-  self = outputs // selfInfo // { outPath = toString ../..; };
-  outputs = flake.outputs { inherit self nixpkgs; };
 in
 {
-  inherit (flake) description inputs;
-  outputs = import ./inspect.nix outputs;
+  inherit (evaluated.flake) description inputs;
+  outputs = import ./inspect.nix evaluated.outputs;
 }

@@ -100,6 +100,20 @@ impl OfflineNix {
     }
 }
 
+/// Runs `command`, which must fail, and returns its stderr. Panics with its
+/// stdout when it succeeds instead.
+pub fn failure_stderr(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|err| {
+        panic!("could not start {command:?}: {err} (these tests need Nix: apt-get install nix-bin)")
+    });
+    assert!(
+        !output.status.success(),
+        "{command:?} succeeded, but it must fail:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Runs a prepared command and returns its stdout parsed as JSON. Panics
 /// with the command's stderr when it cannot start, fails, or prints
 /// something that is not JSON.
@@ -158,6 +172,11 @@ pub fn array_at<'a>(value: &'a Value, keys: &[&str]) -> &'a [Value] {
 /// Copies `relative` (a file or a directory tree) from the repository into `dest`.
 pub fn copy_from_repo(relative: &str, dest: &Path) {
     copy_tree(&repo_root().join(relative), &dest.join(relative));
+}
+
+/// Copies the tree at `from` (a file or a directory, e.g. a store path) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    copy_tree(from, to);
 }
 
 fn copy_tree(from: &Path, to: &Path) {
