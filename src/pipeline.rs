@@ -47,6 +47,11 @@ pub struct Ctx {
     pub digest: Option<String>,
     pub commit: Option<String>,
     pub authfile: Option<AuthFile>,
+    /// The registry login preflight resolved (skopeo gets it as `authfile`).
+    pub login: Option<crate::auth::Login>,
+    /// The registry client preflight checked the login with; the push
+    /// reuses it (and its token).
+    pub registry: Option<std::sync::Arc<crate::image::registry::Registry>>,
     /// Dry-run bump: the throwaway copy of the flake with the new lock.
     pub dry_flake: Option<tempfile::TempDir>,
     /// Where each tag points, as last asked.
@@ -327,6 +332,8 @@ async fn run_inner(
     reporter: Reporter,
     report: &mut Report,
 ) -> miette::Result<&'static str> {
+    // Auth files of runs that were killed (kill -9 skips every cleanup).
+    crate::auth::remove_stale_auth_files(&std::env::temp_dir());
     // The run lock and the state (not in a dry run: it changes nothing).
     let _lock = if cfg.dry_run {
         None
@@ -386,6 +393,8 @@ async fn run_inner(
         digest: None,
         commit: None,
         authfile: None,
+        login: None,
+        registry: None,
         dry_flake: None,
         tag_states: None,
         report: std::mem::replace(report, Report::new(mode.as_str(), false)),

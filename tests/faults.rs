@@ -477,8 +477,12 @@ fn registry_stopped_mid_push_bounded_retries_clear_error_then_resume() {
 fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     let mut w = World::new();
     w.password = "not-the-password".into();
+    let lock = w.repo.lock_bytes();
     let out = w.bump(&[]);
-    assert_diagnostic(&out, "runnerctl::tool::failed");
+    // Preflight checks the login against the registry before anything
+    // changes (issue 10, finding 1).
+    assert_diagnostic(&out, "runnerctl::preflight::login");
+    assert_eq!(w.repo.lock_bytes(), lock, "flake.lock untouched");
     assert_stderr_mentions(
         &out,
         &[
@@ -594,8 +598,16 @@ fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
             || squash(&out.stderr).contains("run the same command again"),
         "says what to do\n{out}"
     );
-    // Half-pushed: the first tag only; nothing committed or pushed to git.
-    assert_eq!(w.registry.tags(IMAGE_REPO), vec!["latest".to_string()]);
+    // Half-pushed: the first tag only, which is the content-addressed
+    // `nix-<hash>` tag (never a floating tag alone on a new image: issue
+    // 10, finding 1); nothing committed or pushed to git.
+    let out_path = w.expected_out_path();
+    let hash = out_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .expect("store path hash");
+    assert_eq!(w.registry.tags(IMAGE_REPO), vec![format!("nix-{hash}")]);
     assert_eq!(w.repo.head(), w.initial_remote_head);
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
     assert_eq!(w.stage_status("push").as_deref(), Some("failed"));

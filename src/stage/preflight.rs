@@ -7,6 +7,8 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::auth;
 use crate::config::Mode;
+use crate::image::reference::ImageRef;
+use crate::image::registry::{Registry as RegistryClient, RegistryError};
 use crate::pipeline::Ctx;
 use crate::tool::git::Git;
 use crate::tool::install_hint;
@@ -41,6 +43,24 @@ pub enum PreflightError {
         help("commit or stash them first (`git stash`), so that the image is built from what is committed; runnerctl only ever commits flake.lock")
     )]
     Dirty { paths: String, lines: Vec<String> },
+
+    #[error("the registry rejected the credentials for {registry} from {from} (HTTP {status} unauthorized)")]
+    #[diagnostic(
+        code(runnerctl::preflight::login),
+        help("check them (runnerctl looks, in order, at RUNNERCTL_REGISTRY_USER/RUNNERCTL_REGISTRY_PASSWORD, REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json), log in again (`skopeo login {registry}`), then run again; nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    LoginRejected {
+        registry: String,
+        from: String,
+        status: u16,
+    },
+
+    #[error("the registry {registry} requires a login, and runnerctl found none for it")]
+    #[diagnostic(
+        code(runnerctl::preflight::no_login),
+        help("log in with `skopeo login {registry}` (it writes $XDG_RUNTIME_DIR/containers/auth.json), or set RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD, or REGISTRY_AUTH_FILE; runnerctl looked in: {looked}. Nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    NoLogin { registry: String, looked: String },
 
     #[error("HEAD is detached")]
     #[diagnostic(
@@ -118,6 +138,65 @@ impl Preflight {
             }
         }
         Ok(only_lock)
+    }
+}
+
+impl Preflight {
+    /// Resolve the registry login once (for skopeo and runnerctl's own
+    /// client alike) and check it against the registry before anything
+    /// changes. Returns the login used, if any.
+    fn login(cx: &mut Ctx) -> miette::Result<Option<&auth::Login>> {
+        let ImageRef::Docker {
+            registry,
+            repository,
+        } = &cx.cfg.image
+        else {
+            return Ok(None);
+        };
+        let login = auth::resolve(&cx.cfg.credentials, registry, repository)?;
+        if let Some(file) = login.as_ref().and_then(|l| l.file.as_ref()) {
+            if auth::readable_by_others(file) {
+                cx.reporter().info(format!(
+                    "warning: {} holds registry credentials and is readable by group or others: `chmod 600 {}`",
+                    file.display(),
+                    file.display()
+                ));
+            }
+        }
+        let creds = login
+            .as_ref()
+            .map(auth::Login::credentials)
+            .unwrap_or(auth::Credentials::None);
+        let client = RegistryClient::new(registry, repository, &creds, cx.cfg.tls_verify)?;
+        match (client.check_auth(), &login) {
+            (Ok(()), _) => {}
+            (Err(RegistryError::Unauthorized { status, .. }), Some(login)) => {
+                return Err(PreflightError::LoginRejected {
+                    registry: registry.clone(),
+                    from: login.source.clone(),
+                    status,
+                }
+                .into())
+            }
+            (Err(RegistryError::Unauthorized { .. }), None) => {
+                let looked: Vec<String> = auth::login_files(&cx.cfg.credentials)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(PreflightError::NoLogin {
+                    registry: registry.clone(),
+                    looked: looked.join(", "),
+                }
+                .into());
+            }
+            (Err(other), _) => return Err(other.into()),
+        }
+        if let Some(login) = &login {
+            cx.authfile = Some(auth::auth_file(login, registry)?);
+        }
+        cx.login = login;
+        cx.registry = Some(std::sync::Arc::new(client));
+        Ok(cx.login.as_ref())
     }
 }
 
@@ -217,12 +296,8 @@ impl Stage for Preflight {
             cx.branch = branch;
         }
 
-        cx.authfile = auth::auth_file(&cx.cfg.credentials, cx.cfg.image.registry())?;
-        if cx.authfile.is_some() {
-            note.push_str(&format!(
-                "; registry credentials: {}",
-                cx.cfg.credentials.describe()
-            ));
+        if let Some(login) = Self::login(cx)? {
+            note.push_str(&format!("; registry login: {}", login.source));
         }
         cx.nix = Some(nix);
         cx.git = Some(git);

@@ -1,0 +1,168 @@
+//! Reliability, round two (issue 10): standard logins, panics, signals,
+//! silent data loss, late checks. Everything runs against real Nix,
+//! skopeo, docker-registry and git; PATH shims only hold or log calls.
+//! The README's "Reliability" table names these tests.
+
+mod common;
+mod fault_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fault_support::*;
+
+/// The world's environment without RUNNERCTL_REGISTRY_USER/PASSWORD, with
+/// HOME and XDG_RUNTIME_DIR in the test's temp dir (so only the logins the
+/// test writes exist).
+fn env_without_runnerctl_credentials(w: &World) -> (Vec<(String, String)>, PathBuf, PathBuf) {
+    let home = w.tmp.path().join("home");
+    let run = w.tmp.path().join("run");
+    fs::create_dir_all(&home).expect("home");
+    fs::create_dir_all(&run).expect("run dir");
+    let mut env: Vec<(String, String)> = w
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("RUNNERCTL_REGISTRY_"))
+        .collect();
+    env.push(("HOME".into(), home.display().to_string()));
+    env.push(("XDG_RUNTIME_DIR".into(), run.display().to_string()));
+    (env, home, run)
+}
+
+/// `skopeo login` as a user would run it (it writes
+/// `$XDG_RUNTIME_DIR/containers/auth.json`).
+fn skopeo_login(w: &World, env: &[(String, String)], password: &str) {
+    let mut child = Command::new("skopeo")
+        .args([
+            "login",
+            "--tls-verify=false",
+            "--username",
+            &w.user,
+            "--password-stdin",
+            &w.registry.host(),
+        ])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skopeo login");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("skopeo login");
+    // A wrong password: skopeo login refuses it, so write the file as a
+    // stale login would have left it.
+    if !out.status.success() {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "XDG_RUNTIME_DIR")
+            .map(|(_, v)| Path::new(v).join("containers/auth.json"))
+            .expect("XDG_RUNTIME_DIR");
+        let auth = base64_encode(&format!("{}:{password}", w.user));
+        fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        fs::write(
+            &path,
+            serde_json::json!({"auths": {w.registry.host(): {"auth": auth}}}).to_string(),
+        )
+        .expect("write auth.json");
+    }
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+// ---------------------------------------------------------------------------
+// Finding 1: standard logins
+// ---------------------------------------------------------------------------
+
+#[test]
+fn standard_login_in_xdg_runtime_dir_publishes_every_tag() {
+    let w = World::new();
+    let (env, _home, run) = env_without_runnerctl_credentials(&w);
+    skopeo_login(&w, &env, &w.password);
+    assert!(
+        run.join("containers/auth.json").is_file(),
+        "skopeo login wrote its file"
+    );
+    let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+    out.assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+}
+
+#[test]
+fn docker_config_login_publishes_every_tag() {
+    let w = World::new();
+    let (env, home, _run) = env_without_runnerctl_credentials(&w);
+    w.registry.write_authfile(&home.join(".docker/config.json"));
+    let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+    out.assert_success();
+    w.assert_bumped();
+}
+
+#[test]
+fn rejected_standard_login_stops_in_preflight_before_the_lock_changes() {
+    let w = World::new();
+    let (env, _home, _run) = env_without_runnerctl_credentials(&w);
+    skopeo_login(&w, &env, "not-the-password");
+    let lock = w.repo.lock_bytes();
+    let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+    assert_diagnostic(&out, "runnerctl::preflight::login");
+    assert_stderr_mentions(
+        &out,
+        &[
+            "rejected the credentials",
+            "containers/auth.json",
+            "skopeo login",
+        ],
+    );
+    assert_eq!(w.repo.lock_bytes(), lock, "flake.lock untouched");
+    assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
+    assert!(w.registry.tags(IMAGE_REPO).is_empty());
+}
+
+#[test]
+fn no_login_at_all_for_a_registry_that_needs_one_stops_in_preflight() {
+    let w = World::new();
+    let (env, _home, _run) = env_without_runnerctl_credentials(&w);
+    let lock = w.repo.lock_bytes();
+    let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+    assert_diagnostic(&out, "runnerctl::preflight::no_login");
+    assert_stderr_mentions(&out, &["requires a login", "skopeo login"]);
+    assert_eq!(w.repo.lock_bytes(), lock, "flake.lock untouched");
+    assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
+}
+
+#[test]
+fn credential_helpers_are_refused_with_what_to_do_instead() {
+    let w = World::new();
+    let (env, home, _run) = env_without_runnerctl_credentials(&w);
+    let config = home.join(".docker/config.json");
+    fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
+    fs::write(
+        &config,
+        serde_json::json!({"auths": {w.registry.host(): {}}, "credsStore": "pass"}).to_string(),
+    )
+    .expect("write");
+    let lock = w.repo.lock_bytes();
+    let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+    assert_diagnostic(&out, "runnerctl::auth::helper");
+    assert_stderr_mentions(
+        &out,
+        &["docker-credential-pass", "does not support", "skopeo login"],
+    );
+    assert_eq!(w.repo.lock_bytes(), lock);
+    assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
+}
