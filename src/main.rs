@@ -41,14 +41,23 @@ fn install_error_hook() {
     }));
 }
 
-fn print_error(err: &miette::Report) {
-    eprintln!("{err:?}");
+/// The diagnostic, bounded (a window of the source around each label, a
+/// few KB at most).
+fn print_error(err: miette::Report) {
+    let text = runnerctl::diagnostic::render(err);
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Write to stdout; a reader that went away (`runnerctl status | true`,
+/// EPIPE) is not an error: the exit code says how the work went.
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
     if let Ok(text) = serde_json::to_string_pretty(value) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        print_out(&format!("{text}\n"));
     }
 }
 
@@ -63,12 +72,12 @@ async fn run(cli: Cli) -> ExitCode {
                     if out.json {
                         print_json(&doc);
                     } else {
-                        print!("{}", doc.render());
+                        print_out(&doc.render());
                     }
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
-                    print_error(&err);
+                    print_error(err);
                     ExitCode::FAILURE
                 }
             }
@@ -76,13 +85,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => match demo::demo(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                print_error(&err);
+                print_error(err);
                 ExitCode::FAILURE
             }
         },
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "runnerctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "runnerctl", &mut script);
+            print_out(&String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
     }
@@ -97,12 +108,12 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
             if out.json {
                 let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
                 report.error = Some(runnerctl::report::ErrorReport {
-                    message: err.to_string(),
+                    message: runnerctl::diagnostic::message(&err),
                     help: err.help().map(|h| h.to_string()),
                 });
                 print_json(&report);
             }
-            print_error(&err);
+            print_error(err);
             return ExitCode::FAILURE;
         }
     };
@@ -112,14 +123,18 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
     if out.json {
         print_json(&report);
     } else if out.verbosity > runnerctl::progress::Verbosity::Quiet {
-        print!("{}", report.render());
+        print_out(&report.render());
     }
     match err {
         None => ExitCode::SUCCESS,
         Some(err) => {
-            print_error(&err);
+            print_error(err);
             if std::path::Path::new(&report.log_file).is_file() {
-                eprintln!("The full output of every command is in {}", report.log_file);
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "The full output of every command is in {}",
+                    report.log_file
+                );
             }
             ExitCode::FAILURE
         }

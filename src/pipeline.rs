@@ -319,7 +319,7 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
         Err(err) => {
             report.outcome = "failure".into();
             report.error = Some(ErrorReport {
-                message: err.to_string(),
+                message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
             });
             (report, Some(err))

@@ -166,3 +166,131 @@ fn credential_helpers_are_refused_with_what_to_do_instead() {
     assert_eq!(w.repo.lock_bytes(), lock);
     assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
 }
+
+// ---------------------------------------------------------------------------
+// Finding 3: no panics; bounded diagnostics; EPIPE on stdout
+// ---------------------------------------------------------------------------
+
+/// Exit 0 or 1 (never a panic's 101), and at most `max` bytes on stderr.
+fn assert_clean_exit(out: &RunOutput, max: usize) {
+    assert!(
+        matches!(out.code, Some(0) | Some(1)),
+        "exit {:?}\n{}",
+        out.code,
+        squash(&out.stderr.chars().take(4000).collect::<String>())
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "panicked: {}",
+        out.stderr.chars().take(4000).collect::<String>()
+    );
+    assert!(
+        out.stderr.len() <= max,
+        "{} bytes on stderr (at most {max}): {}",
+        out.stderr.len(),
+        out.stderr.chars().take(4000).collect::<String>()
+    );
+}
+
+/// The repository's flake.lock on one line, `version` 99, with a string of
+/// `pad` bytes in the root node.
+fn one_line_lock(repo: &RunnerRepo, pad: usize) -> String {
+    let mut lock = repo.lock_json();
+    lock["version"] = serde_json::json!(99);
+    lock["nodes"]["root"]["padding"] = serde_json::json!("x".repeat(pad));
+    let mut text = serde_json::to_string(&lock).expect("json");
+    // The bad version at the far end of the line.
+    text = text.replacen("\"version\":99", "\"version\":99 ", 1);
+    text
+}
+
+#[test]
+fn long_one_line_inputs_give_bounded_diagnostics_not_panics() {
+    let nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    // A 70 KB and a 50 MB one-line flake.lock with a bad version.
+    for pad in [70_000, 50_000_000] {
+        fs::write(repo.path().join("flake.lock"), one_line_lock(&repo, pad)).expect("lock");
+        for json in [false, true] {
+            let mut run = Run::new(["bump", "--no-git-push"]).in_repo(&repo);
+            if json {
+                run = run.arg("--json");
+            }
+            let out = run.run();
+            assert_clean_exit(&out, 16 * 1024);
+            out.assert_code(1);
+            assert!(
+                out.stderr.contains("runnerctl::flake_lock::"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    repo.git(&["checkout", "--", "flake.lock"]);
+
+    // A corrupt state.json with a long line, in `status` and `status --json`.
+    let state_dir = repo.path().join(".runnerctl");
+    fs::create_dir_all(&state_dir).expect("state dir");
+    let state = format!(
+        "{{\"version\": 1, \"command\": \"bump\", \"note\": \"{}\", \"stages\": {{\"x\": [",
+        "y".repeat(200_000)
+    );
+    fs::write(state_dir.join("state.json"), state).expect("state");
+    for args in [vec!["status"], vec!["status", "--json"]] {
+        let out = Run::new(args).in_repo(&repo).run();
+        assert_clean_exit(&out, 16 * 1024);
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("runnerctl::state::corrupt"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// Runs runnerctl with its stdout a pipe whose reader is gone (`| true`).
+fn run_into_closed_pipe(run: Run) -> RunOutput {
+    let mut cmd = run.command();
+    let mut child = cmd.spawn().expect("spawn runnerctl");
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().map(drain);
+    let status = child.wait().expect("wait");
+    RunOutput {
+        code: status.code(),
+        stdout: String::new(),
+        stderr: stderr
+            .and_then(|h| h.join().ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+        timed_out: false,
+        argv: Vec::new(),
+    }
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_panic_the_exit_code_is_the_work() {
+    let nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    // Nothing new upstream: the bump is a no-op (exit 0), its report goes
+    // nowhere.
+    let out = run_into_closed_pipe(Run::new(["bump", "--no-git-push"]).in_repo(&repo));
+    assert_clean_exit(&out, 64 * 1024);
+    out.assert_code(0);
+    assert_eq!(
+        fs::read_to_string(repo.path().join(".runnerctl/state.json"))
+            .map(|t| t.contains("\"up-to-date\""))
+            .ok(),
+        Some(true),
+        "the bump did its work"
+    );
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["completions", "bash"],
+        vec!["bump", "--no-git-push", "--json"],
+    ] {
+        let out = run_into_closed_pipe(Run::new(args.clone()).in_repo(&repo));
+        assert_clean_exit(&out, 64 * 1024);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+    }
+}
