@@ -128,6 +128,10 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
     match err {
         None => ExitCode::SUCCESS,
         Some(err) => {
+            let code = err
+                .downcast_ref::<runnerctl::tool::children::Interrupted>()
+                .map(|i| ExitCode::from(i.exit_code()))
+                .unwrap_or(ExitCode::FAILURE);
             print_error(err);
             if std::path::Path::new(&report.log_file).is_file() {
                 let _ = writeln!(
@@ -136,7 +140,7 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
                     report.log_file
                 );
             }
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -244,7 +244,14 @@ struct Finished {
 }
 
 /// Report a finished stage and record it (a dry run records nothing).
-fn finish_stage(cx: &mut Ctx, f: Finished) -> miette::Result<()> {
+fn finish_stage(cx: &mut Ctx, mut f: Finished) -> miette::Result<()> {
+    if let (Some(signal), StageStatus::Failed) = (crate::tool::children::interrupted(), f.status) {
+        f.note = format!(
+            "interrupted by {}: {}",
+            crate::tool::children::signal_name(signal),
+            f.note
+        );
+    }
     cx.reporter().emit(Event::StageFinished {
         stage: f.name,
         status: f.status,
@@ -368,6 +375,12 @@ async fn run_inner(
         saved.outcome = None;
     }
 
+    // From here on SIGINT, SIGTERM and SIGHUP stop the run cleanly.
+    let signals = if cfg.dry_run {
+        None
+    } else {
+        crate::tool::children::Signals::catch().ok()
+    };
     let mut runner = Runner::new(reporter);
     if !cfg.dry_run {
         runner = runner.with_log(&cfg.log_path()).into_diagnostic()?;
@@ -405,7 +418,11 @@ async fn run_inner(
             .info(format!("resuming the unfinished {} run", mode.as_str()));
     }
 
-    let result = stages(&mut cx).await;
+    let result = match signals {
+        Some(signals) => stages_until_interrupted(&mut cx, signals).await,
+        None => stages(&mut cx).await,
+    };
+    let interrupted = crate::tool::children::interrupted();
     let outcome = match &result {
         Ok(_) if cx.cfg.dry_run => "dry-run",
         Ok(_) if cx.up_to_date => "up-to-date",
@@ -416,7 +433,28 @@ async fn run_inner(
         if mode == Mode::Bump && result.is_ok() {
             cx.state.pending_bump = None;
         }
-        cx.state.outcome = Some(outcome.to_string());
+        if let Some(signal) = interrupted {
+            // The stage that was running when the signal came.
+            let note = format!(
+                "interrupted by {}",
+                crate::tool::children::signal_name(signal)
+            );
+            for record in cx.state.stages.values_mut() {
+                if record.status == StageStatus::Running {
+                    record.status = StageStatus::Failed;
+                    record.note = Some(note.clone());
+                    record.finished_at = Some(state::now());
+                }
+            }
+        }
+        cx.state.outcome = Some(
+            if interrupted.is_some() {
+                "interrupted"
+            } else {
+                outcome
+            }
+            .to_string(),
+        );
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
@@ -429,6 +467,33 @@ async fn run_inner(
     }
     *report = std::mem::replace(&mut cx.report, Report::new(mode.as_str(), false));
     result.map(|_| outcome)
+}
+
+/// The stages, until a signal: then what runnerctl started gets the signal
+/// and [`GRACE`](crate::tool::children::GRACE) to end (the stage sees its
+/// command fail and no new command starts), what remains is killed, and
+/// the run ends as [`Interrupted`](crate::tool::children::Interrupted).
+async fn stages_until_interrupted(
+    cx: &mut Ctx,
+    mut signals: crate::tool::children::Signals,
+) -> miette::Result<()> {
+    use crate::tool::children;
+    let work = stages(cx);
+    tokio::pin!(work);
+    let signal = tokio::select! {
+        biased;
+        signal = signals.recv() => signal,
+        result = &mut work => return result,
+    };
+    if tokio::time::timeout(children::GRACE, &mut work)
+        .await
+        .is_err()
+    {
+        children::signal_all(libc::SIGKILL);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut work).await;
+    }
+    children::wait_for_descendants(std::time::Duration::from_secs(2));
+    Err(children::Interrupted { signal }.into())
 }
 
 async fn stages(cx: &mut Ctx) -> miette::Result<()> {

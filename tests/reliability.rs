@@ -294,3 +294,157 @@ fn a_closed_stdout_is_not_a_panic_the_exit_code_is_the_work() {
         assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Finding 4: signals
+// ---------------------------------------------------------------------------
+
+/// (pid, ppid, state) of every process.
+fn proc_table() -> Vec<(u32, u32, char)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// Every process below `pid`.
+fn descendants_of(pid: u32) -> Vec<u32> {
+    let table = proc_table();
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, ppid, _) in &table {
+            if *ppid == p && !out.contains(child) {
+                out.push(*child);
+                todo.push(*child);
+            }
+        }
+    }
+    out
+}
+
+/// Which of `pids` still run (zombies do not).
+fn alive(pids: &[u32]) -> Vec<u32> {
+    let table = proc_table();
+    pids.iter()
+        .copied()
+        .filter(|p| {
+            table
+                .iter()
+                .any(|(pid, _, state)| pid == p && *state != 'Z')
+        })
+        .collect()
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A signal while `nix flake update` runs (held by a PATH shim before the
+/// real nix): runnerctl forwards it, waits, exits 128 + the signal, records
+/// the update as interrupted, and leaves no process that could rewrite
+/// flake.lock later.
+#[test]
+fn a_signal_during_the_update_stops_every_child_and_the_lock_stays() {
+    for (signal, code) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let mut w = World::new();
+        let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::Before);
+        let lock = w.repo.lock_bytes();
+        let mut run = w.spawn_bump(&[]);
+        run.wait_hook(&hold, Duration::from_secs(120));
+        let children = descendants_of(run.pid());
+        assert!(!children.is_empty(), "the held nix runs below runnerctl");
+        send_signal(run.pid(), signal);
+        let out = run.wait(Duration::from_secs(60));
+        assert_eq!(out.code, Some(code), "SIG{signal}\n{out}");
+        assert!(!out.stderr.contains("panicked"), "{out}");
+        assert_stderr_mentions(&out, &[&format!("interrupted by SIG{signal}")]);
+        assert_eq!(
+            alive(&children),
+            Vec::<u32>::new(),
+            "children outlived runnerctl"
+        );
+        // Were the held shim alive, it would now run the real update.
+        hold.release();
+        std::thread::sleep(Duration::from_secs(5));
+        assert_eq!(
+            w.repo.lock_bytes(),
+            lock,
+            "flake.lock rewritten after the run"
+        );
+        assert_eq!(w.shims.count("nix", &["flake", "update"]), 0);
+        let state = w.state();
+        assert_eq!(state["stages"]["update"]["status"], "failed", "{state:#}");
+        assert!(
+            state["stages"]["update"]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains(&format!("interrupted by SIG{signal}"))),
+            "{state:#}"
+        );
+        assert!(files_named(w.tmp.path(), "runnerctl-auth-").is_empty());
+    }
+}
+
+/// SIGTERM while skopeo uploads: the auth file is removed, skopeo is
+/// stopped, the push is recorded as interrupted; the rerun completes.
+#[test]
+fn sigterm_during_the_push_removes_the_auth_file_and_stops_skopeo() {
+    let mut w = World::new();
+    let hold = w.hooks.hold("skopeo", &["copy"], 1, When::Before);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hold, Duration::from_secs(240));
+    assert_eq!(
+        files_named(w.tmp.path(), "runnerctl-auth-").len(),
+        1,
+        "skopeo holds the auth file"
+    );
+    let children = descendants_of(run.pid());
+    send_signal(run.pid(), "TERM");
+    let out = run.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(143), "{out}");
+    assert_eq!(
+        alive(&children),
+        Vec::<u32>::new(),
+        "children outlived runnerctl"
+    );
+    hold.release();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        files_named(w.tmp.path(), "runnerctl-auth-"),
+        Vec::<PathBuf>::new(),
+        "auth file left behind"
+    );
+    assert_eq!(
+        w.shims.count("skopeo", &["copy"]),
+        0,
+        "the held copy never ran"
+    );
+    assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
+    assert_eq!(w.state()["outcome"], "interrupted");
+    assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
+
+    w.bump(&[]).assert_success();
+    w.assert_bumped();
+    assert_eq!(w.nix_builds(), 1);
+}

@@ -5,6 +5,7 @@
 //! tail for diagnostics, and turns failures into a typed [`ToolError`] that
 //! tells "could not start" apart from "ran and failed".
 
+pub mod children;
 pub mod git;
 pub mod nix;
 pub mod skopeo;
@@ -260,6 +261,23 @@ impl Runner {
 
     /// Run and return whatever happened; only a failure to start is an error.
     pub async fn run_unchecked(&self, cmd: &Cmd) -> Result<Output, ToolError> {
+        // Let a signal that arrived be seen first: after SIGINT, SIGTERM
+        // or SIGHUP no command starts.
+        tokio::task::yield_now().await;
+        if let Some(signal) = children::interrupted() {
+            return Err(ToolError::Spawn {
+                program: cmd.name(),
+                command: cmd.display(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!(
+                        "runnerctl was interrupted by {}",
+                        children::signal_name(signal)
+                    ),
+                ),
+                help: "run the same command again to resume".into(),
+            });
+        }
         let display = cmd.display();
         self.log_line(&format!("$ {display}"));
         self.reporter.emit(Event::Command {
