@@ -148,6 +148,11 @@ pub struct RunArgs {
     #[arg(long, env = "RUNNERCTL_NO_GIT_PUSH")]
     pub no_git_push: bool,
 
+    /// Build even with uncommitted changes to tracked files in the flake
+    /// (not flake.lock): the image then is not what is committed.
+    #[arg(long, env = "RUNNERCTL_ALLOW_DIRTY")]
+    pub allow_dirty: bool,
+
     /// Do not write the content-addressed `nix-<hash>` tag.
     #[arg(long, env = "RUNNERCTL_NO_NIX_TAG")]
     pub no_nix_tag: bool,

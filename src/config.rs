@@ -57,6 +57,8 @@ pub struct Config {
     pub tls_verify: bool,
     pub commit_message: String,
     pub git_push: bool,
+    /// Build despite uncommitted changes to tracked files (not flake.lock).
+    pub allow_dirty: bool,
     pub nix_tag: bool,
     pub verify: VerifyConfig,
     pub dry_run: bool,
@@ -97,6 +99,13 @@ pub enum ConfigError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Auth(#[from] AuthError),
+
+    #[error("the state dir {} is the flake's directory or contains it", state_dir.display())]
+    #[diagnostic(
+        code(runnerctl::config::state_dir),
+        help("runnerctl keeps its state, logs and a catch-all .gitignore there: pass a directory of its own, e.g. --state-dir .runnerctl (the default)")
+    )]
+    StateDirHoldsFlake { state_dir: PathBuf },
 
     #[error("the commit message template is empty")]
     #[diagnostic(
@@ -146,6 +155,10 @@ pub fn dirs(common: &Common) -> Result<(PathBuf, PathBuf), ConfigError> {
 impl Config {
     pub fn resolve(mode: Mode, args: &RunArgs) -> Result<Config, ConfigError> {
         let (flake, state_dir) = dirs(&args.common)?;
+        let resolved = std::fs::canonicalize(&state_dir).unwrap_or_else(|_| state_dir.clone());
+        if flake.starts_with(&resolved) || flake.starts_with(&state_dir) {
+            return Err(ConfigError::StateDirHoldsFlake { state_dir });
+        }
         if !flake.join("flake.nix").is_file() {
             return Err(ConfigError::NoFlake { path: flake });
         }
@@ -195,6 +208,7 @@ impl Config {
             tls_verify: args.tls_verify,
             commit_message: args.commit_message.clone(),
             git_push: !args.no_git_push,
+            allow_dirty: args.allow_dirty,
             nix_tag: !args.no_nix_tag,
             verify: VerifyConfig {
                 enabled: !args.no_verify,

@@ -345,7 +345,7 @@ async fn run_inner(
     let _lock = if cfg.dry_run {
         None
     } else {
-        Some(state::lock(&cfg.state_dir)?)
+        Some(state::lock(&cfg.state_dir, &cfg.flake)?)
     };
     let mut saved = if cfg.reset_state {
         State::default()

@@ -282,10 +282,18 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
 }
 
 /// Create the state dir with a `.gitignore` so it never shows up in git.
+/// The ignore file is written only into a directory runnerctl owns: one it
+/// creates, its default `.runnerctl`, or one that already holds its state
+/// or lock; never into a directory of the user's.
 pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    let existed = dir.exists();
     std::fs::create_dir_all(dir)?;
+    let ours = !existed
+        || dir.file_name().is_some_and(|n| n == ".runnerctl")
+        || dir.join(STATE_FILE).exists()
+        || dir.join(LOCK_FILE).exists();
     let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
+    if ours && !ignore.exists() {
         std::fs::write(ignore, "# written by runnerctl\n*\n")?;
     }
     Ok(())
@@ -296,9 +304,11 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    /// The flake checkout's directory, flock'ed.
+    _checkout: File,
 }
 
-pub fn lock(dir: &Path) -> Result<RunLock, StateError> {
+pub fn lock(dir: &Path, flake: &Path) -> Result<RunLock, StateError> {
     let path = dir.join(LOCK_FILE);
     let io = |source| StateError::Io {
         path: path.clone(),
@@ -327,7 +337,31 @@ pub fn lock(dir: &Path) -> Result<RunLock, StateError> {
     file.set_len(0).map_err(io)?;
     writeln!(file, "{}", std::process::id()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    Ok(RunLock { _file: file })
+    // One run per flake checkout, whatever its state dir: a lock on the
+    // checkout's directory itself.
+    let checkout = std::fs::File::open(flake).map_err(|source| StateError::Io {
+        path: flake.to_path_buf(),
+        source,
+    })?;
+    match checkout.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StateError::Locked {
+                pid: None,
+                path: flake.to_path_buf(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StateError::Io {
+                path: flake.to_path_buf(),
+                source,
+            })
+        }
+    }
+    Ok(RunLock {
+        _file: file,
+        _checkout: checkout,
+    })
 }
 
 /// Now, as RFC 3339 UTC.
@@ -401,13 +435,13 @@ mod tests {
     #[test]
     fn second_lock_fails_naming_the_pid() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = lock(dir.path()).expect("first lock");
-        match lock(dir.path()) {
+        let first = lock(dir.path(), dir.path()).expect("first lock");
+        match lock(dir.path(), dir.path()) {
             Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);
-        lock(dir.path()).expect("lock after release");
+        lock(dir.path(), dir.path()).expect("lock after release");
     }
 
     /// Parse, and if it fails, render the diagnostic the way main does:

@@ -448,3 +448,59 @@ fn sigterm_during_the_push_removes_the_auth_file_and_stops_skopeo() {
     w.assert_bumped();
     assert_eq!(w.nix_builds(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// Finding 5 (the pending bump) and 8 (the run lock)
+// ---------------------------------------------------------------------------
+
+/// A failed `nix flake update` leaves no hash-less pending bump: the next
+/// bump refuses a hand-edited flake.lock instead of taking it for its own.
+#[test]
+fn a_failed_update_never_adopts_a_hand_edited_lock() {
+    let mut w = World::new();
+    w.shims.fail_once(
+        "nix",
+        &["flake", "update"],
+        1,
+        "error: unable to download 'https://example.invalid': Couldn't resolve host name",
+    );
+    let out = w.bump(&[]);
+    out.assert_code(1);
+    let state = w.state();
+    assert!(state["pending_bump"].is_null(), "{state:#}");
+    // A hand edit to the (committed) lock, after the failed run.
+    let mut edited = w.repo.lock_bytes();
+    edited.extend_from_slice(b"\n\n");
+    fs::write(w.repo.path().join("flake.lock"), &edited).expect("hand edit");
+    let updates = w.shims.count("nix", &["flake", "update"]);
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::preflight::dirty");
+    assert_stderr_mentions(&out, &["flake.lock"]);
+    assert_eq!(w.repo.lock_bytes(), edited, "the hand edit was overwritten");
+    assert_eq!(w.shims.count("nix", &["flake", "update"]), updates);
+    assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
+}
+
+/// Two bumps on one checkout with different state dirs: the second fails at
+/// once; it runs no `nix flake update` while the first one's is running.
+#[test]
+fn one_run_per_checkout_whatever_the_state_dir() {
+    let mut w = World::new();
+    let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::Before);
+    let mut first = w.spawn_bump(&[]);
+    first.wait_hook(&hold, Duration::from_secs(120));
+    let other = tempfile::tempdir().expect("other state dir");
+    let args = w.bump_args(&["--state-dir", &other.path().display().to_string()]);
+    let out = w.run(&args);
+    assert_diagnostic(&out, "runnerctl::state::locked");
+    assert_stderr_mentions(
+        &out,
+        &["holds the lock", &w.repo.path().display().to_string()],
+    );
+    // Only the first run's (held) update was started.
+    assert_eq!(w.shims.count("nix", &["flake", "update"]), 0);
+    hold.release();
+    let out = first.wait(Duration::from_secs(240));
+    out.assert_success();
+    w.assert_bumped();
+}

@@ -17,8 +17,9 @@ use crate::tool::skopeo::Skopeo;
 
 pub struct Preflight;
 
-/// Files whose uncommitted changes would make the result untraceable.
-pub const GUARDED_PATHS: &[&str] = &["flake.lock", "flake.nix", "nix"];
+/// Files whose uncommitted changes would make the result untraceable:
+/// every tracked file in the flake's tree (Nix builds from all of them).
+pub const GUARDED_PATHS: &[&str] = &["."];
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum PreflightError {
@@ -40,7 +41,7 @@ pub enum PreflightError {
     #[error("uncommitted changes in {}:\n{}", paths, lines.join("\n"))]
     #[diagnostic(
         code(runnerctl::preflight::dirty),
-        help("commit or stash them first (`git stash`), so that the image is built from what is committed; runnerctl only ever commits flake.lock")
+        help("commit or stash them first (`git stash`), so that the image is built from what is committed (Nix sees every tracked file); runnerctl only ever commits flake.lock. --allow-dirty builds anyway (not with a changed flake.lock)")
     )]
     Dirty { paths: String, lines: Vec<String> },
 
@@ -146,6 +147,9 @@ impl Preflight {
     /// client alike) and check it against the registry before anything
     /// changes. Returns the login used, if any.
     fn login(cx: &mut Ctx) -> miette::Result<Option<&auth::Login>> {
+        if let ImageRef::Oci { dir } = &cx.cfg.image {
+            crate::image::layout::check_destination(dir)?;
+        }
         let ImageRef::Docker {
             registry,
             repository,
@@ -253,9 +257,21 @@ impl Stage for Preflight {
                 dirty.retain(|line| !line.ends_with("flake.lock"));
             }
         }
+        if cx.cfg.allow_dirty {
+            // flake.lock stays guarded: the update would overwrite it.
+            let (lock, other): (Vec<String>, Vec<String>) =
+                dirty.into_iter().partition(|l| l.ends_with("flake.lock"));
+            if !other.is_empty() {
+                cx.reporter().info(format!(
+                    "warning: --allow-dirty: building with uncommitted changes, so the image is not what is committed: {}",
+                    other.join("; ")
+                ));
+            }
+            dirty = lock;
+        }
         if !dirty.is_empty() {
             return Err(PreflightError::Dirty {
-                paths: GUARDED_PATHS.join(", "),
+                paths: "the flake's tracked files".into(),
                 lines: dirty,
             }
             .into());
