@@ -834,3 +834,35 @@ fn a_state_dir_that_holds_the_repository_is_refused() {
         "no catch-all .gitignore in the repository"
     );
 }
+
+#[test]
+fn unknown_update_input_is_refused_listing_the_inputs() {
+    let w = World::new();
+    refused(
+        &w,
+        &w.bump_args(&["--update-input", "nixpkgss"]),
+        "runnerctl::preflight::update_input",
+        &["`nixpkgss`", "the flake's inputs are:", "nixpkgs"],
+    );
+}
+
+#[test]
+fn a_bad_attr_or_an_unreachable_remote_is_found_before_anything_changes() {
+    let w = World::new();
+    refused(
+        &w,
+        &w.bump_args(&["--attr", "nosuch"]),
+        "runnerctl::preflight::attr",
+        &["no output `nosuch`", "nix flake show"],
+    );
+    let url = w.repo.git(&["remote", "get-url", "origin"]);
+    w.repo
+        .git(&["remote", "set-url", "origin", "/nonexistent/remote.git"]);
+    refused(
+        &w,
+        &w.bump_args(&[]),
+        "runnerctl::preflight::remote",
+        &["did not answer `git ls-remote`", "--no-git-push"],
+    );
+    w.repo.git(&["remote", "set-url", "origin", &url]);
+}

@@ -273,10 +273,12 @@ macro_rules! kill_points {
 
 // The first command each stage runs (src/stage/*.rs) marks its boundary:
 // preflight starts with `nix --version`, update with `nix flake update`,
-// build with `nix eval`, push (after build and verify, which run no
-// command) with `skopeo copy`, commit with the run's second `git
-// hash-object` (update ran the first), git-push with `git ls-remote`. Each
-// kill point also checks in state.json which stages were done.
+// build with the run's second `nix eval` (preflight's checks that the attr
+// exists), push (after build and verify, which run no command) with
+// `skopeo copy`, commit with the run's second `git hash-object` (update ran
+// the first), git-push with the run's second `git ls-remote` (preflight
+// checks that the remote answers). Each kill point also checks in
+// state.json which stages were done.
 kill_points! {
     kill_at_start_of_preflight:
         call("nix", &["--version"], 1, When::Before), done &[], interrupts "preflight";
@@ -285,7 +287,7 @@ kill_points! {
     kill_after_nix_flake_update_wrote_the_lock:
         call("nix", &["flake", "update"], 1, When::After), done PREFLIGHT, interrupts "update";
     kill_between_update_and_build:
-        call("nix", &["eval"], 1, When::Before), done UPDATED, interrupts "build";
+        call("nix", &["eval"], 2, When::Before), done UPDATED, interrupts "build";
     kill_in_the_middle_of_nix_build:
         At::Call {
             tool: "nix", words: &["build"], nth: 1, when: When::During,
@@ -313,7 +315,7 @@ kill_points! {
     kill_after_git_commit_before_it_is_recorded:
         call("git", &["commit"], 1, When::After), done PUSHED, interrupts "commit";
     kill_between_commit_and_git_push:
-        call("git", &["ls-remote"], 1, When::Before), done COMMITTED, interrupts "git-push";
+        call("git", &["ls-remote"], 2, When::Before), done COMMITTED, interrupts "git-push";
     kill_just_before_git_push:
         call("git", &["push"], 1, When::Before), done COMMITTED, interrupts "git-push";
     kill_in_the_middle_of_git_push:

@@ -106,9 +106,14 @@ fn standard_login_in_xdg_runtime_dir_publishes_every_tag() {
 fn docker_config_login_publishes_every_tag() {
     let w = World::new();
     let (env, home, _run) = env_without_runnerctl_credentials(&w);
-    w.registry.write_authfile(&home.join(".docker/config.json"));
+    let config = home.join(".docker/config.json");
+    w.registry.write_authfile(&config);
+    // Readable by others: a warning (finding 7).
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).expect("chmod");
     let out = Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
     out.assert_success();
+    assert_stderr_mentions(&out, &["readable by group or others", "chmod 600"]);
     w.assert_bumped();
 }
 
@@ -503,4 +508,25 @@ fn one_run_per_checkout_whatever_the_state_dir() {
     let out = first.wait(Duration::from_secs(240));
     out.assert_success();
     w.assert_bumped();
+}
+
+/// REGISTRY_AUTH_FILE naming a directory or a file that is not JSON: found
+/// in preflight, before flake.lock changes.
+#[test]
+fn a_bad_registry_auth_file_is_found_before_anything_changes() {
+    let w = World::new();
+    let (env, home, _run) = env_without_runnerctl_credentials(&w);
+    let not_json = home.join("auth.json");
+    fs::write(&not_json, "{\"auths\": {").expect("write");
+    let lock = w.repo.lock_bytes();
+    for (file, phrase) in [(home.clone(), "not a regular file"), (not_json, "not JSON")] {
+        let mut env = env.clone();
+        env.push(("REGISTRY_AUTH_FILE".into(), file.display().to_string()));
+        let out =
+            Spawned::start(&w.bump_args(&[]), w.repo.path(), &env).wait(Duration::from_secs(240));
+        assert_diagnostic(&out, "runnerctl::auth::file");
+        assert_stderr_mentions(&out, &[phrase]);
+        assert_eq!(w.repo.lock_bytes(), lock, "flake.lock untouched");
+        assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
+    }
 }

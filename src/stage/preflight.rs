@@ -63,6 +63,31 @@ pub enum PreflightError {
     )]
     NoLogin { registry: String, looked: String },
 
+    #[error("--update-input `{name}`: the flake has no input of that name")]
+    #[diagnostic(
+        code(runnerctl::preflight::update_input),
+        help("the flake's inputs are: {available}; pass one of them with --update-input (or RUNNERCTL_UPDATE_INPUTS)")
+    )]
+    UnknownUpdateInput { name: String, available: String },
+
+    #[error("the flake has no output `{attr}` to build (`{command}` failed)\n{}", tail.join("\n"))]
+    #[diagnostic(
+        code(runnerctl::preflight::attr),
+        help("check --attr (RUNNERCTL_ATTR): `nix flake show` lists the flake's outputs; nothing was changed")
+    )]
+    NoAttr {
+        attr: String,
+        command: String,
+        tail: Vec<String>,
+    },
+
+    #[error("the remote {upstream} did not answer `git ls-remote`\n{}", tail.join("\n"))]
+    #[diagnostic(
+        code(runnerctl::preflight::remote),
+        help("check the remote's URL (`git remote -v`) and that it is reachable, or pass --no-git-push to commit locally only; nothing was changed")
+    )]
+    RemoteUnreachable { upstream: String, tail: Vec<String> },
+
     #[error("HEAD is detached")]
     #[diagnostic(
         code(runnerctl::preflight::detached),
@@ -242,6 +267,24 @@ impl Stage for Preflight {
 
         cx.reload_lock()?;
         cx.resolve_tags()?;
+        // nix only warns about an input it does not know and then reports
+        // nothing to update: a typo would pass as "up to date".
+        let inputs: Vec<String> = cx
+            .lock()?
+            .root_inputs()
+            .into_iter()
+            .map(|i| i.input)
+            .collect();
+        for name in &cx.cfg.update_inputs {
+            let root = name.split('/').next().unwrap_or(name);
+            if !inputs.iter().any(|i| i == root) {
+                return Err(PreflightError::UnknownUpdateInput {
+                    name: name.clone(),
+                    available: inputs.join(", "),
+                }
+                .into());
+            }
+        }
 
         // The working tree: the guarded files must be committed, except a
         // flake.lock this tool updated in an interrupted run.
@@ -303,6 +346,19 @@ impl Stage for Preflight {
                         }
                         .into());
                     }
+                    // The remote must answer now, not after the image is
+                    // pushed.
+                    if let Err(err) = git.ls_remote(&cx.runner, &upstream).await {
+                        let tail = match err {
+                            crate::tool::ToolError::Failed { tail, .. } => tail,
+                            other => return Err(other.into()),
+                        };
+                        return Err(PreflightError::RemoteUnreachable {
+                            upstream: upstream.display(),
+                            tail,
+                        }
+                        .into());
+                    }
                     note.push_str(&format!("; branch {branch} → {}", upstream.display()));
                     cx.upstream = Some(upstream);
                 }
@@ -312,6 +368,17 @@ impl Stage for Preflight {
             cx.branch = branch;
         }
 
+        // The attr exists (a cheap evaluation, before anything changes).
+        let exists = nix.exists_cmd(&cx.cfg.flake, &cx.cfg.attr);
+        let out = cx.runner.run_unchecked(&exists).await?;
+        if !out.success() {
+            return Err(PreflightError::NoAttr {
+                attr: cx.cfg.attr.clone(),
+                command: exists.display(),
+                tail: out.stderr_tail,
+            }
+            .into());
+        }
         if let Some(login) = Self::login(cx)? {
             note.push_str(&format!("; registry login: {}", login.source));
         }
