@@ -107,6 +107,20 @@ pub enum ConfigError {
     )]
     StateDirHoldsFlake { state_dir: PathBuf },
 
+    #[error("the commit message template has a line break")]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("--commit-message is the subject line only; runnerctl writes the body (the input changes)")
+    )]
+    CommitNewline,
+
+    #[error("the commit message template has a `{{` that is never closed")]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("write the placeholder as {{date}}")
+    )]
+    CommitUnclosed,
+
     #[error("the commit message template is empty")]
     #[diagnostic(
         code(runnerctl::config::commit_message),
@@ -168,10 +182,17 @@ impl Config {
                 dir: state_dir.join("oci"),
             },
         };
-        let templates: Vec<String> = if args.tags.is_empty() {
+        // An empty RUNNERCTL_TAGS (or `--tag ''`) means the default tags.
+        let given: Vec<String> = args
+            .tags
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .cloned()
+            .collect();
+        let templates: Vec<String> = if given.is_empty() {
             DEFAULT_TAGS.iter().map(|t| t.to_string()).collect()
         } else {
-            args.tags.clone()
+            given
         };
         let tag_templates = templates
             .into_iter()
@@ -254,6 +275,9 @@ fn check_commit_template(template: &str) -> Result<(), ConfigError> {
     if template.trim().is_empty() {
         return Err(ConfigError::EmptyCommitMessage);
     }
+    if template.contains(['\n', '\r']) {
+        return Err(ConfigError::CommitNewline);
+    }
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
@@ -267,7 +291,7 @@ fn check_commit_template(template: &str) -> Result<(), ConfigError> {
                 }
                 rest = &after[end + 1..];
             }
-            None => break,
+            None => return Err(ConfigError::CommitUnclosed),
         }
     }
     Ok(())
@@ -287,6 +311,14 @@ mod tests {
         assert!(matches!(
             check_commit_template("bump {rev}"),
             Err(ConfigError::CommitPlaceholder { name }) if name == "rev"
+        ));
+        assert!(matches!(
+            check_commit_template("subject\n\nbody"),
+            Err(ConfigError::CommitNewline)
+        ));
+        assert!(matches!(
+            check_commit_template("Update to {date"),
+            Err(ConfigError::CommitUnclosed)
         ));
     }
 }

@@ -111,6 +111,11 @@ impl Ctx {
     /// Read and parse the working flake.lock.
     pub fn reload_lock(&mut self) -> miette::Result<()> {
         let path = self.cfg.lock_path();
+        // A symlink is refused before it is read: its target may be any
+        // file (a diagnostic would quote it).
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(LockSymlink { path }.into());
+        }
         let text = std::fs::read_to_string(&path).map_err(|source| LockRead {
             path: path.clone(),
             source,
@@ -148,6 +153,16 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Error, Diagnostic)]
+#[error("{} is a symbolic link", path.display())]
+#[diagnostic(
+    code(runnerctl::lock::symlink),
+    help("runnerctl updates and commits flake.lock itself: replace the link by the lock file (`cp --remove-destination \"$(readlink -f flake.lock)\" flake.lock`)")
+)]
+pub struct LockSymlink {
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Error, Diagnostic)]

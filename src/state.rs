@@ -255,12 +255,26 @@ pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
 /// Load the state, or a fresh one if there is none.
 pub fn load(dir: &Path) -> Result<State, StateError> {
     let path = dir.join(STATE_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
         Err(source) => return Err(StateError::Io { path, source }),
     };
-    parse(&text, &path)
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(&text, &path),
+        // Random bytes are a corrupt file, not an I/O problem.
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let at = if text.is_char_boundary(at) { at } else { 0 };
+            Err(StateError::Corrupt {
+                reason: format!("it is not UTF-8 text (byte {at})"),
+                span: SourceSpan::new(at.into(), 0),
+                src: NamedSource::new(path.display().to_string(), text),
+                path,
+            })
+        }
+    }
 }
 
 /// Write the state atomically: a temp file in the same dir, fsync, rename.

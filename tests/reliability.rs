@@ -530,3 +530,168 @@ fn a_bad_registry_auth_file_is_found_before_anything_changes() {
         assert!(w.changing_calls().is_empty(), "{:?}", w.changing_calls());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Finding 8: smaller items
+// ---------------------------------------------------------------------------
+
+/// stdout holds exactly one JSON document; it is returned.
+fn one_json_document(out: &RunOutput) -> serde_json::Value {
+    let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{out}"));
+    assert_eq!(docs.len(), 1, "one JSON document on stdout\n{out}");
+    docs.into_iter().next().expect("one")
+}
+
+#[test]
+fn json_on_every_path_env_booleans_and_corrupt_state() {
+    let nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    // Usage errors: exit 2, one document.
+    for bad in [
+        vec!["--frobnicate"],
+        vec!["--progress", "bogus"],
+        vec!["--tls-verify", "maybe"],
+    ] {
+        let mut args = vec!["bump", "--json"];
+        args.extend(bad.iter().copied());
+        let out = Run::new(args).in_repo(&repo).run();
+        out.assert_code(2);
+        let doc = one_json_document(&out);
+        assert_eq!(doc["outcome"], "failure", "{out}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{out}"
+        );
+    }
+    // A config error: the document names the flake and the image given.
+    let out = Run::new(["bump", "--json", "--image", "http://x/y"])
+        .in_repo(&repo)
+        .run();
+    out.assert_code(1);
+    let doc = one_json_document(&out);
+    assert_eq!(doc["image"], "http://x/y", "{out}");
+    assert!(
+        doc["flake"].as_str().is_some_and(|f| !f.is_empty()),
+        "{out}"
+    );
+    // A bad boolean from the environment names the variable.
+    let out = Run::new(["bump"])
+        .in_repo(&repo)
+        .env("RUNNERCTL_NO_VERIFY", "maybe")
+        .run();
+    out.assert_code(2);
+    assert_stderr_mentions(&out, &["RUNNERCTL_NO_VERIFY"]);
+    // yes/no and 1/0 are booleans; an empty RUNNERCTL_TAGS means the default.
+    let out = Run::new(["bump", "--dry-run", "--json"])
+        .in_repo(&repo)
+        .env("RUNNERCTL_NO_VERIFY", "yes")
+        .env("RUNNERCTL_NO_GIT_PUSH", "1")
+        .env("RUNNERCTL_TAGS", "")
+        .run();
+    out.assert_success();
+    let doc = one_json_document(&out);
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(tags[..2], ["latest", "unstable"], "{out}");
+    assert_eq!(tags.len(), 3, "{out}");
+    // A state.json of random bytes is corrupt (not an I/O error), and
+    // `status --json` still prints one document.
+    let state = repo.path().join(".runnerctl/state.json");
+    fs::create_dir_all(state.parent().expect("dir")).expect("mkdir");
+    fs::write(&state, [0xff, 0xfe, 0x00, 0x9c, 0x80, 0x01, 0xc3]).expect("write");
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["bump", "--no-git-push"],
+    ] {
+        let json = args.contains(&"--json");
+        let out = Run::new(args).in_repo(&repo).run();
+        assert_diagnostic(&out, "runnerctl::state::corrupt");
+        assert_stderr_mentions(&out, &["--reset-state"]);
+        assert!(!out.stderr.contains("permissions"), "{out}");
+        if json {
+            let doc = one_json_document(&out);
+            assert!(doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("corrupt")));
+        }
+    }
+}
+
+#[test]
+fn commit_templates_symlinked_locks_and_huge_child_output() {
+    let nixpkgs = StandInNixpkgs::new();
+    let repo = RunnerRepo::new(&nixpkgs);
+    for template in ["subject\n\nmy own body", "Update to {date"] {
+        let out = Run::new(["bump", "--commit-message", template])
+            .in_repo(&repo)
+            .run();
+        assert_diagnostic(&out, "runnerctl::config::commit_message");
+    }
+    // A flake.lock that is a symlink: refused without quoting its target.
+    let secret_file = repo.path().join("secret.txt");
+    fs::write(&secret_file, "Q0ktVE9LRU4tOTk4ODc3\n").expect("secret");
+    let lock = repo.path().join("flake.lock");
+    let saved = fs::read(&lock).expect("lock");
+    fs::remove_file(&lock).expect("rm");
+    std::os::unix::fs::symlink(&secret_file, &lock).expect("symlink");
+    for json in [false, true] {
+        let mut run = Run::new(["bump", "--no-git-push"]).in_repo(&repo);
+        if json {
+            run = run.arg("--json");
+        }
+        let out = run.run();
+        assert_diagnostic(&out, "runnerctl::lock::symlink");
+        assert!(
+            !out.stderr.contains("Q0ktVE9LRU4") && !out.stdout.contains("Q0ktVE9LRU4"),
+            "{out}"
+        );
+    }
+    fs::remove_file(&lock).expect("rm");
+    fs::write(&lock, saved).expect("restore");
+    fs::remove_file(&secret_file).expect("rm");
+    // A `nix --version` that prints 3 MB: quoted within bounds.
+    let bin = tempfile::tempdir().expect("bin");
+    let nix = bin.path().join("nix");
+    fs::write(
+        &nix,
+        "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\n",
+    )
+    .expect("nix");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&nix, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for json in [false, true] {
+        let mut run = Run::new(["bump", "--no-git-push"])
+            .in_repo(&repo)
+            .env("PATH", &path);
+        if json {
+            run = run.arg("--json");
+        }
+        let out = run.run();
+        out.assert_code(1);
+        assert!(
+            out.stderr.len() < 16 * 1024,
+            "{} bytes of stderr",
+            out.stderr.len()
+        );
+        assert!(
+            out.stdout.len() < 16 * 1024,
+            "{} bytes of stdout",
+            out.stdout.len()
+        );
+    }
+}

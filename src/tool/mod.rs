@@ -26,6 +26,8 @@ use crate::progress::{Event, Reporter};
 
 /// How many lines of a failed child's output a diagnostic shows.
 pub const TAIL_LINES: usize = 20;
+/// The longest line of a child's output a diagnostic quotes (characters).
+pub const MAX_LINE: usize = 500;
 
 /// Environment variables that carry credentials. They are removed from every
 /// child's environment: credentials reach skopeo only through `--authfile`.
@@ -361,7 +363,7 @@ impl Runner {
                         program: cmd.name(),
                         line: line.clone(),
                     });
-                    tail.push_back(line);
+                    tail.push_back(crate::diagnostic::bound(&line, MAX_LINE));
                     if tail.len() > TAIL_LINES {
                         tail.pop_front();
                     }

@@ -165,7 +165,10 @@ impl Nix {
         let out = runner.run(&cmd).await?;
         let version = parse_version(&out.stdout).ok_or_else(|| ToolError::BadOutput {
             command: cmd.display(),
-            reason: format!("no version in {:?}", out.stdout.trim()),
+            reason: format!(
+                "no version in {:?}",
+                crate::diagnostic::bound(out.stdout.trim(), 200)
+            ),
         })?;
         Ok(Nix { path, version })
     }
