@@ -866,3 +866,20 @@ fn a_bad_attr_or_an_unreachable_remote_is_found_before_anything_changes() {
     );
     w.repo.git(&["remote", "set-url", "origin", &url]);
 }
+
+#[test]
+fn last_modified_outside_1970_to_9999_is_rejected_not_clamped() {
+    let w = World::new();
+    let node = w.repo.nixpkgs_node().to_string();
+    for value in [1_i64, 253_402_300_800] {
+        let mut lock = w.repo.lock_json();
+        lock["nodes"][&node]["locked"]["lastModified"] = serde_json::json!(value);
+        commit_lock(&w, &serde_json::to_string_pretty(&lock).expect("json"));
+        refused(
+            &w,
+            &w.bump_args(&[]),
+            "runnerctl::flake_lock::last_modified_range",
+            &[&format!("node `{node}`"), &format!("lastModified {value}")],
+        );
+    }
+}
