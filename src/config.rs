@@ -182,13 +182,14 @@ impl Config {
                 dir: state_dir.join("oci"),
             },
         };
-        // An empty RUNNERCTL_TAGS (or `--tag ''`) means the default tags.
-        let given: Vec<String> = args
-            .tags
-            .iter()
-            .filter(|t| !t.trim().is_empty())
-            .cloned()
-            .collect();
+        // An empty RUNNERCTL_TAGS means the default tags (an explicit
+        // `--tag ''` stays an invalid tag).
+        let empty_env = std::env::var_os("RUNNERCTL_TAGS").is_some_and(|v| v.is_empty());
+        let given: Vec<String> = if empty_env && args.tags.iter().all(|t| t.is_empty()) {
+            Vec::new()
+        } else {
+            args.tags.clone()
+        };
         let templates: Vec<String> = if given.is_empty() {
             DEFAULT_TAGS.iter().map(|t| t.to_string()).collect()
         } else {
