@@ -132,7 +132,7 @@ pub struct RunArgs {
     pub tags: Vec<String>,
 
     /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
-    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub tls_verify: bool,
 
     /// The containers trust policy for skopeo [default: runnerctl writes its own, STATE_DIR/policy.json].
@@ -159,15 +159,20 @@ pub struct RunArgs {
     pub commit_message: String,
 
     /// Commit locally, but do not push the commit.
-    #[arg(long, env = "RUNNERCTL_NO_GIT_PUSH")]
+    #[arg(long, env = "RUNNERCTL_NO_GIT_PUSH", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_git_push: bool,
 
+    /// Build even with uncommitted changes to tracked files in the flake
+    /// (not flake.lock): the image then is not what is committed.
+    #[arg(long, env = "RUNNERCTL_ALLOW_DIRTY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_dirty: bool,
+
     /// Do not write the content-addressed `nix-<hash>` tag.
-    #[arg(long, env = "RUNNERCTL_NO_NIX_TAG")]
+    #[arg(long, env = "RUNNERCTL_NO_NIX_TAG", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nix_tag: bool,
 
     /// Skip the verify stage.
-    #[arg(long, env = "RUNNERCTL_NO_VERIFY")]
+    #[arg(long, env = "RUNNERCTL_NO_VERIFY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_verify: bool,
 
     /// Extra paths the image must contain (repeatable), e.g. bin/jq.
@@ -180,7 +185,7 @@ pub struct RunArgs {
     pub verify_require: Vec<String>,
 
     /// Replace the default required paths instead of adding to them.
-    #[arg(long, env = "RUNNERCTL_VERIFY_NO_DEFAULTS")]
+    #[arg(long, env = "RUNNERCTL_VERIFY_NO_DEFAULTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_no_defaults: bool,
 
     /// Show the plan and change nothing: flake.lock, git, remote and registry stay as they are.

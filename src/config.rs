@@ -61,6 +61,8 @@ pub struct Config {
     pub registry_timeout: std::time::Duration,
     pub commit_message: String,
     pub git_push: bool,
+    /// Build despite uncommitted changes to tracked files (not flake.lock).
+    pub allow_dirty: bool,
     pub nix_tag: bool,
     pub verify: VerifyConfig,
     pub dry_run: bool,
@@ -101,6 +103,27 @@ pub enum ConfigError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Auth(#[from] AuthError),
+
+    #[error("the state dir {} is the flake's directory or contains it", state_dir.display())]
+    #[diagnostic(
+        code(runnerctl::config::state_dir),
+        help("runnerctl keeps its state, logs and a catch-all .gitignore there: pass a directory of its own, e.g. --state-dir .runnerctl (the default)")
+    )]
+    StateDirHoldsFlake { state_dir: PathBuf },
+
+    #[error("the commit message template has a line break")]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("--commit-message is the subject line only; runnerctl writes the body (the input changes)")
+    )]
+    CommitNewline,
+
+    #[error("the commit message template has a `{{` that is never closed")]
+    #[diagnostic(
+        code(runnerctl::config::commit_message),
+        help("write the placeholder as {{date}}")
+    )]
+    CommitUnclosed,
 
     #[error("the commit message template is empty")]
     #[diagnostic(
@@ -150,6 +173,10 @@ pub fn dirs(common: &Common) -> Result<(PathBuf, PathBuf), ConfigError> {
 impl Config {
     pub fn resolve(mode: Mode, args: &RunArgs) -> Result<Config, ConfigError> {
         let (flake, state_dir) = dirs(&args.common)?;
+        let resolved = std::fs::canonicalize(&state_dir).unwrap_or_else(|_| state_dir.clone());
+        if flake.starts_with(&resolved) || flake.starts_with(&state_dir) {
+            return Err(ConfigError::StateDirHoldsFlake { state_dir });
+        }
         if !flake.join("flake.nix").is_file() {
             return Err(ConfigError::NoFlake { path: flake });
         }
@@ -159,10 +186,18 @@ impl Config {
                 dir: state_dir.join("oci"),
             },
         };
-        let templates: Vec<String> = if args.tags.is_empty() {
-            DEFAULT_TAGS.iter().map(|t| t.to_string()).collect()
+        // An empty RUNNERCTL_TAGS means the default tags (an explicit
+        // `--tag ''` stays an invalid tag).
+        let empty_env = std::env::var_os("RUNNERCTL_TAGS").is_some_and(|v| v.is_empty());
+        let given: Vec<String> = if empty_env && args.tags.iter().all(|t| t.is_empty()) {
+            Vec::new()
         } else {
             args.tags.clone()
+        };
+        let templates: Vec<String> = if given.is_empty() {
+            DEFAULT_TAGS.iter().map(|t| t.to_string()).collect()
+        } else {
+            given
         };
         let tag_templates = templates
             .into_iter()
@@ -201,6 +236,7 @@ impl Config {
             registry_timeout: std::time::Duration::from_secs(args.registry_timeout),
             commit_message: args.commit_message.clone(),
             git_push: !args.no_git_push,
+            allow_dirty: args.allow_dirty,
             nix_tag: !args.no_nix_tag,
             verify: VerifyConfig {
                 enabled: !args.no_verify,
@@ -246,6 +282,9 @@ fn check_commit_template(template: &str) -> Result<(), ConfigError> {
     if template.trim().is_empty() {
         return Err(ConfigError::EmptyCommitMessage);
     }
+    if template.contains(['\n', '\r']) {
+        return Err(ConfigError::CommitNewline);
+    }
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
@@ -259,7 +298,7 @@ fn check_commit_template(template: &str) -> Result<(), ConfigError> {
                 }
                 rest = &after[end + 1..];
             }
-            None => break,
+            None => return Err(ConfigError::CommitUnclosed),
         }
     }
     Ok(())
@@ -279,6 +318,14 @@ mod tests {
         assert!(matches!(
             check_commit_template("bump {rev}"),
             Err(ConfigError::CommitPlaceholder { name }) if name == "rev"
+        ));
+        assert!(matches!(
+            check_commit_template("subject\n\nbody"),
+            Err(ConfigError::CommitNewline)
+        ));
+        assert!(matches!(
+            check_commit_template("Update to {date"),
+            Err(ConfigError::CommitUnclosed)
         ));
     }
 }

@@ -235,6 +235,19 @@ pub enum LockError {
         kind: String,
         site: Box<Site>,
     },
+
+    /// The resolved node's `lastModified` is not a date a tag can name
+    /// (before 1970-01-02 or after 9999-12-31).
+    #[error(
+        "{}: input `{input}` (node `{node}`) has lastModified {value}, which is not a date between 1970-01-02 and 9999-12-31",
+        .site.path.display()
+    )]
+    LastModifiedOutOfRange {
+        input: String,
+        node: String,
+        value: i64,
+        site: Box<Site>,
+    },
 }
 
 /// Where a [`LockError`] happened: the file, and if known its text and the
@@ -273,7 +286,8 @@ impl LockError {
             | LockError::DanglingFollows { site, .. }
             | LockError::FollowsCycle { site, .. }
             | LockError::FollowsTooDeep { site, .. }
-            | LockError::NoLastModified { site, .. } => site,
+            | LockError::NoLastModified { site, .. }
+            | LockError::LastModifiedOutOfRange { site, .. } => site,
         }
     }
 
@@ -299,6 +313,7 @@ impl LockError {
             LockError::FollowsCycle { .. } => "follows_cycle",
             LockError::FollowsTooDeep { .. } => "follows_too_deep",
             LockError::NoLastModified { .. } => "no_last_modified",
+            LockError::LastModifiedOutOfRange { .. } => "last_modified_range",
         }
     }
 
@@ -317,6 +332,7 @@ impl LockError {
             LockError::FollowsCycle { .. } => "this follows path leads back to itself".to_owned(),
             LockError::FollowsTooDeep { .. } => "resolution starts here".to_owned(),
             LockError::NoLastModified { .. } => "locked without lastModified".to_owned(),
+            LockError::LastModifiedOutOfRange { .. } => "lastModified out of range".to_owned(),
         }
     }
 
@@ -361,6 +377,10 @@ impl LockError {
                  or pick another input with `--input NAME`"
                     .to_owned()
             }
+            LockError::LastModifiedOutOfRange { input, .. } => format!(
+                "the lock entry's time cannot be a date tag; run `nix flake update {input}` to \
+                 lock it again, or pick another input with `--input NAME`"
+            ),
             LockError::NoLastModified { input, kind, .. } => format!(
                 "the lock entry of type `{kind}` records no lastModified time (as for `path:` \
                  inputs), so no date tag can be derived from `{input}`; pick another input, \
@@ -901,6 +921,18 @@ impl FlakeLock {
     pub fn date_tag(&self, input: &str) -> Result<DateTag, LockError> {
         let locked = self.locked_input(input)?;
         match locked.last_modified {
+            Some(secs) if !(86_400..=MAX_DATE_SECS).contains(&secs) => {
+                let site = self.context(
+                    &["nodes", &locked.node, "locked", "lastModified"],
+                    Part::Value,
+                );
+                Err(LockError::LastModifiedOutOfRange {
+                    input: locked.input,
+                    node: locked.node,
+                    value: secs,
+                    site,
+                })
+            }
             Some(secs) => Ok(DateTag::from_unix(secs)),
             None => {
                 let node = self.nodes.get(&locked.node);
@@ -1229,14 +1261,23 @@ mod tests {
 
         let mut value = original;
         value["nodes"]["future"] = json!({
-            "locked": { "type": "sourcehut", "lastModified": 1, "frobnicate": { "x": [1, 2] } },
+            "locked": { "type": "sourcehut", "lastModified": 172800, "frobnicate": { "x": [1, 2] } },
             "novel": true
         });
         value["nodes"]["root"]["inputs"]["future"] = json!("future");
         let lock = lock_from(value.clone());
         assert_eq!(lock.nodes["future"].rest["novel"], json!(true));
         assert_eq!(serde_json::to_value(&lock).unwrap(), value);
-        assert_eq!(lock.date_tag("future").unwrap().as_str(), "19700101");
+        assert_eq!(lock.date_tag("future").unwrap().as_str(), "19700103");
+        // Out of range: rejected with the node and the value, not clamped.
+        for secs in [1, -5, 253_402_300_800] {
+            value["nodes"]["future"]["locked"]["lastModified"] = json!(secs);
+            let err = lock_from(value.clone()).date_tag("future").unwrap_err();
+            assert!(
+                matches!(&err, LockError::LastModifiedOutOfRange { node, value, .. } if node == "future" && *value == secs),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diagnostic;
 pub mod digest;
 pub mod flake_lock;
 pub mod image;

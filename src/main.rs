@@ -10,7 +10,10 @@ use runnerctl::progress::Reporter;
 use runnerctl::{demo, pipeline, status};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     install_error_hook();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -23,6 +26,64 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// A usage error: clap's message on stderr, exit 2, and with `--json` the
+/// one JSON document on stdout that every path prints.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || matches!(
+        err.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // A bad value from the environment: name the variable.
+    let mut note = None;
+    if let Some(clap::error::ContextValue::String(value)) =
+        err.get(clap::error::ContextKind::InvalidValue)
+    {
+        let from_env: Vec<String> = std::env::vars()
+            .filter(|(k, v)| k.starts_with("RUNNERCTL_") && v == value)
+            .map(|(k, _)| k)
+            .collect();
+        if !from_env.is_empty() && !args.iter().any(|a| a.contains(value.as_str())) {
+            note = Some(format!(
+                "the value comes from the environment variable {} (booleans: 1/0, true/false, yes/no, on/off)",
+                from_env.join(", ")
+            ));
+        }
+    }
+    if args.iter().any(|a| a == "--json") {
+        let command = args
+            .iter()
+            .find(|a| matches!(a.as_str(), "bump" | "release" | "status"))
+            .cloned()
+            .unwrap_or_default();
+        let mut report =
+            runnerctl::report::Report::new(&command, args.iter().any(|a| a == "--dry-run"));
+        let text = err.kind().as_str().unwrap_or("usage error").to_string();
+        report.error = Some(runnerctl::report::ErrorReport {
+            message: runnerctl::diagnostic::bound(
+                err.to_string().lines().next().unwrap_or(&text),
+                runnerctl::diagnostic::MAX_MESSAGE,
+            ),
+            help: Some(
+                note.clone()
+                    .unwrap_or_else(|| "see `runnerctl help` for the options".into()),
+            ),
+        });
+        print_json(&report);
+    }
+    let _ = err.print();
+    if let Some(note) = note {
+        let _ = writeln!(std::io::stderr().lock(), "note: {note}");
+    }
+    ExitCode::from(2)
 }
 
 /// Diagnostics in colour only on a terminal, without NO_COLOR, outside CI.
@@ -41,14 +102,23 @@ fn install_error_hook() {
     }));
 }
 
-fn print_error(err: &miette::Report) {
-    eprintln!("{err:?}");
+/// The diagnostic, bounded (a window of the source around each label, a
+/// few KB at most).
+fn print_error(err: miette::Report) {
+    let text = runnerctl::diagnostic::render(err);
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Write to stdout; a reader that went away (`runnerctl status | true`,
+/// EPIPE) is not an error: the exit code says how the work went.
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
     if let Ok(text) = serde_json::to_string_pretty(value) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        print_out(&format!("{text}\n"));
     }
 }
 
@@ -63,12 +133,24 @@ async fn run(cli: Cli) -> ExitCode {
                     if out.json {
                         print_json(&doc);
                     } else {
-                        print!("{}", doc.render());
+                        print_out(&doc.render());
                     }
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
-                    print_error(&err);
+                    if out.json {
+                        print_json(&serde_json::json!({
+                            "schema_version": 1,
+                            "state_file": null,
+                            "exists": null,
+                            "state": null,
+                            "error": {
+                                "message": runnerctl::diagnostic::message(&err),
+                                "help": err.help().map(|h| h.to_string()),
+                            },
+                        }));
+                    }
+                    print_error(err);
                     ExitCode::FAILURE
                 }
             }
@@ -76,13 +158,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => match demo::demo(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                print_error(&err);
+                print_error(err);
                 ExitCode::FAILURE
             }
         },
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "runnerctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "runnerctl", &mut script);
+            print_out(&String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
     }
@@ -96,13 +180,15 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
             let err = miette::Report::new(err);
             if out.json {
                 let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
+                report.flake = args.common.flake.display().to_string();
+                report.image = args.image.clone().unwrap_or_default();
                 report.error = Some(runnerctl::report::ErrorReport {
-                    message: err.to_string(),
+                    message: runnerctl::diagnostic::message(&err),
                     help: err.help().map(|h| h.to_string()),
                 });
                 print_json(&report);
             }
-            print_error(&err);
+            print_error(err);
             return ExitCode::FAILURE;
         }
     };
@@ -112,16 +198,24 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
     if out.json {
         print_json(&report);
     } else if out.verbosity > runnerctl::progress::Verbosity::Quiet {
-        print!("{}", report.render());
+        print_out(&report.render());
     }
     match err {
         None => ExitCode::SUCCESS,
         Some(err) => {
-            print_error(&err);
+            let code = err
+                .downcast_ref::<runnerctl::tool::children::Interrupted>()
+                .map(|i| ExitCode::from(i.exit_code()))
+                .unwrap_or(ExitCode::FAILURE);
+            print_error(err);
             if std::path::Path::new(&report.log_file).is_file() {
-                eprintln!("The full output of every command is in {}", report.log_file);
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "The full output of every command is in {}",
+                    report.log_file
+                );
             }
-            ExitCode::FAILURE
+            code
         }
     }
 }

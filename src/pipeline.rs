@@ -47,6 +47,11 @@ pub struct Ctx {
     pub digest: Option<String>,
     pub commit: Option<String>,
     pub authfile: Option<AuthFile>,
+    /// The registry login preflight resolved (skopeo gets it as `authfile`).
+    pub login: Option<crate::auth::Login>,
+    /// The registry client preflight checked the login with; the push
+    /// reuses it (and its token).
+    pub registry: Option<std::sync::Arc<crate::image::registry::Registry>>,
     /// Dry-run bump: the throwaway copy of the flake with the new lock.
     pub dry_flake: Option<tempfile::TempDir>,
     /// Where each tag points, as last asked.
@@ -106,6 +111,11 @@ impl Ctx {
     /// Read and parse the working flake.lock.
     pub fn reload_lock(&mut self) -> miette::Result<()> {
         let path = self.cfg.lock_path();
+        // A symlink is refused before it is read: its target may be any
+        // file (a diagnostic would quote it).
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(LockSymlink { path }.into());
+        }
         let text = std::fs::read_to_string(&path).map_err(|source| LockRead {
             path: path.clone(),
             source,
@@ -143,6 +153,16 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Error, Diagnostic)]
+#[error("{} is a symbolic link", path.display())]
+#[diagnostic(
+    code(runnerctl::lock::symlink),
+    help("runnerctl updates and commits flake.lock itself: replace the link by the lock file (`cp --remove-destination \"$(readlink -f flake.lock)\" flake.lock`)")
+)]
+pub struct LockSymlink {
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -239,7 +259,14 @@ struct Finished {
 }
 
 /// Report a finished stage and record it (a dry run records nothing).
-fn finish_stage(cx: &mut Ctx, f: Finished) -> miette::Result<()> {
+fn finish_stage(cx: &mut Ctx, mut f: Finished) -> miette::Result<()> {
+    if let (Some(signal), StageStatus::Failed) = (crate::tool::children::interrupted(), f.status) {
+        f.note = format!(
+            "interrupted by {}: {}",
+            crate::tool::children::signal_name(signal),
+            f.note
+        );
+    }
     cx.reporter().emit(Event::StageFinished {
         stage: f.name,
         status: f.status,
@@ -314,7 +341,7 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
         Err(err) => {
             report.outcome = "failure".into();
             report.error = Some(ErrorReport {
-                message: err.to_string(),
+                message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
             });
             (report, Some(err))
@@ -327,11 +354,13 @@ async fn run_inner(
     reporter: Reporter,
     report: &mut Report,
 ) -> miette::Result<&'static str> {
+    // Auth files of runs that were killed (kill -9 skips every cleanup).
+    crate::auth::remove_stale_auth_files(&std::env::temp_dir());
     // The run lock and the state (not in a dry run: it changes nothing).
     let _lock = if cfg.dry_run {
         None
     } else {
-        Some(state::lock(&cfg.state_dir)?)
+        Some(state::lock(&cfg.state_dir, &cfg.flake)?)
     };
     let mut saved = if cfg.reset_state {
         State::default()
@@ -361,6 +390,12 @@ async fn run_inner(
         saved.outcome = None;
     }
 
+    // From here on SIGINT, SIGTERM and SIGHUP stop the run cleanly.
+    let signals = if cfg.dry_run {
+        None
+    } else {
+        crate::tool::children::Signals::catch().ok()
+    };
     let mut runner = Runner::new(reporter);
     if !cfg.dry_run {
         runner = runner.with_log(&cfg.log_path()).into_diagnostic()?;
@@ -386,6 +421,8 @@ async fn run_inner(
         digest: None,
         commit: None,
         authfile: None,
+        login: None,
+        registry: None,
         dry_flake: None,
         tag_states: None,
         report: std::mem::replace(report, Report::new(mode.as_str(), false)),
@@ -396,7 +433,11 @@ async fn run_inner(
             .info(format!("resuming the unfinished {} run", mode.as_str()));
     }
 
-    let result = stages(&mut cx).await;
+    let result = match signals {
+        Some(signals) => stages_until_interrupted(&mut cx, signals).await,
+        None => stages(&mut cx).await,
+    };
+    let interrupted = crate::tool::children::interrupted();
     let outcome = match &result {
         Ok(_) if cx.cfg.dry_run => "dry-run",
         Ok(_) if cx.up_to_date => "up-to-date",
@@ -407,7 +448,28 @@ async fn run_inner(
         if mode == Mode::Bump && result.is_ok() {
             cx.state.pending_bump = None;
         }
-        cx.state.outcome = Some(outcome.to_string());
+        if let Some(signal) = interrupted {
+            // The stage that was running when the signal came.
+            let note = format!(
+                "interrupted by {}",
+                crate::tool::children::signal_name(signal)
+            );
+            for record in cx.state.stages.values_mut() {
+                if record.status == StageStatus::Running {
+                    record.status = StageStatus::Failed;
+                    record.note = Some(note.clone());
+                    record.finished_at = Some(state::now());
+                }
+            }
+        }
+        cx.state.outcome = Some(
+            if interrupted.is_some() {
+                "interrupted"
+            } else {
+                outcome
+            }
+            .to_string(),
+        );
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
@@ -420,6 +482,33 @@ async fn run_inner(
     }
     *report = std::mem::replace(&mut cx.report, Report::new(mode.as_str(), false));
     result.map(|_| outcome)
+}
+
+/// The stages, until a signal: then what runnerctl started gets the signal
+/// and [`GRACE`](crate::tool::children::GRACE) to end (the stage sees its
+/// command fail and no new command starts), what remains is killed, and
+/// the run ends as [`Interrupted`](crate::tool::children::Interrupted).
+async fn stages_until_interrupted(
+    cx: &mut Ctx,
+    mut signals: crate::tool::children::Signals,
+) -> miette::Result<()> {
+    use crate::tool::children;
+    let work = stages(cx);
+    tokio::pin!(work);
+    let signal = tokio::select! {
+        biased;
+        signal = signals.recv() => signal,
+        result = &mut work => return result,
+    };
+    if tokio::time::timeout(children::GRACE, &mut work)
+        .await
+        .is_err()
+    {
+        children::signal_all(libc::SIGKILL);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut work).await;
+    }
+    children::wait_for_descendants(std::time::Duration::from_secs(2));
+    Err(children::Interrupted { signal }.into())
 }
 
 async fn stages(cx: &mut Ctx) -> miette::Result<()> {

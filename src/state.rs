@@ -255,12 +255,26 @@ pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
 /// Load the state, or a fresh one if there is none.
 pub fn load(dir: &Path) -> Result<State, StateError> {
     let path = dir.join(STATE_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
         Err(source) => return Err(StateError::Io { path, source }),
     };
-    parse(&text, &path)
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(&text, &path),
+        // Random bytes are a corrupt file, not an I/O problem.
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let at = if text.is_char_boundary(at) { at } else { 0 };
+            Err(StateError::Corrupt {
+                reason: format!("it is not UTF-8 text (byte {at})"),
+                span: SourceSpan::new(at.into(), 0),
+                src: NamedSource::new(path.display().to_string(), text),
+                path,
+            })
+        }
+    }
 }
 
 /// Write the state atomically: a temp file in the same dir, fsync, rename.
@@ -304,10 +318,18 @@ fn pause_inside_save_for_tests() {
 }
 
 /// Create the state dir with a `.gitignore` so it never shows up in git.
+/// The ignore file is written only into a directory runnerctl owns: one it
+/// creates, its default `.runnerctl`, or one that already holds its state
+/// or lock; never into a directory of the user's.
 pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    let existed = dir.exists();
     std::fs::create_dir_all(dir)?;
+    let ours = !existed
+        || dir.file_name().is_some_and(|n| n == ".runnerctl")
+        || dir.join(STATE_FILE).exists()
+        || dir.join(LOCK_FILE).exists();
     let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
+    if ours && !ignore.exists() {
         std::fs::write(ignore, "# written by runnerctl\n*\n")?;
     }
     Ok(())
@@ -318,9 +340,11 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    /// The flake checkout's directory, flock'ed.
+    _checkout: File,
 }
 
-pub fn lock(dir: &Path) -> Result<RunLock, StateError> {
+pub fn lock(dir: &Path, flake: &Path) -> Result<RunLock, StateError> {
     let path = dir.join(LOCK_FILE);
     let io = |source| StateError::Io {
         path: path.clone(),
@@ -349,7 +373,31 @@ pub fn lock(dir: &Path) -> Result<RunLock, StateError> {
     file.set_len(0).map_err(io)?;
     writeln!(file, "{}", std::process::id()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    Ok(RunLock { _file: file })
+    // One run per flake checkout, whatever its state dir: a lock on the
+    // checkout's directory itself.
+    let checkout = std::fs::File::open(flake).map_err(|source| StateError::Io {
+        path: flake.to_path_buf(),
+        source,
+    })?;
+    match checkout.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StateError::Locked {
+                pid: None,
+                path: flake.to_path_buf(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StateError::Io {
+                path: flake.to_path_buf(),
+                source,
+            })
+        }
+    }
+    Ok(RunLock {
+        _file: file,
+        _checkout: checkout,
+    })
 }
 
 /// Now, as RFC 3339 UTC.
@@ -423,13 +471,13 @@ mod tests {
     #[test]
     fn second_lock_fails_naming_the_pid() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = lock(dir.path()).expect("first lock");
-        match lock(dir.path()) {
+        let first = lock(dir.path(), dir.path()).expect("first lock");
+        match lock(dir.path(), dir.path()) {
             Err(StateError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);
-        lock(dir.path()).expect("lock after release");
+        lock(dir.path(), dir.path()).expect("lock after release");
     }
 
     /// Parse, and if it fails, render the diagnostic the way main does:

@@ -353,12 +353,12 @@ fn uncommitted_changes_to_flake_lock_flake_nix_or_nix_dir_are_refused() {
             &w.bump_args(&[]),
             "runnerctl::preflight::dirty",
             &[
-                "uncommitted changes in flake.lock, flake.nix, nix:",
+                "uncommitted changes in the flake's tracked files:",
                 "git stash",
             ],
         );
         assert!(
-            squash(&out.stderr).contains(&squash(&format!("nix: {}", line.trim()))),
+            squash(&out.stderr).contains(&squash(&format!("files: {}", line.trim()))),
             "the diagnostic does not list {line:?}\n{out}"
         );
         w.repo.git(&["reset", "--quiet", "--hard", "HEAD"]);
@@ -378,8 +378,17 @@ fn unrelated_changes_are_fine_and_only_flake_lock_is_committed() {
     fs::write(w.repo.path().join("scratch.txt"), "untracked\n").expect("write");
     let status = w.repo.git(&["status", "--porcelain"]);
 
-    let out = w.bump(&[]);
+    // The README and the staged file are tracked, so Nix would see them:
+    // refused without --allow-dirty (issue 10, finding 5).
+    refused(
+        &w,
+        &w.bump_args(&[]),
+        "runnerctl::preflight::dirty",
+        &["README.md", "docs/staged.md", "--allow-dirty"],
+    );
+    let out = w.bump(&["--allow-dirty"]);
     out.assert_success();
+    assert_stderr_mentions(&out, &["--allow-dirty", "not what is committed"]);
     w.expect_clean_tree = false;
     w.assert_bumped();
     // The bump commit has flake.lock and nothing else (assert_bumped), and
@@ -735,4 +744,142 @@ fn state_file_reader_never_panics_on_generated_files() {
         outcomes.contains_key("runnerctl::state::version"),
         "{outcomes:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 10: silent data loss and late checks
+// ---------------------------------------------------------------------------
+
+#[test]
+fn uncommitted_builder_script_is_refused() {
+    let w = World::new();
+    let script = w.repo.path().join("build-image.sh");
+    let mut text = fs::read_to_string(&script).expect("build-image.sh");
+    text.push_str("\n# a local change that is not committed\n");
+    fs::write(&script, &text).expect("write");
+    refused(
+        &w,
+        &w.bump_args(&[]),
+        "runnerctl::preflight::dirty",
+        &["build-image.sh", "commit or stash"],
+    );
+    assert_eq!(fs::read_to_string(&script).expect("read"), text);
+}
+
+#[test]
+fn oci_destinations_that_are_not_layouts_are_refused() {
+    let w = World::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A directory of the user's with an index.json, but no oci-layout.
+    let users = tmp.path().join("users");
+    fs::create_dir_all(&users).expect("mkdir");
+    fs::write(users.join("index.json"), "{\"mine\": true}\n").expect("write");
+    refused(
+        &w,
+        &w.bump_args_to(&format!("oci:{}", users.display()), &[]),
+        "runnerctl::layout::not_a_layout",
+        &["oci-layout", "nothing was written"],
+    );
+    assert_eq!(
+        fs::read_to_string(users.join("index.json")).expect("read"),
+        "{\"mine\": true}\n"
+    );
+    // A real layout whose index.json is truncated.
+    let layout = tmp.path().join("layout");
+    fs::create_dir_all(&layout).expect("mkdir");
+    fs::write(
+        layout.join("oci-layout"),
+        "{\"imageLayoutVersion\":\"1.0.0\"}",
+    )
+    .expect("write");
+    let truncated = "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci";
+    fs::write(layout.join("index.json"), truncated).expect("write");
+    refused(
+        &w,
+        &w.bump_args_to(&format!("oci:{}", layout.display()), &[]),
+        "runnerctl::layout::bad_index",
+        &["index.json", "does not parse"],
+    );
+    assert_eq!(
+        fs::read_to_string(layout.join("index.json")).expect("read"),
+        truncated
+    );
+    // A file.
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "not a directory\n").expect("write");
+    refused(
+        &w,
+        &w.bump_args_to(&format!("oci:{}", file.display()), &[]),
+        "runnerctl::layout::not_a_layout",
+        &["not a directory"],
+    );
+}
+
+#[test]
+fn a_state_dir_that_holds_the_repository_is_refused() {
+    let w = World::new();
+    let ignore = w.repo.path().join(".gitignore");
+    let ignore_before = fs::read(&ignore).ok();
+    for dir in [".", "..", "/"] {
+        refused(
+            &w,
+            &w.bump_args(&["--state-dir", dir]),
+            "runnerctl::config::state_dir",
+            &["is the flake's directory or contains it"],
+        );
+    }
+    assert_eq!(
+        fs::read(&ignore).ok(),
+        ignore_before,
+        "no catch-all .gitignore in the repository"
+    );
+}
+
+#[test]
+fn unknown_update_input_is_refused_listing_the_inputs() {
+    let w = World::new();
+    refused(
+        &w,
+        &w.bump_args(&["--update-input", "nixpkgss"]),
+        "runnerctl::preflight::update_input",
+        &["`nixpkgss`", "the flake's inputs are:", "nixpkgs"],
+    );
+}
+
+#[test]
+fn a_bad_attr_or_an_unreachable_remote_is_found_before_anything_changes() {
+    let w = World::new();
+    refused(
+        &w,
+        &w.bump_args(&["--attr", "nosuch"]),
+        "runnerctl::preflight::attr",
+        &["no output `nosuch`", "nix flake show"],
+    );
+    let url = w.repo.git(&["remote", "get-url", "origin"]);
+    w.repo
+        .git(&["remote", "set-url", "origin", "/nonexistent/remote.git"]);
+    refused(
+        &w,
+        &w.bump_args(&[]),
+        "runnerctl::preflight::remote",
+        &["did not answer `git ls-remote`", "--no-git-push"],
+    );
+    w.repo.git(&["remote", "set-url", "origin", &url]);
+}
+
+#[test]
+fn last_modified_outside_1970_to_9999_is_rejected_not_clamped() {
+    let w = World::new();
+    let node = w.repo.nixpkgs_node().to_string();
+    for value in [1_i64, 253_402_300_800] {
+        let mut lock = w.repo.lock_json();
+        lock["nodes"][&node]["locked"]["lastModified"] = serde_json::json!(value);
+        commit_lock(&w, &serde_json::to_string_pretty(&lock).expect("json"));
+        refused(
+            &w,
+            &w.bump_args(&[]),
+            "runnerctl::flake_lock::last_modified_range",
+            &[&format!("node `{node}`"), &format!("lastModified {value}")],
+        );
+    }
 }

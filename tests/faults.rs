@@ -292,10 +292,12 @@ macro_rules! kill_points {
 
 // The first command each stage runs (src/stage/*.rs) marks its boundary:
 // preflight starts with `nix --version`, update with `nix flake update`,
-// build with `nix eval`, push (after build and verify, which run no
-// command) with `skopeo copy`, commit with the run's second `git
-// hash-object` (update ran the first), git-push with `git ls-remote`. Each
-// kill point also checks in state.json which stages were done.
+// build with the run's second `nix eval` (preflight's checks that the attr
+// exists), push (after build and verify, which run no command) with
+// `skopeo copy`, commit with the run's second `git hash-object` (update ran
+// the first), git-push with the run's second `git ls-remote` (preflight
+// checks that the remote answers). Each kill point also checks in
+// state.json which stages were done.
 kill_points! {
     kill_at_start_of_preflight:
         call("nix", &["--version"], 1, When::Before), done &[], interrupts "preflight";
@@ -304,7 +306,7 @@ kill_points! {
     kill_after_nix_flake_update_wrote_the_lock:
         call("nix", &["flake", "update"], 1, When::After), done PREFLIGHT, interrupts "update";
     kill_between_update_and_build:
-        call("nix", &["eval"], 1, When::Before), done UPDATED, interrupts "build";
+        call("nix", &["eval"], 2, When::Before), done UPDATED, interrupts "build";
     kill_in_the_middle_of_nix_build:
         At::Call {
             tool: "nix", words: &["build"], nth: 1, when: When::During,
@@ -333,7 +335,7 @@ kill_points! {
     kill_after_git_commit_before_it_is_recorded:
         call("git", &["commit"], 1, When::After), done PUSHED, interrupts "commit";
     kill_between_commit_and_git_push:
-        call("git", &["ls-remote"], 1, When::Before), done COMMITTED, interrupts "git-push";
+        call("git", &["ls-remote"], 2, When::Before), done COMMITTED, interrupts "git-push";
     kill_just_before_git_push:
         call("git", &["push"], 1, When::Before), done COMMITTED, interrupts "git-push";
     kill_in_the_middle_of_git_push:
@@ -569,8 +571,12 @@ fn registry_stopped_mid_push_bounded_retries_clear_error_then_resume() {
 fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     let mut w = World::new();
     w.password = "not-the-password".into();
+    let lock = w.repo.lock_bytes();
     let out = w.bump(&[]);
-    assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
+    // Preflight checks the login against the registry before anything
+    // changes (issue 10, finding 1).
+    assert_diagnostic(&out, "runnerctl::preflight::login");
+    assert_eq!(w.repo.lock_bytes(), lock, "flake.lock untouched");
     assert_stderr_mentions(
         &out,
         &[
@@ -745,8 +751,16 @@ fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
             || squash(&out.stderr).contains("run the same command again"),
         "says what to do\n{out}"
     );
-    // Half-pushed: the first tag only; nothing committed or pushed to git.
-    assert_eq!(w.registry.tags(IMAGE_REPO), vec!["latest".to_string()]);
+    // Half-pushed: the first tag only, which is the content-addressed
+    // `nix-<hash>` tag (never a floating tag alone on a new image: issue
+    // 10, finding 1); nothing committed or pushed to git.
+    let out_path = w.expected_out_path();
+    let hash = out_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .expect("store path hash");
+    assert_eq!(w.registry.tags(IMAGE_REPO), vec![format!("nix-{hash}")]);
     assert_eq!(w.repo.head(), w.initial_remote_head);
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
     assert_eq!(w.stage_status("push").as_deref(), Some("failed"));

@@ -450,7 +450,8 @@ fn first_bump_updates_pushes_three_tags_commits_and_pushes() {
     let wip = " M README.md\nA  notes.txt\n";
     assert_eq!(porcelain(&w), wip);
 
-    let out = w.bump(&["--json"]);
+    // Tracked changes are refused unless --allow-dirty (issue 10, finding 5).
+    let out = w.bump(&["--json", "--allow-dirty"]);
     out.assert_success();
     let report = out.json();
     assert_eq!(report["outcome"], "success", "{out}");

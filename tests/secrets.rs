@@ -194,14 +194,17 @@ fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
         } else {
             w.bump(&[])
         };
-        assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
+        // Preflight checks the login against the registry (issue 10,
+        // finding 1): skopeo never runs with it.
+        assert_diagnostic(&out, "runnerctl::preflight::login");
         assert_stderr_mentions(&out, &["the registry rejected the credentials"]);
         if json {
             assert_eq!(out.json()["outcome"], "failure");
         }
-        assert!(
-            w.hooks.authfiles().len() > uses,
-            "skopeo used the auth file"
+        assert_eq!(
+            w.hooks.authfiles().len(),
+            uses,
+            "skopeo ran with a login preflight rejected"
         );
         assert_no_secret(&w, &out, &format!("401, json: {json}"));
         // Back to the right password: the same bump completes.

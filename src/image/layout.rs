@@ -37,6 +37,20 @@ pub enum LayoutError {
     )]
     Archive { path: PathBuf, reason: String },
 
+    #[error("{} cannot be the OCI layout to write: {reason}", path.display())]
+    #[diagnostic(
+        code(runnerctl::layout::not_a_layout),
+        help("pass --image oci:DIR with a DIR that is absent, empty or an OCI layout (it has an `oci-layout` file); nothing was written")
+    )]
+    NotALayout { path: PathBuf, reason: String },
+
+    #[error("the OCI layout's index is damaged: {reason}")]
+    #[diagnostic(
+        code(runnerctl::layout::bad_index),
+        help("restore {} (it lists the layout's tags; runnerctl will not replace it and drop them), or remove the layout to start afresh; nothing was written", path.display())
+    )]
+    BadIndex { path: PathBuf, reason: String },
+
     #[error("could not write the OCI layout {}", path.display())]
     #[diagnostic(
         code(runnerctl::layout::write),
@@ -455,21 +469,59 @@ pub fn write(
     })
 }
 
-fn read_index(dir: &Path) -> Index {
-    std::fs::read(dir.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or(Index {
+/// The layout's index.json; an empty index when there is none. One that
+/// does not parse is an error: replacing it would drop its tags.
+fn read_index(dir: &Path) -> std::io::Result<Index> {
+    let path = dir.join("index.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Index>(&bytes)
+            .map_err(|e| std::io::Error::other(format!("{} does not parse ({e})", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index {
             schema_version: 2,
             media_type: Some(OCI_INDEX.to_string()),
             manifests: Vec::new(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Is `dir` fit to be written as an OCI layout? Absent, empty, or a layout
+/// (an `oci-layout` file) whose index.json, if any, parses. Anything else
+/// holds someone's files, which the push would overwrite.
+pub fn check_destination(dir: &Path) -> Result<(), LayoutError> {
+    let refuse = |reason: &str| LayoutError::NotALayout {
+        path: dir.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(refuse(&e.to_string())),
+    };
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory"));
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|e| refuse(&e.to_string()))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    if !dir.join("oci-layout").is_file() {
+        return Err(refuse(
+            "it is not empty and has no `oci-layout` file, so it is not an OCI layout",
+        ));
+    }
+    read_index(dir)
+        .map(|_| ())
+        .map_err(|e| LayoutError::BadIndex {
+            path: dir.join("index.json"),
+            reason: e.to_string(),
         })
 }
 
 /// Point `tags` at `manifest` in the layout's index.json (other entries are
 /// kept), replacing the file atomically.
 fn set_tags(dir: &Path, manifest: &Descriptor, tags: &[String]) -> std::io::Result<()> {
-    let mut index = read_index(dir);
+    let mut index = read_index(dir)?;
     index.manifests.retain(|d| {
         let name = d.annotations.as_ref().and_then(|a| a.get(REF_NAME));
         !name.is_some_and(|n| tags.contains(n))
@@ -496,6 +548,7 @@ pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutE
         source,
     };
     let mut desc = read_index(dir)
+        .map_err(werr)?
         .manifests
         .into_iter()
         .find(|d| d.digest == digest)

@@ -476,6 +476,35 @@ impl Registry {
         }))
     }
 
+    /// Check the login before anything changes: `GET /v2/` with the
+    /// credentials (for a Bearer challenge, with a token for this
+    /// repository's pull and push scope). A 401 or 403 is
+    /// [`RegistryError::Unauthorized`].
+    pub fn check_auth(&self) -> Result<(), RegistryError> {
+        self.ping()?;
+        let (scheme, authorization) = match self.state.lock() {
+            Ok(state) => (state.scheme, state.authorization.clone()),
+            Err(_) => (None, None),
+        };
+        let url = format!("{}://{}/v2/", scheme.unwrap_or("https"), self.registry);
+        let mut r = self.agent.get(&url);
+        if let Some(auth) = &authorization {
+            r = r.set("Authorization", auth);
+        }
+        match r.call() {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(status, _)) if status == 401 || status == 403 => {
+                Err(RegistryError::Unauthorized { url, status })
+            }
+            // Some registries answer 404 at /v2/; the push will tell.
+            Err(ureq::Error::Status(_, _)) => Ok(()),
+            Err(e) => Err(RegistryError::Transport {
+                url,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     fn execute(&self, req: Request) -> Result<Option<ureq::Response>, RegistryError> {
         self.ping()?;
         let (scheme, mut authorization) = {

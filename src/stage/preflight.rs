@@ -7,6 +7,8 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::auth;
 use crate::config::Mode;
+use crate::image::reference::ImageRef;
+use crate::image::registry::{Registry as RegistryClient, RegistryError};
 use crate::pipeline::Ctx;
 use crate::tool::git::Git;
 use crate::tool::install_hint;
@@ -15,8 +17,9 @@ use crate::tool::skopeo::{self, Skopeo};
 
 pub struct Preflight;
 
-/// Files whose uncommitted changes would make the result untraceable.
-pub const GUARDED_PATHS: &[&str] = &["flake.lock", "flake.nix", "nix"];
+/// Files whose uncommitted changes would make the result untraceable:
+/// every tracked file in the flake's tree (Nix builds from all of them).
+pub const GUARDED_PATHS: &[&str] = &["."];
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum PreflightError {
@@ -38,9 +41,52 @@ pub enum PreflightError {
     #[error("uncommitted changes in {}:\n{}", paths, lines.join("\n"))]
     #[diagnostic(
         code(runnerctl::preflight::dirty),
-        help("commit or stash them first (`git stash`), so that the image is built from what is committed; runnerctl only ever commits flake.lock")
+        help("commit or stash them first (`git stash`), so that the image is built from what is committed (Nix sees every tracked file); runnerctl only ever commits flake.lock. --allow-dirty builds anyway (not with a changed flake.lock)")
     )]
     Dirty { paths: String, lines: Vec<String> },
+
+    #[error("the registry rejected the credentials for {registry} from {from} (HTTP {status} unauthorized)")]
+    #[diagnostic(
+        code(runnerctl::preflight::login),
+        help("check them (runnerctl looks, in order, at RUNNERCTL_REGISTRY_USER/RUNNERCTL_REGISTRY_PASSWORD, REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json), log in again (`skopeo login {registry}`), then run again; nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    LoginRejected {
+        registry: String,
+        from: String,
+        status: u16,
+    },
+
+    #[error("the registry {registry} requires a login, and runnerctl found none for it")]
+    #[diagnostic(
+        code(runnerctl::preflight::no_login),
+        help("log in with `skopeo login {registry}` (it writes $XDG_RUNTIME_DIR/containers/auth.json), or set RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD, or REGISTRY_AUTH_FILE; runnerctl looked in: {looked}. Nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    NoLogin { registry: String, looked: String },
+
+    #[error("--update-input `{name}`: the flake has no input of that name")]
+    #[diagnostic(
+        code(runnerctl::preflight::update_input),
+        help("the flake's inputs are: {available}; pass one of them with --update-input (or RUNNERCTL_UPDATE_INPUTS)")
+    )]
+    UnknownUpdateInput { name: String, available: String },
+
+    #[error("the flake has no output `{attr}` to build (`{command}` failed)\n{}", tail.join("\n"))]
+    #[diagnostic(
+        code(runnerctl::preflight::attr),
+        help("check --attr (RUNNERCTL_ATTR): `nix flake show` lists the flake's outputs; nothing was changed")
+    )]
+    NoAttr {
+        attr: String,
+        command: String,
+        tail: Vec<String>,
+    },
+
+    #[error("the remote {upstream} did not answer `git ls-remote`\n{}", tail.join("\n"))]
+    #[diagnostic(
+        code(runnerctl::preflight::remote),
+        help("check the remote's URL (`git remote -v`) and that it is reachable, or pass --no-git-push to commit locally only; nothing was changed")
+    )]
+    RemoteUnreachable { upstream: String, tail: Vec<String> },
 
     #[error("HEAD is detached")]
     #[diagnostic(
@@ -121,6 +167,74 @@ impl Preflight {
     }
 }
 
+impl Preflight {
+    /// Resolve the registry login once (for skopeo and runnerctl's own
+    /// client alike) and check it against the registry before anything
+    /// changes. Returns the login used, if any.
+    fn login(cx: &mut Ctx) -> miette::Result<Option<&auth::Login>> {
+        if let ImageRef::Oci { dir } = &cx.cfg.image {
+            crate::image::layout::check_destination(dir)?;
+        }
+        let ImageRef::Docker {
+            registry,
+            repository,
+        } = &cx.cfg.image
+        else {
+            return Ok(None);
+        };
+        let login = auth::resolve(&cx.cfg.credentials, registry, repository)?;
+        if let Some(file) = login.as_ref().and_then(|l| l.file.as_ref()) {
+            if auth::readable_by_others(file) {
+                cx.reporter().info(format!(
+                    "warning: {} holds registry credentials and is readable by group or others: `chmod 600 {}`",
+                    file.display(),
+                    file.display()
+                ));
+            }
+        }
+        let creds = login
+            .as_ref()
+            .map(auth::Login::credentials)
+            .unwrap_or(auth::Credentials::None);
+        let client = RegistryClient::new(
+            registry,
+            repository,
+            &creds,
+            cx.cfg.tls_verify,
+            cx.cfg.registry_timeout,
+        )?;
+        match (client.check_auth(), &login) {
+            (Ok(()), _) => {}
+            (Err(RegistryError::Unauthorized { status, .. }), Some(login)) => {
+                return Err(PreflightError::LoginRejected {
+                    registry: registry.clone(),
+                    from: login.source.clone(),
+                    status,
+                }
+                .into())
+            }
+            (Err(RegistryError::Unauthorized { .. }), None) => {
+                let looked: Vec<String> = auth::login_files(&cx.cfg.credentials)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(PreflightError::NoLogin {
+                    registry: registry.clone(),
+                    looked: looked.join(", "),
+                }
+                .into());
+            }
+            (Err(other), _) => return Err(other.into()),
+        }
+        if let Some(login) = &login {
+            cx.authfile = Some(auth::auth_file(login, registry)?);
+        }
+        cx.login = login;
+        cx.registry = Some(std::sync::Arc::new(client));
+        Ok(cx.login.as_ref())
+    }
+}
+
 impl Stage for Preflight {
     fn name(&self) -> &'static str {
         "preflight"
@@ -176,6 +290,24 @@ impl Stage for Preflight {
 
         cx.reload_lock()?;
         cx.resolve_tags()?;
+        // nix only warns about an input it does not know and then reports
+        // nothing to update: a typo would pass as "up to date".
+        let inputs: Vec<String> = cx
+            .lock()?
+            .root_inputs()
+            .into_iter()
+            .map(|i| i.input)
+            .collect();
+        for name in &cx.cfg.update_inputs {
+            let root = name.split('/').next().unwrap_or(name);
+            if !inputs.iter().any(|i| i == root) {
+                return Err(PreflightError::UnknownUpdateInput {
+                    name: name.clone(),
+                    available: inputs.join(", "),
+                }
+                .into());
+            }
+        }
 
         // The working tree: the guarded files must be committed, except a
         // flake.lock this tool updated in an interrupted run.
@@ -191,9 +323,21 @@ impl Stage for Preflight {
                 dirty.retain(|line| !line.ends_with("flake.lock"));
             }
         }
+        if cx.cfg.allow_dirty {
+            // flake.lock stays guarded: the update would overwrite it.
+            let (lock, other): (Vec<String>, Vec<String>) =
+                dirty.into_iter().partition(|l| l.ends_with("flake.lock"));
+            if !other.is_empty() {
+                cx.reporter().info(format!(
+                    "warning: --allow-dirty: building with uncommitted changes, so the image is not what is committed: {}",
+                    other.join("; ")
+                ));
+            }
+            dirty = lock;
+        }
         if !dirty.is_empty() {
             return Err(PreflightError::Dirty {
-                paths: GUARDED_PATHS.join(", "),
+                paths: "the flake's tracked files".into(),
                 lines: dirty,
             }
             .into());
@@ -225,6 +369,19 @@ impl Stage for Preflight {
                         }
                         .into());
                     }
+                    // The remote must answer now, not after the image is
+                    // pushed.
+                    if let Err(err) = git.ls_remote(&cx.runner, &upstream).await {
+                        let tail = match err {
+                            crate::tool::ToolError::Failed { tail, .. } => tail,
+                            other => return Err(other.into()),
+                        };
+                        return Err(PreflightError::RemoteUnreachable {
+                            upstream: upstream.display(),
+                            tail,
+                        }
+                        .into());
+                    }
                     note.push_str(&format!("; branch {branch} → {}", upstream.display()));
                     cx.upstream = Some(upstream);
                 }
@@ -234,12 +391,19 @@ impl Stage for Preflight {
             cx.branch = branch;
         }
 
-        cx.authfile = auth::auth_file(&cx.cfg.credentials, cx.cfg.image.registry())?;
-        if cx.authfile.is_some() {
-            note.push_str(&format!(
-                "; registry credentials: {}",
-                cx.cfg.credentials.describe()
-            ));
+        // The attr exists (a cheap evaluation, before anything changes).
+        let exists = nix.exists_cmd(&cx.cfg.flake, &cx.cfg.attr);
+        let out = cx.runner.run_unchecked(&exists).await?;
+        if !out.success() {
+            return Err(PreflightError::NoAttr {
+                attr: cx.cfg.attr.clone(),
+                command: exists.display(),
+                tail: out.stderr_tail,
+            }
+            .into());
+        }
+        if let Some(login) = Self::login(cx)? {
+            note.push_str(&format!("; registry login: {}", login.source));
         }
         cx.nix = Some(nix);
         cx.git = Some(git);

@@ -50,12 +50,17 @@ impl Push {
         format!("nix-{}", eval.out_path.hash_part()).parse().ok()
     }
 
-    /// Every tag to write: the requested ones, then the `nix-` tag.
+    /// Every tag to write, in the order they are written: the
+    /// content-addressed `nix-` tag first, then the tags that name this
+    /// date, the floating ones (`latest`, `unstable`) last. A push that
+    /// fails midway then never leaves a floating tag alone on a new image.
     fn all_tags(cx: &Ctx) -> Vec<Tag> {
-        let mut tags = cx.tags.clone();
-        if let Some(tag) = Self::nix_tag(cx) {
-            tags.push(tag);
-        }
+        let mut tags: Vec<Tag> = Self::nix_tag(cx).into_iter().collect();
+        let date = cx.date.as_ref().map(|d| d.as_str().to_string());
+        let dated = |t: &Tag| date.as_deref().is_some_and(|d| t.as_str().contains(d));
+        let (fixed, floating): (Vec<Tag>, Vec<Tag>) = cx.tags.iter().cloned().partition(dated);
+        tags.extend(fixed);
+        tags.extend(floating);
         tags
     }
 
@@ -398,20 +403,14 @@ impl Push {
         }
     }
 
-    /// The registry client for a `docker://` destination (one per run, so
-    /// it authenticates once).
-    fn client(cx: &Ctx) -> miette::Result<Option<RegistryClient>> {
+    /// The registry client for a `docker://` destination: the one
+    /// preflight checked the login with (one per run, so it authenticates
+    /// once).
+    fn client(cx: &Ctx) -> miette::Result<Option<std::sync::Arc<RegistryClient>>> {
         match &cx.cfg.image {
-            ImageRef::Docker {
-                registry,
-                repository,
-            } => Ok(Some(RegistryClient::new(
-                registry,
-                repository,
-                &cx.cfg.credentials,
-                cx.cfg.tls_verify,
-                cx.cfg.registry_timeout,
-            )?)),
+            ImageRef::Docker { .. } => Ok(Some(cx.registry.clone().ok_or(Missing {
+                what: "the registry client",
+            })?)),
             ImageRef::Oci { .. } => Ok(None),
         }
     }

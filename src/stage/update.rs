@@ -163,9 +163,22 @@ impl Stage for Update {
             commit_parent: None,
         });
         cx.save()?;
-        cx.runner.run(&cmd).await.map_err(|e| {
-            e.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged unless nix wrote it, and a rerun starts the update again")
-        })?;
+        let before = hash_hex(cx.lock_text.as_bytes());
+        if let Err(err) = cx.runner.run(&cmd).await {
+            // The update did not finish. The pending bump must not leave a
+            // hash-less record behind, or the next run would take any
+            // uncommitted flake.lock (a hand edit) for the one nix wrote.
+            let now = std::fs::read(cx.cfg.lock_path()).map(|b| hash_hex(&b)).ok();
+            cx.state.pending_bump = match now {
+                Some(now) if now != before => cx.state.pending_bump.take().map(|p| PendingBump {
+                    lock_hash: Some(now),
+                    ..p
+                }),
+                _ => None,
+            };
+            cx.save()?;
+            return Err(err.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged unless nix wrote it, and a rerun starts the update again").into());
+        }
         cx.reload_lock()?;
         cx.resolve_tags()?;
         let text = cx.lock_text.clone();

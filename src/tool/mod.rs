@@ -5,6 +5,7 @@
 //! tail for diagnostics, and turns failures into a typed [`ToolError`] that
 //! tells "could not start" apart from "ran and failed".
 
+pub mod children;
 pub mod git;
 pub mod nix;
 pub mod skopeo;
@@ -25,6 +26,8 @@ use crate::progress::{Event, Reporter};
 
 /// How many lines of a failed child's output a diagnostic shows.
 pub const TAIL_LINES: usize = 20;
+/// The longest line of a child's output a diagnostic quotes (characters).
+pub const MAX_LINE: usize = 500;
 
 /// Environment variables that carry credentials. They are removed from every
 /// child's environment: credentials reach skopeo only through `--authfile`.
@@ -266,6 +269,23 @@ impl Runner {
 
     /// Run and return whatever happened; only a failure to start is an error.
     pub async fn run_unchecked(&self, cmd: &Cmd) -> Result<Output, ToolError> {
+        // Let a signal that arrived be seen first: after SIGINT, SIGTERM
+        // or SIGHUP no command starts.
+        tokio::task::yield_now().await;
+        if let Some(signal) = children::interrupted() {
+            return Err(ToolError::Spawn {
+                program: cmd.name(),
+                command: cmd.display(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!(
+                        "runnerctl was interrupted by {}",
+                        children::signal_name(signal)
+                    ),
+                ),
+                help: "run the same command again to resume".into(),
+            });
+        }
         let display = cmd.display();
         self.log_line(&format!("$ {display}"));
         self.reporter.emit(Event::Command {
@@ -349,7 +369,7 @@ impl Runner {
                         program: cmd.name(),
                         line: line.clone(),
                     });
-                    tail.push_back(line);
+                    tail.push_back(crate::diagnostic::bound(&line, MAX_LINE));
                     if tail.len() > TAIL_LINES {
                         tail.pop_front();
                     }

@@ -93,6 +93,20 @@ pub fn eval_args(installable: &str) -> Vec<String> {
     args
 }
 
+/// Does the installable exist? A cheap evaluation: the attribute is looked
+/// up, the derivation is not evaluated.
+pub fn exists_args(installable: &str) -> Vec<String> {
+    let mut args = vec![
+        "eval".to_string(),
+        "--json".into(),
+        installable.to_string(),
+        "--apply".into(),
+        "_: true".into(),
+    ];
+    args.extend(base_args());
+    args
+}
+
 /// Build, with a GC root at `out_link` so the image survives a garbage
 /// collection until it is pushed.
 pub fn build_args(installable: &str, out_link: Option<&Path>) -> Vec<String> {
@@ -151,7 +165,10 @@ impl Nix {
         let out = runner.run(&cmd).await?;
         let version = parse_version(&out.stdout).ok_or_else(|| ToolError::BadOutput {
             command: cmd.display(),
-            reason: format!("no version in {:?}", out.stdout.trim()),
+            reason: format!(
+                "no version in {:?}",
+                crate::diagnostic::bound(out.stdout.trim(), 200)
+            ),
         })?;
         Ok(Nix { path, version })
     }
@@ -162,6 +179,10 @@ impl Nix {
 
     pub fn update_cmd(&self, flake: &Path, inputs: &[String]) -> Cmd {
         self.cmd(update_args(self.version, inputs)).cwd(flake)
+    }
+
+    pub fn exists_cmd(&self, flake: &Path, attr: &str) -> Cmd {
+        self.cmd(exists_args(&installable(flake, attr)))
     }
 
     pub fn eval_cmd(&self, flake: &Path, attr: &str) -> Cmd {
