@@ -1423,6 +1423,27 @@ fn bump_without_a_build_users_group_override_works_and_warns_once() {
         "{out}"
     );
     let nix_calls = w.shims.calls("nix");
+    // The settings query: `nix config show` from 2.20 on (2.26 warns that
+    // `show-config` is deprecated), `nix show-config` on 2.8.
+    let version = runnerctl::tool::nix::parse_version(&String::from_utf8_lossy(
+        &Command::new("nix")
+            .arg("--version")
+            .output()
+            .expect("nix --version")
+            .stdout,
+    ))
+    .expect("a version from nix --version");
+    let query: &[&str] = if (version.major, version.minor) >= (2, 20) {
+        &["config", "show", "--json"]
+    } else {
+        &["show-config", "--json"]
+    };
+    let queries = nix_calls
+        .iter()
+        .filter(|argv| argv.len() >= query.len() && argv[..query.len()] == *query)
+        .count();
+    assert_eq!(queries, 1, "nix {version}: {nix_calls:?}");
+    assert!(!out.stderr.contains("deprecated"), "{out}");
     let overridden = |argv: &Vec<String>| {
         argv.windows(2)
             .any(|p| p[0] == "--option" && p[1] == "build-users-group")
