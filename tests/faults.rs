@@ -580,7 +580,9 @@ fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     assert_stderr_mentions(
         &out,
         &[
-            "unauthorized",
+            // skopeo 1.9.3: "unauthorized: authentication required";
+            // skopeo 1.18: "… reading manifest latest in …: authentication required".
+            "authentication required",
             "the registry rejected the credentials",
             "RUNNERCTL_REGISTRY_PASSWORD",
             "nothing was committed or pushed to git",

@@ -1375,3 +1375,170 @@ fn status_json_shows_every_stage_and_its_outputs() {
     assert!(text.stdout.contains(&digest), "{text}");
     assert!(text.stdout.contains(&head), "{text}");
 }
+
+/// runnerctl run as a user runs it: no test override of Nix's
+/// `build-users-group`, so Nix uses its built-in default (Debian's nix-bin:
+/// `nixbld`). Where that group does not exist (this test machine, a fresh
+/// Debian root), Nix 2.8 warns on every call and Nix 2.26 refuses to build;
+/// runnerctl must still bump, show one warning saying why it runs Nix with
+/// an empty build-users-group, never take Nix's warnings for output, and
+/// keep stdout a JSON document under `--json`. Where the group exists,
+/// runnerctl must leave Nix's setting alone.
+#[test]
+fn bump_without_a_build_users_group_override_works_and_warns_once() {
+    let mut w = World::new();
+    w.upstream_commit(1);
+    let config: String = w
+        .repo
+        .nix_env()
+        .iter()
+        .find(|(k, _)| k == "NIX_CONFIG")
+        .map(|(_, v)| {
+            v.lines()
+                .filter(|l| !l.starts_with("build-users-group"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .expect("the test nix env sets NIX_CONFIG");
+    // What Nix itself is configured with, and whether that group exists.
+    let show = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-config",
+            "--json",
+        ])
+        .env("NIX_CONFIG", &config)
+        .envs(
+            w.repo
+                .nix_env()
+                .iter()
+                .filter(|(k, _)| k != "NIX_CONFIG")
+                .map(|(k, v)| (k, v)),
+        )
+        .output()
+        .expect("nix show-config");
+    let settings: serde_json::Value = serde_json::from_slice(&show.stdout)
+        .unwrap_or_else(|e| panic!("nix show-config --json stdout is not JSON ({e})"));
+    let group = settings["build-users-group"]["value"]
+        .as_str()
+        .expect("build-users-group in show-config")
+        .to_string();
+    let group_exists = !group.is_empty()
+        && Command::new("getent")
+            .args(["group", &group])
+            .stdout(Stdio::null())
+            .status()
+            .expect("getent")
+            .success();
+
+    let out = w.cmd(&["bump", "--json"]).env("NIX_CONFIG", &config).run();
+    out.assert_success();
+    let doc = out.json();
+    assert_eq!(doc["outcome"], "success", "{out}");
+    let warning = format!(
+        "Nix is configured with build-users-group = {group}, and there is no group `{group}`"
+    );
+    let warnings = out.stderr.matches(&warning).count();
+    // Nix's own warning never reaches the user's screen as a failure, and
+    // runnerctl never parsed it as output (the bump succeeded, stdout is JSON).
+    assert!(
+        !out.stderr
+            .contains("specified in 'build-users-group' does not exist"),
+        "{out}"
+    );
+    let nix_calls = w.shims.calls("nix");
+    // The settings query: `nix config show` from 2.20 on (2.26 warns that
+    // `show-config` is deprecated), `nix show-config` on 2.8.
+    let version = runnerctl::tool::nix::parse_version(&String::from_utf8_lossy(
+        &Command::new("nix")
+            .arg("--version")
+            .output()
+            .expect("nix --version")
+            .stdout,
+    ))
+    .expect("a version from nix --version");
+    let query: &[&str] = if (version.major, version.minor) >= (2, 20) {
+        &["config", "show", "--json"]
+    } else {
+        &["show-config", "--json"]
+    };
+    let queries = nix_calls
+        .iter()
+        .filter(|argv| argv.len() >= query.len() && argv[..query.len()] == *query)
+        .count();
+    assert_eq!(queries, 1, "nix {version}: {nix_calls:?}");
+    assert!(!out.stderr.contains("deprecated"), "{out}");
+    let overridden = |argv: &Vec<String>| {
+        argv.windows(2)
+            .any(|p| p[0] == "--option" && p[1] == "build-users-group")
+    };
+    let builds: Vec<_> = nix_calls
+        .iter()
+        .filter(|argv| argv.first().is_some_and(|a| a == "build"))
+        .collect();
+    assert_eq!(builds.len(), 1, "{nix_calls:?}");
+    if group.is_empty() || group_exists {
+        assert_eq!(warnings, 0, "{out}");
+        assert!(!nix_calls.iter().any(overridden), "{nix_calls:?}");
+    } else {
+        assert_eq!(warnings, 1, "one warning, once per run\n{out}");
+        assert!(out.stderr.contains(&format!("warning: {warning}")), "{out}");
+        // Every nix call after the configuration query runs with the
+        // override; `--version` and the query itself run without.
+        for argv in &nix_calls {
+            let query = argv
+                .first()
+                .is_some_and(|a| a == "--version" || a == "show-config" || a == "config");
+            assert_eq!(overridden(argv), !query, "{argv:?}");
+        }
+    }
+}
+
+/// `--update-input NAME`: Nix ≥ 2.19 takes input names
+/// (`nix flake update NAME`); 2.8 has only `nix flake lock --update-input
+/// NAME`, which 2.26 still runs but warns is a deprecated alias. runnerctl
+/// picks by `nix --version`: this asserts the argv the installed version
+/// must get, that no deprecation warning appears, and that the input moved.
+#[test]
+fn update_input_uses_the_syntax_of_the_installed_nix() {
+    let mut w = World::new();
+    let rev = w.upstream_commit(3);
+    let version = Command::new("nix")
+        .arg("--version")
+        .output()
+        .expect("nix --version");
+    let version = runnerctl::tool::nix::parse_version(&String::from_utf8_lossy(&version.stdout))
+        .expect("a version from nix --version");
+
+    let out = w
+        .against_registry("bump", &["--update-input", "nixpkgs"])
+        .run();
+    out.assert_success();
+    assert_eq!(w.repo.locked_nixpkgs_rev(), rev, "{out}");
+    let updates: Vec<Vec<String>> = w
+        .shims
+        .calls("nix")
+        .into_iter()
+        .filter(|argv| argv.first().is_some_and(|a| a == "flake"))
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    if (version.major, version.minor) >= (2, 19) {
+        assert_eq!(
+            updates[0][..3],
+            ["flake", "update", "nixpkgs"],
+            "nix {version}"
+        );
+        assert!(
+            !updates[0].iter().any(|a| a == "--update-input"),
+            "{updates:?}"
+        );
+    } else {
+        assert_eq!(
+            updates[0][..4],
+            ["flake", "lock", "--update-input", "nixpkgs"],
+            "nix {version}"
+        );
+    }
+    assert!(!out.stderr.contains("deprecated"), "{out}");
+}

@@ -1,4 +1,4 @@
-//! Progress and output: the internal-json parser on recorded Nix 2.8
+//! Progress and output: the internal-json parser on recorded Nix 2.8 and 2.26
 //! streams, plain output without escape codes, the `--json` document's
 //! shape, and the live build bar under a pseudo-terminal.
 
@@ -10,8 +10,30 @@ use std::path::Path;
 use common::{git, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
 use runnerctl::progress::nix_log::{parse_line, BuildProgress, NixMsg};
 
-const CHAIN: &str = include_str!("data/nix-2.8-build-chain.log");
-const FAILURE: &str = include_str!("data/nix-2.8-build-failure.log");
+/// Recorded `nix build --log-format internal-json` streams (stderr, `@nix`
+/// lines only) of the same two builds, by Nix version: a chain a → b → c,
+/// and a builder that prints 30 lines and fails with exit code 3. Nix 2.26
+/// adds `parent` to every `start`, `raw_msg` to errors and the "will be
+/// built" notices as `msg` actions; the activity and result types are the
+/// same.
+const RECORDINGS: [Recording; 2] = [
+    Recording {
+        nix: "2.8",
+        chain: include_str!("data/nix-2.8-build-chain.log"),
+        failure: include_str!("data/nix-2.8-build-failure.log"),
+    },
+    Recording {
+        nix: "2.26",
+        chain: include_str!("data/nix-2.26-build-chain.log"),
+        failure: include_str!("data/nix-2.26-build-failure.log"),
+    },
+];
+
+struct Recording {
+    nix: &'static str,
+    chain: &'static str,
+    failure: &'static str,
+}
 
 fn fold(stream: &str) -> (BuildProgress, Vec<String>) {
     let mut progress = BuildProgress::default();
@@ -28,66 +50,106 @@ fn fold(stream: &str) -> (BuildProgress, Vec<String>) {
 
 #[test]
 fn recorded_chain_build_counts_three_of_three() {
-    let (progress, lines) = fold(CHAIN);
-    assert_eq!((progress.done, progress.expected), (3, 3));
-    assert_eq!(progress.current.as_deref(), Some("chain-c"));
-    assert_eq!(
-        (progress.downloads_done, progress.downloads_expected),
-        (0, 0)
-    );
-    // Builder output and the "building" notices, in order, nothing talkative.
-    let building: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("building chain-"))
-        .collect();
-    assert_eq!(
-        building,
-        ["building chain-a", "building chain-b", "building chain-c"]
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains("querying info")),
-        "{lines:?}"
-    );
+    for rec in RECORDINGS {
+        let nix = rec.nix;
+        let (progress, lines) = fold(rec.chain);
+        assert_eq!((progress.done, progress.expected), (3, 3), "nix {nix}");
+        assert_eq!(progress.current.as_deref(), Some("chain-c"), "nix {nix}");
+        assert_eq!(
+            (progress.downloads_done, progress.downloads_expected),
+            (0, 0),
+            "nix {nix}"
+        );
+        // Builder output and the "building" notices, in order, nothing talkative.
+        let building: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("building chain-"))
+            .collect();
+        assert_eq!(
+            building,
+            ["building chain-a", "building chain-b", "building chain-c"],
+            "nix {nix}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("querying info")),
+            "nix {nix}: {lines:?}"
+        );
+    }
 }
 
 #[test]
 fn recorded_chain_progress_is_monotonic() {
-    let mut progress = BuildProgress::default();
-    let mut seen = Vec::new();
-    for line in CHAIN.lines() {
-        if let Some(msg) = parse_line(line) {
-            progress.apply(&msg);
-            if seen.last() != Some(&progress.done) {
-                seen.push(progress.done);
+    for rec in RECORDINGS {
+        let mut progress = BuildProgress::default();
+        let mut seen = Vec::new();
+        for line in rec.chain.lines() {
+            if let Some(msg) = parse_line(line) {
+                progress.apply(&msg);
+                if seen.last() != Some(&progress.done) {
+                    seen.push(progress.done);
+                }
             }
         }
+        assert_eq!(seen, [0, 1, 2, 3], "nix {}", rec.nix);
     }
-    assert_eq!(seen, [0, 1, 2, 3]);
 }
 
 #[test]
 fn recorded_failure_keeps_the_builder_output_and_a_plain_error() {
-    let (_, lines) = fold(FAILURE);
-    assert!(lines.iter().any(|l| l == "compile step 30"), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "error: missing node"));
-    let error = lines
-        .iter()
-        .find(|l| l.contains("failed with exit code 3"))
-        .expect("error msg");
-    assert!(
-        error.starts_with("error: builder for '/nix/store/"),
-        "{error}"
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains('\u{1b}')),
-        "ANSI left in {lines:?}"
-    );
-    let msgs = FAILURE
-        .lines()
-        .filter_map(parse_line)
-        .filter(|m| matches!(m, NixMsg::Msg { .. }))
-        .count();
-    assert!(msgs >= 1);
+    for rec in RECORDINGS {
+        let nix = rec.nix;
+        let (_, lines) = fold(rec.failure);
+        assert!(
+            lines.iter().any(|l| l == "compile step 30"),
+            "nix {nix}: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "error: missing node"),
+            "nix {nix}"
+        );
+        let error = lines
+            .iter()
+            .find(|l| l.contains("failed with exit code 3"))
+            .unwrap_or_else(|| panic!("nix {nix}: no error msg in {lines:?}"));
+        assert!(
+            error.starts_with("error: builder for '/nix/store/"),
+            "nix {nix}: {error}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains('\u{1b}')),
+            "nix {nix}: ANSI left in {lines:?}"
+        );
+        let msgs = rec
+            .failure
+            .lines()
+            .filter_map(parse_line)
+            .filter(|m| matches!(m, NixMsg::Msg { .. }))
+            .count();
+        assert!(msgs >= 1, "nix {nix}");
+    }
+}
+
+/// The recordings really are from the Nix versions they are named after:
+/// 2.26 marks every `start` with its parent activity, 2.8 does not.
+#[test]
+fn recordings_carry_their_versions_marks() {
+    let starts = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("@nix "))
+            .map(|j| serde_json::from_str::<serde_json::Value>(j).expect("json"))
+            .filter(|v| v["action"] == "start")
+            .collect()
+    };
+    for rec in RECORDINGS {
+        let with_parent = starts(rec.chain)
+            .iter()
+            .filter(|v| v.get("parent").is_some())
+            .count();
+        match rec.nix {
+            "2.8" => assert_eq!(with_parent, 0),
+            _ => assert_eq!(with_parent, starts(rec.chain).len()),
+        }
+    }
 }
 
 fn assert_plain(text: &str, what: &str) {

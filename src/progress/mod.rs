@@ -46,6 +46,9 @@ pub enum Event {
         duration: Duration,
     },
     Info(String),
+    /// A warning: runnerctl's own, or one a child printed
+    /// (`warning: …` on stderr, or a Nix log message at warning level).
+    Warning(String),
     Command {
         command: String,
     },

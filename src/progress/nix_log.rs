@@ -14,6 +14,7 @@ pub const ACT_COPY_PATHS: u64 = 103;
 pub const ACT_SUBSTITUTE: u64 = 108;
 
 /// Verbosity levels: error 0, warn 1, notice 2, info 3, talkative 4 …
+pub const LVL_WARN: u64 = 1;
 pub const LVL_INFO: u64 = 3;
 
 /// Result types (`type` of a `result` action).
@@ -46,6 +47,11 @@ pub enum NixMsg {
 }
 
 impl NixMsg {
+    /// A message at warning level (e.g. "Git tree '…' is dirty").
+    pub fn is_warning(&self) -> bool {
+        matches!(self, NixMsg::Msg { level, .. } if *level == LVL_WARN)
+    }
+
     /// The human text of this message, if it has one worth keeping in a log
     /// (Nix's default verbosity: errors, warnings, notices and info).
     pub fn text(&self) -> Option<String> {

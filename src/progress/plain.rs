@@ -48,6 +48,9 @@ impl Render for Plain {
                 format_duration(*duration)
             )),
             Event::Info(text) => self.line(text),
+            Event::Warning(text) if self.verbosity >= Verbosity::Normal => {
+                self.line(&format!("warning: {text}"))
+            }
             Event::Command { command } if self.verbosity >= Verbosity::Verbose => {
                 self.line(&format!("$ {command}"))
             }

@@ -91,6 +91,9 @@ impl Render for Term {
             Event::Info(text) => {
                 let _ = self.multi.println(text);
             }
+            Event::Warning(text) if self.verbosity >= Verbosity::Normal => {
+                let _ = self.multi.println(format!("warning: {text}"));
+            }
             Event::Command { command } if self.verbosity >= Verbosity::Verbose => {
                 let _ = self.multi.println(format!("$ {command}"));
             }

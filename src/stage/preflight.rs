@@ -10,6 +10,7 @@ use crate::config::Mode;
 use crate::image::reference::ImageRef;
 use crate::image::registry::{Registry as RegistryClient, RegistryError};
 use crate::pipeline::Ctx;
+use crate::progress::Event;
 use crate::tool::git::Git;
 use crate::tool::install_hint;
 use crate::tool::nix::Nix;
@@ -257,7 +258,15 @@ impl Stage for Preflight {
         let nix_path = locate("nix")?;
         let git_path = locate("git")?;
         let skopeo_path = locate("skopeo")?;
-        let nix = Nix::detect(&cx.runner, nix_path).await?;
+        let detected = Nix::detect(&cx.runner, nix_path).await?;
+        if let Some(group) = &detected.missing_build_group {
+            cx.runner.reporter().emit(Event::Warning(format!(
+                "Nix is configured with build-users-group = {group}, and there is no group `{group}`: \
+                 runnerctl runs Nix with an empty build-users-group (builds run as root). \
+                 Create the group and its build users, or set `build-users-group =` in nix.conf, to choose yourself"
+            )));
+        }
+        let nix = detected.nix;
         let git = Git {
             path: git_path,
             dir: cx.cfg.flake.clone(),

@@ -222,6 +222,8 @@ fn format_tail(tail: &[String]) -> String {
 pub struct Runner {
     reporter: Reporter,
     log: Option<Arc<Mutex<File>>>,
+    /// Child warnings already shown (Nix repeats its own on every call).
+    warned: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Runner {
@@ -229,6 +231,7 @@ impl Runner {
         Runner {
             reporter,
             log: None,
+            warned: Arc::default(),
         }
     }
 
@@ -254,6 +257,25 @@ impl Runner {
             if let Ok(mut file) = log.lock() {
                 let _ = writeln!(file, "{line}");
             }
+        }
+    }
+
+    /// Shows a child's warning once per run, as a warning: whether the
+    /// command then fails is up to its exit status, never to the warning.
+    fn child_warning(&self, program: &str, text: &str) {
+        let text = text.trim();
+        // Nix's notices that it wrote a lock file are reported by the update
+        // stage itself (the input diff).
+        if text.is_empty() || text.contains(" lock file '") {
+            return;
+        }
+        let key = format!("{program}: {text}");
+        let new = self
+            .warned
+            .lock()
+            .is_ok_and(|mut seen| seen.insert(key.clone()));
+        if new {
+            self.reporter.emit(Event::Warning(key));
         }
     }
 
@@ -350,11 +372,13 @@ impl Runner {
         if let Some(stderr) = stderr {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(raw)) = lines.next_line().await {
+                let mut warning = false;
                 let decoded = match cmd.stderr_format {
                     StderrFormat::Text => Some(raw),
                     StderrFormat::NixInternalJson => {
                         match crate::progress::nix_log::parse_line(&raw) {
                             Some(msg) => {
+                                warning = msg.is_warning();
                                 let text = msg.text();
                                 self.reporter.emit(Event::Nix(msg));
                                 text
@@ -364,6 +388,12 @@ impl Runner {
                     }
                 };
                 if let Some(line) = decoded {
+                    let plain = crate::progress::nix_log::strip_ansi(&line);
+                    if let Some(rest) = plain.strip_prefix("warning:") {
+                        self.child_warning(&cmd.name(), rest);
+                    } else if warning {
+                        self.child_warning(&cmd.name(), &plain);
+                    }
                     self.log_line(&line);
                     self.reporter.emit(Event::ChildLine {
                         program: cmd.name(),

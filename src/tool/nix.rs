@@ -28,6 +28,12 @@ impl NixVersion {
     pub fn has_new_flake_update(self) -> bool {
         (self.major, self.minor) >= (2, 19)
     }
+
+    /// `nix config show` (≥ 2.20, which warns that `show-config` is a
+    /// deprecated alias) rather than `nix show-config` (2.8 has only that).
+    pub fn has_config_show(self) -> bool {
+        (self.major, self.minor) >= (2, 20)
+    }
 }
 
 /// Parse the output of `nix --version`, e.g. `nix (Nix) 2.8.0` or
@@ -128,6 +134,44 @@ pub fn build_args(installable: &str, out_link: Option<&Path>) -> Vec<String> {
     args
 }
 
+/// Nix's settings as JSON (`{"NAME": {"value": …, …}, …}`).
+pub fn config_args(version: NixVersion) -> Vec<String> {
+    let mut args: Vec<String> = if version.has_config_show() {
+        vec!["config".into(), "show".into()]
+    } else {
+        vec!["show-config".into()]
+    };
+    args.push("--json".into());
+    args.extend(base_args());
+    args
+}
+
+/// The value of `build-users-group` in `nix show-config --json` output.
+pub fn build_users_group(config_json: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(config_json).ok()?;
+    let group = value.get("build-users-group")?.get("value")?.as_str()?;
+    Some(group.to_string())
+}
+
+/// Is `name` a group in `/etc/group`-format `text`?
+pub fn group_listed(text: &str, name: &str) -> bool {
+    text.lines()
+        .any(|line| line.split(':').next() == Some(name))
+}
+
+/// Does this process run as root (real uid 0, from `/proc/self/status`)?
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
 pub fn path_info_args(path: &str) -> Vec<String> {
     let mut args = vec!["path-info".to_string(), path.to_string()];
     args.extend(base_args());
@@ -152,15 +196,37 @@ struct BuildJson {
     outputs: std::collections::BTreeMap<String, String>,
 }
 
-/// The nix executable and its version.
+/// The nix executable, its version, and the options runnerctl adds to
+/// every call.
 #[derive(Debug, Clone)]
 pub struct Nix {
     pub path: PathBuf,
     pub version: NixVersion,
+    /// `--option NAME VALUE` pairs, e.g. an empty `build-users-group` when
+    /// the configured group does not exist (see [`Nix::detect`]).
+    pub options: Vec<String>,
+}
+
+/// What [`Nix::detect`] found.
+pub struct Detected {
+    pub nix: Nix,
+    /// Set when runnerctl runs Nix with an empty `build-users-group`: the
+    /// group Nix is configured with, which does not exist.
+    pub missing_build_group: Option<String>,
 }
 
 impl Nix {
-    pub async fn detect(runner: &Runner, path: PathBuf) -> Result<Nix, ToolError> {
+    /// Finds the version, and whether Nix can build here as configured.
+    ///
+    /// As root without a daemon, Nix builds as the members of
+    /// `build-users-group`; Debian's nix-bin sets it to `nixbld`. Where that
+    /// group does not exist (a fresh Debian machine), Nix 2.8 warns on every
+    /// call and builds as root, and Nix 2.26 refuses to build ("the group
+    /// 'nixbld' specified in 'build-users-group' does not exist").
+    /// runnerctl creates no groups and edits no nix.conf: it runs Nix with
+    /// `--option build-users-group ''`, which is what Nix 2.8 does anyway,
+    /// and reports that as a warning.
+    pub async fn detect(runner: &Runner, path: PathBuf) -> Result<Detected, ToolError> {
         let cmd = Cmd::new(&path).args(["--version"]);
         let out = runner.run(&cmd).await?;
         let version = parse_version(&out.stdout).ok_or_else(|| ToolError::BadOutput {
@@ -170,11 +236,55 @@ impl Nix {
                 crate::diagnostic::bound(out.stdout.trim(), 200)
             ),
         })?;
-        Ok(Nix { path, version })
+        let mut nix = Nix {
+            path,
+            version,
+            options: Vec::new(),
+        };
+        let missing_build_group = nix.missing_build_group(runner).await?;
+        if missing_build_group.is_some() {
+            nix.options = vec!["--option".into(), "build-users-group".into(), String::new()];
+        }
+        Ok(Detected {
+            nix,
+            missing_build_group,
+        })
+    }
+
+    /// The configured `build-users-group`, if Nix would build as its members
+    /// here (root, local store) and the group does not exist.
+    async fn missing_build_group(&self, runner: &Runner) -> Result<Option<String>, ToolError> {
+        let daemon = std::env::var_os("NIX_REMOTE").is_some_and(|r| !r.is_empty() && r != "local");
+        if daemon || !running_as_root() {
+            return Ok(None);
+        }
+        // Only stdout is read: Nix's warnings go to stderr.
+        let out = runner
+            .run_unchecked(&self.cmd(config_args(self.version)))
+            .await?;
+        let Some(group) = out
+            .success()
+            .then(|| build_users_group(&out.stdout))
+            .flatten()
+            .filter(|g| !g.is_empty())
+        else {
+            return Ok(None);
+        };
+        // getent asks NSS (LDAP groups too); /etc/group where it is missing.
+        let exists = match runner
+            .run_unchecked(&Cmd::new("getent").args(["group", group.as_str()]))
+            .await
+        {
+            Ok(out) => out.success(),
+            Err(_) => {
+                std::fs::read_to_string("/etc/group").is_ok_and(|text| group_listed(&text, &group))
+            }
+        };
+        Ok((!exists).then_some(group))
     }
 
     pub fn cmd(&self, args: Vec<String>) -> Cmd {
-        Cmd::new(&self.path).args(args)
+        Cmd::new(&self.path).args(args).args(self.options.clone())
     }
 
     pub fn update_cmd(&self, flake: &Path, inputs: &[String]) -> Cmd {
@@ -295,6 +405,25 @@ mod tests {
             update_args(v(2, 19), &one)[..3],
             ["flake", "update", "nixpkgs"]
         );
+    }
+
+    #[test]
+    fn config_argv_and_build_users_group() {
+        assert_eq!(config_args(v(2, 8))[..2], ["show-config", "--json"]);
+        assert_eq!(config_args(v(2, 26))[..3], ["config", "show", "--json"]);
+        assert_eq!(
+            build_users_group(r#"{"build-users-group":{"value":"nixbld","aliases":[]}}"#),
+            Some("nixbld".to_string())
+        );
+        assert_eq!(
+            build_users_group(r#"{"build-users-group":{"value":""}}"#),
+            Some(String::new())
+        );
+        assert_eq!(build_users_group("warning: x"), None);
+        let etc_group = "root:x:0:\nnixbld:x:30000:nixbld1\n";
+        assert!(group_listed(etc_group, "nixbld"));
+        assert!(!group_listed(etc_group, "nixbl"));
+        assert!(!group_listed("root:x:0:\n", "nixbld"));
     }
 
     #[test]
