@@ -486,6 +486,38 @@ fn a_failed_update_never_adopts_a_hand_edited_lock() {
     assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
 }
 
+/// kill -9 while `nix flake update` runs, then a hand edit of flake.lock:
+/// the rerun refuses the edited lock as uncommitted (nix only updated a
+/// throwaway copy, and no recorded hash matches the edit), the edit is
+/// intact and nothing is committed.
+#[test]
+fn a_kill_during_the_update_never_adopts_a_hand_edited_lock() {
+    let mut w = World::new();
+    let lock_before = w.repo.lock_bytes();
+    let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::During);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hold, Duration::from_secs(120));
+    let killed = run.kill_and_wait();
+    assert_eq!(killed.code, None, "runnerctl ended on its own\n{killed}");
+    assert_eq!(
+        w.repo.lock_bytes(),
+        lock_before,
+        "the kill left flake.lock as it was"
+    );
+    // A hand edit to the (committed) lock, after the kill.
+    let mut edited = lock_before.clone();
+    edited.extend_from_slice(b"\n\n");
+    fs::write(w.repo.path().join("flake.lock"), &edited).expect("hand edit");
+    let updates = w.shims.count("nix", &["flake", "update"]);
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::preflight::dirty");
+    assert_stderr_mentions(&out, &["flake.lock"]);
+    assert_eq!(w.repo.lock_bytes(), edited, "the hand edit was overwritten");
+    assert_eq!(w.shims.count("nix", &["flake", "update"]), updates);
+    assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+}
+
 /// Two bumps on one checkout with different state dirs: the second fails at
 /// once; it runs no `nix flake update` while the first one's is running.
 #[test]
