@@ -518,6 +518,26 @@ fn a_kill_during_the_update_never_adopts_a_hand_edited_lock() {
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
 }
 
+/// The new lock reaches flake.lock through a temporary file in its
+/// directory; one a killed run left behind is removed by the next bump,
+/// which completes as usual.
+#[test]
+fn a_temporary_lock_left_by_a_killed_run_is_removed() {
+    let w = World::new();
+    let stale = w.repo.path().join(".flake.lock.runnerctl-AbC123");
+    fs::write(&stale, b"{}").expect("stale temporary lock");
+    w.bump(&[]).assert_success();
+    w.assert_bumped();
+    assert!(!stale.exists(), "the stale temporary lock is still there");
+    let left: Vec<_> = fs::read_dir(w.repo.path())
+        .expect("read the checkout")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".flake.lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Two bumps on one checkout with different state dirs: the second fails at
 /// once; it runs no `nix flake update` while the first one's is running.
 #[test]

@@ -182,6 +182,7 @@ impl Stage for Update {
         // copy, and the new lock's hash is saved before the lock replaces
         // flake.lock. A run killed at any point leaves either the old lock
         // or the recorded one, never a lock nobody recorded.
+        remove_stale_temp_locks(&cx.cfg.flake);
         let (_tmp, new_text) = match Self::update_copy(cx).await {
             Ok(updated) => updated,
             Err(err) => {
@@ -227,6 +228,25 @@ impl Stage for Update {
     }
 }
 
+const TEMP_LOCK_PREFIX: &str = ".flake.lock.runnerctl-";
+
+/// A run killed between writing the new lock's temporary file and renaming
+/// it leaves that file behind (untracked); the next run removes it.
+fn remove_stale_temp_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let ours = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TEMP_LOCK_PREFIX);
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Write `bytes` to a temporary file next to `path`, then rename it over
 /// `path`: a reader (or a run killed midway) sees the old file or the new
 /// one, whole. The old file's permissions are kept.
@@ -234,7 +254,7 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".flake.lock.runnerctl-")
+        .prefix(TEMP_LOCK_PREFIX)
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     let perms = match std::fs::metadata(path) {
