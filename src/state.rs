@@ -127,8 +127,9 @@ pub struct State {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingBump {
-    /// sha256 of the flake.lock the update wrote; None while `nix flake
-    /// update` runs (a run killed then left a lock nobody recorded).
+    /// sha256 of the flake.lock the update wrote, saved before the lock
+    /// replaced flake.lock. None only in state from older versions; such a
+    /// pending bump adopts no dirty flake.lock.
     #[serde(default)]
     pub lock_hash: Option<String>,
     /// The update stage's fingerprint (flake.nix, inputs to update).

@@ -486,6 +486,58 @@ fn a_failed_update_never_adopts_a_hand_edited_lock() {
     assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
 }
 
+/// kill -9 while `nix flake update` runs, then a hand edit of flake.lock:
+/// the rerun refuses the edited lock as uncommitted (nix only updated a
+/// throwaway copy, and no recorded hash matches the edit), the edit is
+/// intact and nothing is committed.
+#[test]
+fn a_kill_during_the_update_never_adopts_a_hand_edited_lock() {
+    let mut w = World::new();
+    let lock_before = w.repo.lock_bytes();
+    let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::During);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hold, Duration::from_secs(120));
+    let killed = run.kill_and_wait();
+    assert_eq!(killed.code, None, "runnerctl ended on its own\n{killed}");
+    assert_eq!(
+        w.repo.lock_bytes(),
+        lock_before,
+        "the kill left flake.lock as it was"
+    );
+    // A hand edit to the (committed) lock, after the kill.
+    let mut edited = lock_before.clone();
+    edited.extend_from_slice(b"\n\n");
+    fs::write(w.repo.path().join("flake.lock"), &edited).expect("hand edit");
+    let updates = w.shims.count("nix", &["flake", "update"]);
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::preflight::dirty");
+    assert_stderr_mentions(&out, &["flake.lock"]);
+    assert_eq!(w.repo.lock_bytes(), edited, "the hand edit was overwritten");
+    assert_eq!(w.shims.count("nix", &["flake", "update"]), updates);
+    assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+}
+
+/// The new lock reaches flake.lock through a temporary file in its
+/// directory; one a killed run left behind is removed by the next bump,
+/// which completes as usual.
+#[test]
+fn a_temporary_lock_left_by_a_killed_run_is_removed() {
+    let w = World::new();
+    let stale = w.repo.path().join(".flake.lock.runnerctl-AbC123");
+    fs::write(&stale, b"{}").expect("stale temporary lock");
+    w.bump(&[]).assert_success();
+    w.assert_bumped();
+    assert!(!stale.exists(), "the stale temporary lock is still there");
+    let left: Vec<_> = fs::read_dir(w.repo.path())
+        .expect("read the checkout")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".flake.lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Two bumps on one checkout with different state dirs: the second fails at
 /// once; it runs no `nix flake update` while the first one's is running.
 #[test]

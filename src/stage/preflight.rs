@@ -323,11 +323,13 @@ impl Stage for Preflight {
         let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
         if cx.cfg.mode == Mode::Bump {
             let current = crate::digest::sha256_hex(cx.lock_text.as_bytes());
-            // Ours: the lock an unfinished bump wrote, or one it was writing
-            // when it was killed (the update runs again).
-            let ours = cx.state.pending_bump.as_ref().is_some_and(|p| {
-                p.lock_hash.is_none() || p.lock_hash.as_deref() == Some(current.as_str())
-            });
+            // Ours: the lock an unfinished bump recorded before it wrote it.
+            // A pending bump without a hash adopts nothing.
+            let ours = cx
+                .state
+                .pending_bump
+                .as_ref()
+                .is_some_and(|p| p.lock_hash.as_deref() == Some(current.as_str()));
             if ours {
                 dirty.retain(|line| !line.ends_with("flake.lock"));
             }

@@ -1,7 +1,9 @@
 //! update: `nix flake update`, then the input changes against HEAD.
 //!
-//! In a dry run the update happens in a throwaway copy of the flake, so the
-//! plan shows the real input changes without touching flake.lock.
+//! The update always happens in a throwaway copy of the flake, so nix never
+//! writes the working flake.lock. A dry run stops there (the plan shows the
+//! real input changes); a real run records the new lock's hash in the
+//! pending bump, then renames the new lock over flake.lock.
 
 use std::path::Path;
 
@@ -24,7 +26,47 @@ pub struct Update;
 )]
 struct CopyError(#[source] std::io::Error);
 
+#[derive(Debug, Error, Diagnostic)]
+#[error("could not replace {path} with the updated lock")]
+#[diagnostic(
+    code(runnerctl::update::write),
+    help("check that the flake's directory is writable; flake.lock is either unchanged or the updated one, and a rerun resumes")
+)]
+struct WriteError {
+    path: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 impl Update {
+    /// Run `nix flake update` in a throwaway copy of the flake's tracked
+    /// files; the working flake.lock is never touched. Returns the copy
+    /// (the dry run evaluates it) and its new lock.
+    async fn update_copy(cx: &Ctx) -> miette::Result<(tempfile::TempDir, String)> {
+        let tmp = tempfile::Builder::new()
+            .prefix("runnerctl-update-")
+            .tempdir()
+            .map_err(CopyError)?;
+        let git = cx.git()?.clone();
+        let files = git.ls_files(&cx.runner).await?;
+        for file in files {
+            match copy_file(&cx.cfg.flake.join(&file), &tmp.path().join(&file)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(CopyError)?,
+            }
+        }
+        // A plain directory is a `path:` flake: no git needed in the copy.
+        // Relative `path:./sub` inputs resolve inside the copy as they do in
+        // the checkout (Nix refuses `../` ones in both).
+        let nix = cx.nix()?.clone();
+        let cmd = nix.update_cmd(tmp.path(), &cx.cfg.update_inputs);
+        cx.runner.run(&cmd).await.map_err(|err| {
+            err.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged, and a rerun starts the update again")
+        })?;
+        let new_text = std::fs::read_to_string(tmp.path().join("flake.lock")).into_diagnostic()?;
+        Ok((tmp, new_text))
+    }
+
     /// Compare the working lock with HEAD's and record what changed.
     async fn changes(cx: &mut Ctx, new_text: &str) -> miette::Result<Vec<String>> {
         let git = cx.git()?.clone();
@@ -120,23 +162,7 @@ impl Stage for Update {
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let tmp = tempfile::Builder::new()
-            .prefix("runnerctl-dry-run-")
-            .tempdir()
-            .map_err(CopyError)?;
-        let git = cx.git()?.clone();
-        let files = git.ls_files(&cx.runner).await?;
-        for file in files {
-            match copy_file(&cx.cfg.flake.join(&file), &tmp.path().join(&file)) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                other => other.map_err(CopyError)?,
-            }
-        }
-        // A plain directory is a `path:` flake: no git needed in the copy.
-        let nix = cx.nix()?.clone();
-        let cmd = nix.update_cmd(tmp.path(), &cx.cfg.update_inputs);
-        cx.runner.run(&cmd).await?;
-        let new_text = std::fs::read_to_string(tmp.path().join("flake.lock")).into_diagnostic()?;
+        let (tmp, new_text) = Self::update_copy(cx).await?;
         cx.changes = Self::changes(cx, &new_text).await?;
         let path = cx.cfg.lock_path();
         let new = flake_lock::parse(&new_text, &path)?;
@@ -152,32 +178,34 @@ impl Stage for Update {
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let nix = cx.nix()?.clone();
-        let cmd = nix.update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs);
-        // Record that flake.lock is about to change, so a run killed while
-        // nix writes it still knows the dirty lock is its own.
-        cx.state.pending_bump = Some(PendingBump {
-            lock_hash: None,
-            fingerprint: self.fingerprint(cx),
-            commit: None,
-            commit_parent: None,
-        });
-        cx.save()?;
-        let before = hash_hex(cx.lock_text.as_bytes());
-        if let Err(err) = cx.runner.run(&cmd).await {
-            // The update did not finish. The pending bump must not leave a
-            // hash-less record behind, or the next run would take any
-            // uncommitted flake.lock (a hand edit) for the one nix wrote.
-            let now = std::fs::read(cx.cfg.lock_path()).map(|b| hash_hex(&b)).ok();
-            cx.state.pending_bump = match now {
-                Some(now) if now != before => cx.state.pending_bump.take().map(|p| PendingBump {
-                    lock_hash: Some(now),
-                    ..p
-                }),
-                _ => None,
-            };
+        // nix never writes the working flake.lock: it updates a throwaway
+        // copy, and the new lock's hash is saved before the lock replaces
+        // flake.lock. A run killed at any point leaves either the old lock
+        // or the recorded one, never a lock nobody recorded.
+        remove_stale_temp_locks(&cx.cfg.flake);
+        let (_tmp, new_text) = match Self::update_copy(cx).await {
+            Ok(updated) => updated,
+            Err(err) => {
+                // flake.lock is untouched: no pending bump to resume.
+                cx.state.pending_bump = None;
+                cx.save()?;
+                return Err(err);
+            }
+        };
+        if new_text != cx.lock_text {
+            let path = cx.cfg.lock_path();
+            flake_lock::parse(&new_text, &path)?;
+            cx.state.pending_bump = Some(PendingBump {
+                lock_hash: Some(hash_hex(new_text.as_bytes())),
+                fingerprint: self.fingerprint(cx),
+                commit: None,
+                commit_parent: None,
+            });
             cx.save()?;
-            return Err(err.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged unless nix wrote it, and a rerun starts the update again").into());
+            replace_file(&path, new_text.as_bytes()).map_err(|source| WriteError {
+                path: path.clone(),
+                source,
+            })?;
         }
         cx.reload_lock()?;
         cx.resolve_tags()?;
@@ -198,6 +226,45 @@ impl Stage for Update {
             ..Outputs::default()
         }))
     }
+}
+
+const TEMP_LOCK_PREFIX: &str = ".flake.lock.runnerctl-";
+
+/// A run killed between writing the new lock's temporary file and renaming
+/// it leaves that file behind (untracked); the next run removes it.
+fn remove_stale_temp_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let ours = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TEMP_LOCK_PREFIX);
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Write `bytes` to a temporary file next to `path`, then rename it over
+/// `path`: a reader (or a run killed midway) sees the old file or the new
+/// one, whole. The old file's permissions are kept.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_LOCK_PREFIX)
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    let perms = match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions(),
+        Err(_) => std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    };
+    tmp.as_file().set_permissions(perms)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
