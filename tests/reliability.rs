@@ -374,17 +374,49 @@ fn send_signal(pid: u32, signal: &str) {
 fn a_signal_during_the_update_stops_every_child_and_the_lock_stays() {
     for (signal, code) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
         let mut w = World::new();
-        let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::Before);
+        // Before it holds, the shim leaves an orphan (its parent, a
+        // subshell, exits at once): runnerctl must find it as their
+        // subreaper, not leave it to init.
+        let orphan_pid = w.tmp.path().join("orphan.pid");
+        let hold = w.hooks.hold_after_running(
+            "nix",
+            &["flake", "update"],
+            1,
+            When::Before,
+            &format!(
+                "(sleep 600 </dev/null >/dev/null 2>&1 & echo $! >'{}')",
+                orphan_pid.display()
+            ),
+        );
         let lock = w.repo.lock_bytes();
         let mut run = w.spawn_bump(&[]);
         run.wait_hook(&hold, Duration::from_secs(120));
+        let orphan: u32 = fs::read_to_string(&orphan_pid)
+            .expect("the orphan's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
         let children = descendants_of(run.pid());
         assert!(!children.is_empty(), "the held nix runs below runnerctl");
         send_signal(run.pid(), signal);
         let out = run.wait(Duration::from_secs(60));
+        let orphan_left = alive(&[orphan]);
+        if !orphan_left.is_empty() {
+            send_signal(orphan, "KILL");
+        }
+        assert_eq!(
+            orphan_left,
+            Vec::<u32>::new(),
+            "an orphaned grandchild outlived runnerctl (SIG{signal})"
+        );
         assert_eq!(out.code, Some(code), "SIG{signal}\n{out}");
         assert!(!out.stderr.contains("panicked"), "{out}");
         assert_stderr_mentions(&out, &[&format!("interrupted by SIG{signal}")]);
+        assert_eq!(
+            hold.signals(),
+            [signal],
+            "runnerctl forwarded SIG{signal} to the held nix (not only a SIGKILL after the grace period)"
+        );
         assert_eq!(
             alive(&children),
             Vec::<u32>::new(),
@@ -428,6 +460,11 @@ fn sigterm_during_the_push_removes_the_auth_file_and_stops_skopeo() {
     send_signal(run.pid(), "TERM");
     let out = run.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(143), "{out}");
+    assert_eq!(
+        hold.signals(),
+        ["TERM"],
+        "runnerctl forwarded SIGTERM to the held skopeo"
+    );
     assert_eq!(
         alive(&children),
         Vec::<u32>::new(),
