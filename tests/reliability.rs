@@ -696,14 +696,30 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
     fs::remove_file(&lock).expect("rm");
     fs::write(&lock, saved).expect("restore");
     fs::remove_file(&secret_file).expect("rm");
-    // A `nix --version` that prints 3 MB: quoted within bounds.
+    // A `nix --version` that prints 3 MB: quoted within bounds. On stdout
+    // with exit 0 (the version parser quotes it), and on stderr with exit 1
+    // (the failed command's last lines are quoted, each cut to MAX_LINE).
+    for (script, quoted) in [
+        (
+            "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\n",
+            false,
+        ),
+        (
+            "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x >&2\necho >&2\nexit 1\n",
+            true,
+        ),
+    ] {
+        huge_nix_version_output(&repo, script, quoted);
+    }
+}
+
+/// `runnerctl bump` with a `nix` that runs `script`, human and `--json`:
+/// stderr and stdout under 16 KB, no quoted run of `x` over 500
+/// characters (MAX_LINE), and when `quoted`, one of exactly 500.
+fn huge_nix_version_output(repo: &RunnerRepo, script: &str, quoted: bool) {
     let bin = tempfile::tempdir().expect("bin");
     let nix = bin.path().join("nix");
-    fs::write(
-        &nix,
-        "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\n",
-    )
-    .expect("nix");
+    fs::write(&nix, script).expect("nix");
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&nix, fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = format!(
@@ -713,7 +729,7 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
     );
     for json in [false, true] {
         let mut run = Run::new(["bump", "--no-git-push"])
-            .in_repo(&repo)
+            .in_repo(repo)
             .env("PATH", &path);
         if json {
             run = run.arg("--json");
@@ -729,6 +745,23 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
             out.stdout.len() < 16 * 1024,
             "{} bytes of stdout",
             out.stdout.len()
+        );
+        // The quoted line itself is cut to 500 characters (MAX_LINE), not
+        // only the whole diagnostic to 8 KB: the longest run of `x` once
+        // the wrapping (white space, gutters) is taken out.
+        let unwrapped: String = out
+            .stderr
+            .chars()
+            .filter(|c| !c.is_whitespace() && !matches!(c, '│' | '|'))
+            .collect();
+        let longest = unwrapped
+            .split(|c| c != 'x')
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest <= 500 && (!quoted || longest == 500),
+            "a quoted line of {longest} characters (MAX_LINE is 500; json: {json})\n{out}"
         );
     }
 }
