@@ -396,6 +396,18 @@ fn a_signal_during_the_update_stops_every_child_and_the_lock_stays() {
             .trim()
             .parse()
             .expect("a pid");
+        let orphan_parent = proc_table()
+            .into_iter()
+            .find(|(pid, _, _)| *pid == orphan)
+            .map(|(_, ppid, _)| ppid);
+        if orphan_parent != Some(run.pid()) {
+            send_signal(orphan, "KILL");
+        }
+        assert_eq!(
+            orphan_parent,
+            Some(run.pid()),
+            "the orphan was not reparented to runnerctl (its subreaper)"
+        );
         let children = descendants_of(run.pid());
         assert!(!children.is_empty(), "the held nix runs below runnerctl");
         send_signal(run.pid(), signal);
