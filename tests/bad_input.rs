@@ -79,7 +79,11 @@ fn flake_lock_that_is_not_json_shows_line_column_and_snippet() {
         &w,
         &w.bump_args(&[]),
         "runnerctl::flake_lock::json",
-        &["flake.lock is not valid JSON"],
+        &[
+            "flake.lock is not valid JSON",
+            // The help: restore the lock.
+            "restore it with `git checkout -- flake.lock` or regenerate it with `nix flake lock`",
+        ],
     );
     // `flake.lock:LINE:COLUMN: message`, the column of `oops`.
     let column = lines[4].find("oops").expect("oops") + 1;

@@ -381,17 +381,61 @@ fn send_signal(pid: u32, signal: &str) {
 fn a_signal_during_the_update_stops_every_child_and_the_lock_stays() {
     for (signal, code) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
         let mut w = World::new();
-        let hold = w.hooks.hold("nix", &["flake", "update"], 1, When::Before);
+        // Before it holds, the shim leaves an orphan (its parent, a
+        // subshell, exits at once): runnerctl must find it as their
+        // subreaper, not leave it to init.
+        let orphan_pid = w.tmp.path().join("orphan.pid");
+        let hold = w.hooks.hold_after_running(
+            "nix",
+            &["flake", "update"],
+            1,
+            When::Before,
+            &format!(
+                "(sleep 600 </dev/null >/dev/null 2>&1 & echo $! >'{}')",
+                orphan_pid.display()
+            ),
+        );
         let lock = w.repo.lock_bytes();
         let mut run = w.spawn_bump(&[]);
         run.wait_hook(&hold, Duration::from_secs(120));
+        let orphan: u32 = fs::read_to_string(&orphan_pid)
+            .expect("the orphan's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let orphan_parent = proc_table()
+            .into_iter()
+            .find(|(pid, _, _)| *pid == orphan)
+            .map(|(_, ppid, _)| ppid);
+        if orphan_parent != Some(run.pid()) {
+            send_signal(orphan, "KILL");
+        }
+        assert_eq!(
+            orphan_parent,
+            Some(run.pid()),
+            "the orphan was not reparented to runnerctl (its subreaper)"
+        );
         let children = descendants_of(run.pid());
         assert!(!children.is_empty(), "the held nix runs below runnerctl");
         send_signal(run.pid(), signal);
         let out = run.wait(Duration::from_secs(60));
+        let orphan_left = alive(&[orphan]);
+        if !orphan_left.is_empty() {
+            send_signal(orphan, "KILL");
+        }
+        assert_eq!(
+            orphan_left,
+            Vec::<u32>::new(),
+            "an orphaned grandchild outlived runnerctl (SIG{signal})"
+        );
         assert_eq!(out.code, Some(code), "SIG{signal}\n{out}");
         assert!(!out.stderr.contains("panicked"), "{out}");
         assert_stderr_mentions(&out, &[&format!("interrupted by SIG{signal}")]);
+        assert_eq!(
+            hold.signals(),
+            [signal],
+            "runnerctl forwarded SIG{signal} to the held nix (not only a SIGKILL after the grace period)"
+        );
         assert_eq!(
             alive(&children),
             Vec::<u32>::new(),
@@ -435,6 +479,11 @@ fn sigterm_during_the_push_removes_the_auth_file_and_stops_skopeo() {
     send_signal(run.pid(), "TERM");
     let out = run.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(143), "{out}");
+    assert_eq!(
+        hold.signals(),
+        ["TERM"],
+        "runnerctl forwarded SIGTERM to the held skopeo"
+    );
     assert_eq!(
         alive(&children),
         Vec::<u32>::new(),
@@ -718,14 +767,30 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
     fs::remove_file(&lock).expect("rm");
     fs::write(&lock, saved).expect("restore");
     fs::remove_file(&secret_file).expect("rm");
-    // A `nix --version` that prints 3 MB: quoted within bounds.
+    // A `nix --version` that prints 3 MB: quoted within bounds. On stdout
+    // with exit 0 (the version parser quotes it), and on stderr with exit 1
+    // (the failed command's last lines are quoted, each cut to MAX_LINE).
+    for (script, quoted) in [
+        (
+            "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\n",
+            false,
+        ),
+        (
+            "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x >&2\necho >&2\nexit 1\n",
+            true,
+        ),
+    ] {
+        huge_nix_version_output(&repo, script, quoted);
+    }
+}
+
+/// `runnerctl bump` with a `nix` that runs `script`, human and `--json`:
+/// stderr and stdout under 16 KB, no quoted run of `x` over 500
+/// characters (MAX_LINE), and when `quoted`, one of exactly 500.
+fn huge_nix_version_output(repo: &RunnerRepo, script: &str, quoted: bool) {
     let bin = tempfile::tempdir().expect("bin");
     let nix = bin.path().join("nix");
-    fs::write(
-        &nix,
-        "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\n",
-    )
-    .expect("nix");
+    fs::write(&nix, script).expect("nix");
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&nix, fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = format!(
@@ -735,7 +800,7 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
     );
     for json in [false, true] {
         let mut run = Run::new(["bump", "--no-git-push"])
-            .in_repo(&repo)
+            .in_repo(repo)
             .env("PATH", &path);
         if json {
             run = run.arg("--json");
@@ -751,6 +816,23 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
             out.stdout.len() < 16 * 1024,
             "{} bytes of stdout",
             out.stdout.len()
+        );
+        // The quoted line itself is cut to 500 characters (MAX_LINE), not
+        // only the whole diagnostic to 8 KB: the longest run of `x` once
+        // the wrapping (white space, gutters) is taken out.
+        let unwrapped: String = out
+            .stderr
+            .chars()
+            .filter(|c| !c.is_whitespace() && !matches!(c, '│' | '|'))
+            .collect();
+        let longest = unwrapped
+            .split(|c| c != 'x')
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest <= 500 && (!quoted || longest == 500),
+            "a quoted line of {longest} characters (MAX_LINE is 500; json: {json})\n{out}"
         );
     }
 }

@@ -157,6 +157,8 @@ struct Hook {
     words: Vec<String>,
     nth: u32,
     when: When,
+    /// Shell run by the shim just before it holds (`Before` only).
+    script: String,
 }
 
 /// A handle on one hook: did it fire, release it.
@@ -176,6 +178,15 @@ impl HookHandle {
     /// Lets the held call go on (into the real tool, or back to runnerctl).
     pub fn release(&self) {
         fs::write(self.file("release"), "").expect("write release file");
+    }
+    /// The signals (`TERM`, `INT`, `HUP`) the shim got while it held the
+    /// call, in order.
+    pub fn signals(&self) -> Vec<String> {
+        fs::read_to_string(self.file("signals"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
     /// The real tool's exit code, for `During`/`After` hooks that finished.
     pub fn rc(&self) -> Option<i32> {
@@ -226,12 +237,26 @@ impl Hooks {
     /// `words` (so `git commit` matches runnerctl's `git commit …`, not the
     /// `git -C … cat-file commit …` that Nix runs to fetch an input).
     pub fn hold(&mut self, tool: &str, words: &[&str], nth: u32, when: When) -> HookHandle {
+        self.hold_after_running(tool, words, nth, when, "")
+    }
+
+    /// [`hold`](Self::hold), and before holding a `When::Before` call the
+    /// shim runs the shell `script` (for example, to leave an orphan).
+    pub fn hold_after_running(
+        &mut self,
+        tool: &str,
+        words: &[&str],
+        nth: u32,
+        when: When,
+        script: &str,
+    ) -> HookHandle {
         self.tools.insert(tool.to_string());
         self.hooks.push(Hook {
             tool: tool.to_string(),
             words: words.iter().map(|w| w.to_string()).collect(),
             nth,
             when,
+            script: script.to_string(),
         });
         self.write_all();
         HookHandle {
@@ -323,12 +348,19 @@ impl Hooks {
                 .map(|w| sh_quote(w))
                 .collect::<Vec<_>>()
                 .join("\"$us\"");
+            // While held, the shim records the signals it gets (and then
+            // ends as the signal would have ended it), so a test can tell a
+            // forwarded SIGTERM from a SIGKILL at the end of a grace period.
             let hold = format!(
-                ": >\"$d/hook{i}.fired\"\n    \
-                 while [ ! -e \"$d/hook{i}.release\" ]; do sleep 0.05; done\n"
+                "trap 'echo TERM >>\"$d/hook{i}.signals\"; exit 143' TERM\n    \
+                 trap 'echo INT >>\"$d/hook{i}.signals\"; exit 130' INT\n    \
+                 trap 'echo HUP >>\"$d/hook{i}.signals\"; exit 129' HUP\n    \
+                 : >\"$d/hook{i}.fired\"\n    \
+                 while [ ! -e \"$d/hook{i}.release\" ]; do sleep 0.05; done\n    \
+                 trap - TERM INT HUP\n"
             );
             let action = match h.when {
-                When::Before => hold,
+                When::Before => format!("{}\n    {hold}", h.script),
                 When::During => format!(
                     "\"$next\" \"$@\" &\n    p=$!\n    {hold}    wait \"$p\"; rc=$?; echo \"$rc\" >\"$d/hook{i}.rc\"; exit \"$rc\"\n"
                 ),
