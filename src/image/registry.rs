@@ -820,6 +820,81 @@ mod tests {
             .is_none());
     }
 
+    /// `check_auth` against 127.0.0.1:`port`, verifying TLS, with a 2 s
+    /// timeout.
+    fn check(port: u16) -> RegistryError {
+        let client = Registry::new(
+            &format!("127.0.0.1:{port}"),
+            "infra/runners/nixos",
+            &Credentials::None,
+            true,
+            Duration::from_secs(2),
+        )
+        .expect("client");
+        client.check_auth().expect_err("no registry there")
+    }
+
+    #[test]
+    fn transport_errors_get_skopeos_classes_and_helps() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+
+        // Nothing listens: unavailable, with the run-again help.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let err = check(port);
+        assert!(matches!(err, RegistryError::Unavailable { .. }), "{err:?}");
+        let (headline, help) = explain_failure(
+            Failure::Unavailable,
+            &Context {
+                host: Some(&format!("127.0.0.1:{port}")),
+                timeout: Duration::from_secs(2),
+                policy: std::path::Path::new(""),
+                user_policy: false,
+            },
+        );
+        assert!(err.to_string().starts_with(&headline), "{err}");
+        assert!(help.contains("run the same command again"));
+
+        // Plain HTTP answers the TLS hello: the plain-HTTP TLS class.
+        let http = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = http.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = http.accept().expect("accept");
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        });
+        let err = check(port);
+        server.join().expect("server");
+        assert!(
+            matches!(
+                err,
+                RegistryError::Tls {
+                    problem: TlsProblem::PlainHttp,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("speaks plain HTTP"), "{err}");
+
+        // Accepts and never answers: a timeout after 2 s, not never.
+        let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let started = std::time::Instant::now();
+        let err = check(port);
+        assert!(matches!(err, RegistryError::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(
+            err.to_string().contains("did not answer within 2 s"),
+            "{err}"
+        );
+        drop(silent);
+    }
+
     #[test]
     fn media_types() {
         assert_eq!(
