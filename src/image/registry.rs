@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::auth::{Credentials, Secret};
 use crate::digest::sha256_digest;
-use crate::tool::skopeo::AUTH_HELP;
+use crate::tool::skopeo::{explain_failure, Context, Failure, TlsProblem, AUTH_HELP};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -42,6 +42,30 @@ pub enum RegistryError {
         body: String,
     },
 
+    /// TLS failed: the registry speaks plain HTTP, its certificate is
+    /// signed by an authority this machine does not trust, or another TLS
+    /// problem. Headline and help are skopeo's for the same class.
+    #[error("{headline} ({url}: {reason})")]
+    #[diagnostic(code(runnerctl::registry::tls), help("{help}"))]
+    Tls {
+        problem: TlsProblem,
+        headline: String,
+        url: String,
+        reason: String,
+        help: String,
+    },
+
+    /// Connection refused or reset, no route, no such host: the registry
+    /// was not there. Running again is the answer once it is.
+    #[error("{headline} ({url}: {reason})")]
+    #[diagnostic(code(runnerctl::registry::unavailable), help("{help}"))]
+    Unavailable {
+        headline: String,
+        url: String,
+        reason: String,
+        help: String,
+    },
+
     #[error("could not reach the registry at {url}: {reason}")]
     #[diagnostic(
         code(runnerctl::registry::transport),
@@ -49,15 +73,12 @@ pub enum RegistryError {
     )]
     Transport { url: String, reason: String },
 
-    #[error("the registry at {host} did not answer within {secs} s ({url})")]
-    #[diagnostic(
-        code(runnerctl::registry::timeout),
-        help("it accepted the connection but did not answer, or the address is unroutable; check that the registry at {host} is healthy, then run the same command again (finished stages are not repeated), or allow it longer with --registry-timeout / RUNNERCTL_REGISTRY_TIMEOUT")
-    )]
+    #[error("{headline} ({url})")]
+    #[diagnostic(code(runnerctl::registry::timeout), help("{help}"))]
     Timeout {
-        host: String,
-        secs: u64,
+        headline: String,
         url: String,
+        help: String,
     },
 
     #[error("the registry's credentials file {path} could not be read: {reason}")]
@@ -232,33 +253,92 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-/// Did this request fail because the registry took longer than allowed
-/// (to accept the connection, or to send or take bytes)?
-fn is_timeout(err: &ureq::Error) -> bool {
+/// The class of an I/O error met while talking to the registry, if it is
+/// one of the classes skopeo's failures are sorted into.
+fn io_failure(io: &std::io::Error) -> Option<Failure> {
+    use std::io::ErrorKind as K;
+    if let Some(tls) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(Failure::Tls(tls_problem(tls)));
+    }
+    match io.kind() {
+        // A registry that took longer than allowed to accept the
+        // connection, or to send or take bytes.
+        K::TimedOut | K::WouldBlock => Some(Failure::Timeout),
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::BrokenPipe
+        | K::UnexpectedEof
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::AddrNotAvailable => Some(Failure::Unavailable),
+        _ => None,
+    }
+}
+
+fn tls_problem(err: &rustls::Error) -> TlsProblem {
+    match err {
+        // A plain-HTTP answer to the TLS ClientHello ("received corrupt
+        // message of type InvalidContentType").
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            TlsProblem::PlainHttp
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            TlsProblem::UnknownAuthority
+        }
+        _ => TlsProblem::Other,
+    }
+}
+
+/// Sort a failed request into skopeo's classes: a timeout, TLS (plain
+/// HTTP, an unknown CA, other), or the registry not being there. `None`
+/// for anything else (including an HTTP status: those are answers).
+fn classify(err: &ureq::Error) -> Option<Failure> {
     let ureq::Error::Transport(transport) = err else {
-        return false;
+        return None;
     };
+    let mut found = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> =
         std::error::Error::source(transport);
     while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(Failure::Tls(tls_problem(tls)));
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                return true;
+            match io_failure(io) {
+                Some(failure @ (Failure::Tls(_) | Failure::Timeout)) => return Some(failure),
+                Some(failure) => found = found.or(Some(failure)),
+                None => {}
             }
         }
         source = err.source();
     }
-    false
+    if found.is_none() && transport.kind() == ureq::ErrorKind::Dns {
+        found = Some(Failure::Unavailable);
+    }
+    found
+}
+
+fn is_timeout(err: &ureq::Error) -> bool {
+    classify(err) == Some(Failure::Timeout)
 }
 
 /// An agent whose every exchange is bounded by `timeout`: connecting, and
 /// each read and write (a registry that accepts the connection and then
 /// says nothing fails after `timeout`, not never).
 fn agent(tls_verify: bool, timeout: Duration) -> ureq::Agent {
+    // No connection pool: ureq 2 clears a connection's read and write
+    // timeouts when it goes back to the pool and does not set them again
+    // when it is reused, so a request on a kept-alive connection (the one
+    // preflight opened, reused by push) would wait for a stopped registry
+    // for good. A handful of requests per run can afford a fresh
+    // connection each.
     let builder = ureq::AgentBuilder::new()
+        .max_idle_connections(0)
         .timeout_connect(timeout)
         .timeout_read(timeout)
         .timeout_write(timeout)
@@ -332,20 +412,55 @@ impl Registry {
         })
     }
 
-    /// A request that did not get through: a timeout, or another
-    /// transport error.
+    /// A request that did not get through, in the class it belongs to,
+    /// with skopeo's headline and help for that class.
     fn transport(&self, url: &str, err: ureq::Error) -> RegistryError {
-        if is_timeout(&err) {
-            RegistryError::Timeout {
-                host: self.registry.clone(),
-                secs: self.timeout.as_secs(),
-                url: url.to_string(),
+        let failure = classify(&err);
+        self.failed(url, failure, err.to_string())
+    }
+
+    fn failed(&self, url: &str, failure: Option<Failure>, reason: String) -> RegistryError {
+        let explain = |failure| {
+            explain_failure(
+                failure,
+                &Context {
+                    host: Some(&self.registry),
+                    timeout: self.timeout,
+                    policy: std::path::Path::new(""),
+                    user_policy: false,
+                },
+            )
+        };
+        let url = url.to_string();
+        match failure {
+            Some(Failure::Timeout) => {
+                let (headline, help) = explain(Failure::Timeout);
+                RegistryError::Timeout {
+                    headline,
+                    url,
+                    help,
+                }
             }
-        } else {
-            RegistryError::Transport {
-                url: url.to_string(),
-                reason: err.to_string(),
+            Some(Failure::Tls(problem)) => {
+                let (headline, help) = explain(Failure::Tls(problem));
+                RegistryError::Tls {
+                    problem,
+                    headline,
+                    url,
+                    reason,
+                    help,
+                }
             }
+            Some(Failure::Unavailable) => {
+                let (headline, help) = explain(Failure::Unavailable);
+                RegistryError::Unavailable {
+                    headline,
+                    url,
+                    reason,
+                    help,
+                }
+            }
+            _ => RegistryError::Transport { url, reason },
         }
     }
 
@@ -498,10 +613,7 @@ impl Registry {
             }
             // Some registries answer 404 at /v2/; the push will tell.
             Err(ureq::Error::Status(_, _)) => Ok(()),
-            Err(e) => Err(RegistryError::Transport {
-                url,
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(self.transport(&url, e)),
         }
     }
 
@@ -600,24 +712,14 @@ impl Registry {
             &mut bytes,
         )
         .map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                RegistryError::Timeout {
-                    host: self.registry.clone(),
-                    secs: self.timeout.as_secs(),
-                    url: format!(
-                        "{}/v2/{}/manifests/{reference}",
-                        self.registry, self.repository
-                    ),
-                }
-            } else {
-                RegistryError::Transport {
-                    url: self.registry.clone(),
-                    reason: e.to_string(),
-                }
-            }
+            self.failed(
+                &format!(
+                    "{}/v2/{}/manifests/{reference}",
+                    self.registry, self.repository
+                ),
+                io_failure(&e),
+                e.to_string(),
+            )
         })?;
         Ok(Some((bytes, media_type)))
     }
@@ -716,6 +818,81 @@ mod tests {
         assert!(basic_for(&Credentials::AuthFile(path), "other.example")
             .expect("read")
             .is_none());
+    }
+
+    /// `check_auth` against 127.0.0.1:`port`, verifying TLS, with a 2 s
+    /// timeout.
+    fn check(port: u16) -> RegistryError {
+        let client = Registry::new(
+            &format!("127.0.0.1:{port}"),
+            "infra/runners/nixos",
+            &Credentials::None,
+            true,
+            Duration::from_secs(2),
+        )
+        .expect("client");
+        client.check_auth().expect_err("no registry there")
+    }
+
+    #[test]
+    fn transport_errors_get_skopeos_classes_and_helps() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+
+        // Nothing listens: unavailable, with the run-again help.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let err = check(port);
+        assert!(matches!(err, RegistryError::Unavailable { .. }), "{err:?}");
+        let (headline, help) = explain_failure(
+            Failure::Unavailable,
+            &Context {
+                host: Some(&format!("127.0.0.1:{port}")),
+                timeout: Duration::from_secs(2),
+                policy: std::path::Path::new(""),
+                user_policy: false,
+            },
+        );
+        assert!(err.to_string().starts_with(&headline), "{err}");
+        assert!(help.contains("run the same command again"));
+
+        // Plain HTTP answers the TLS hello: the plain-HTTP TLS class.
+        let http = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = http.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = http.accept().expect("accept");
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        });
+        let err = check(port);
+        server.join().expect("server");
+        assert!(
+            matches!(
+                err,
+                RegistryError::Tls {
+                    problem: TlsProblem::PlainHttp,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("speaks plain HTTP"), "{err}");
+
+        // Accepts and never answers: a timeout after 2 s, not never.
+        let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let started = std::time::Instant::now();
+        let err = check(port);
+        assert!(matches!(err, RegistryError::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(
+            err.to_string().contains("did not answer within 2 s"),
+            "{err}"
+        );
+        drop(silent);
     }
 
     #[test]
