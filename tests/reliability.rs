@@ -574,6 +574,34 @@ fn a_kill_during_the_update_never_adopts_a_hand_edited_lock() {
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
 }
 
+/// A bump killed after its update wrote flake.lock (its hash recorded in
+/// the pending bump) and a hand edit of that lock afterwards: the rerun
+/// adopts only the lock whose hash it recorded, so it refuses this one and
+/// the edit stays.
+#[test]
+fn a_pending_bump_never_adopts_a_lock_edited_after_its_update() {
+    let mut w = World::new();
+    let before = w.repo.lock_bytes();
+    let hold = w.hooks.hold("nix", &["build"], 1, When::Before);
+    let mut run = w.spawn_bump(&[]);
+    run.wait_hook(&hold, Duration::from_secs(120));
+    let killed = run.kill_and_wait();
+    assert_eq!(killed.code, None, "runnerctl ended on its own\n{killed}");
+    let updated = w.repo.lock_bytes();
+    assert_ne!(updated, before, "the update had written the new lock");
+    let mut edited = updated.clone();
+    edited.extend_from_slice(b"\n\n");
+    fs::write(w.repo.path().join("flake.lock"), &edited).expect("hand edit");
+    let builds = w.shims.count("nix", &["build"]);
+    let out = w.bump(&[]);
+    assert_diagnostic(&out, "runnerctl::preflight::dirty");
+    assert_stderr_mentions(&out, &["flake.lock"]);
+    assert_eq!(w.repo.lock_bytes(), edited, "the hand edit was overwritten");
+    assert_eq!(w.shims.count("nix", &["build"]), builds, "nothing built");
+    assert_eq!(w.repo.head(), w.initial_remote_head, "nothing committed");
+    assert_eq!(w.repo.remote_head(), w.initial_remote_head);
+}
+
 /// The new lock reaches flake.lock through a temporary file in its
 /// directory; one a killed run left behind is removed by the next bump,
 /// which completes as usual.
