@@ -12,7 +12,8 @@ mod nix_support;
 use std::collections::BTreeSet;
 
 use nix_support::{
-    array_at, at, copy_from_repo, json_output, path_flake, repo_root, str_at, stub_path, OfflineNix,
+    array_at, at, copy_from_repo, json_output, path_flake, repo_root, str_at, stub_path,
+    OfflineNix, CRATE_SOURCE, EVAL_TEST_EXTRA,
 };
 use serde_json::{json, Value};
 
@@ -135,14 +136,7 @@ fn runnerctl_is_built_from_cargo_lock_runs_unit_tests_and_finds_skopeo_and_git()
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for part in [
-            "Cargo.toml",
-            "Cargo.lock",
-            "build.rs",
-            "src",
-            "tests",
-            "proptest-regressions",
-        ] {
+        for part in CRATE_SOURCE {
             let path = repo_root().join(part).display().to_string();
             assert!(
                 source.contains(&path.as_str()),
@@ -314,14 +308,7 @@ fn checks_build_runnerctl_and_run_the_offline_test_crates() {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for part in [
-            "flake.nix",
-            "flake.lock",
-            "nix",
-            "justfile",
-            ".forgejo",
-            "tests",
-        ] {
+        for part in EVAL_TEST_EXTRA.iter().chain(CRATE_SOURCE) {
             let path = repo_root().join(part).display().to_string();
             assert!(
                 source.contains(&path.as_str()),

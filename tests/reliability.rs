@@ -373,6 +373,30 @@ fn send_signal(pid: u32, signal: &str) {
     assert_eq!(status, 0, "kill -{signal} {pid}");
 }
 
+/// runnerctl exited 128 + the signal without a panic, forwarded the signal
+/// itself to the held child (not only a SIGKILL after its grace period), and
+/// left none of the children it had when the signal came.
+fn assert_stopped_by(
+    out: &RunOutput,
+    signal: &str,
+    code: i32,
+    hold: &HookHandle,
+    children: &[u32],
+) {
+    assert_eq!(out.code, Some(code), "SIG{signal}\n{out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert_eq!(
+        hold.signals(),
+        [signal],
+        "runnerctl forwarded SIG{signal} to the held child"
+    );
+    assert_eq!(
+        alive(children),
+        Vec::<u32>::new(),
+        "children outlived runnerctl"
+    );
+}
+
 /// A signal while `nix flake update` runs (held by a PATH shim before the
 /// real nix): runnerctl forwards it, waits, exits 128 + the signal, records
 /// the update as interrupted, and leaves no process that could rewrite
@@ -428,19 +452,8 @@ fn a_signal_during_the_update_stops_every_child_and_the_lock_stays() {
             Vec::<u32>::new(),
             "an orphaned grandchild outlived runnerctl (SIG{signal})"
         );
-        assert_eq!(out.code, Some(code), "SIG{signal}\n{out}");
-        assert!(!out.stderr.contains("panicked"), "{out}");
+        assert_stopped_by(&out, signal, code, &hold, &children);
         assert_stderr_mentions(&out, &[&format!("interrupted by SIG{signal}")]);
-        assert_eq!(
-            hold.signals(),
-            [signal],
-            "runnerctl forwarded SIG{signal} to the held nix (not only a SIGKILL after the grace period)"
-        );
-        assert_eq!(
-            alive(&children),
-            Vec::<u32>::new(),
-            "children outlived runnerctl"
-        );
         // Were the held shim alive, it would now run the real update.
         hold.release();
         std::thread::sleep(Duration::from_secs(5));
@@ -478,17 +491,7 @@ fn sigterm_during_the_push_removes_the_auth_file_and_stops_skopeo() {
     let children = descendants_of(run.pid());
     send_signal(run.pid(), "TERM");
     let out = run.wait(Duration::from_secs(60));
-    assert_eq!(out.code, Some(143), "{out}");
-    assert_eq!(
-        hold.signals(),
-        ["TERM"],
-        "runnerctl forwarded SIGTERM to the held skopeo"
-    );
-    assert_eq!(
-        alive(&children),
-        Vec::<u32>::new(),
-        "children outlived runnerctl"
-    );
+    assert_stopped_by(&out, "TERM", 143, &hold, &children);
     hold.release();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use nix_support::{at, copy_dir, copy_from_repo, failure_stderr, repo_root, run, OfflineNix};
+use nix_support::{
+    at, copy_dir, copy_from_repo, failure_stderr, repo_root, run, OfflineNix, CRATE_SOURCE,
+    EVAL_TEST_EXTRA,
+};
 use serde_json::{json, Value};
 
 /// The revision the package's build hands to build.rs, as flake.nix does.
@@ -143,14 +146,7 @@ fn runnerctl_source_builds_with_cargo_and_names_the_revision_nix_passes() {
     let source = materialise(&sources, "crateSource", nix.scratch());
     assert_eq!(
         top_level(&source),
-        [
-            "Cargo.lock",
-            "Cargo.toml",
-            "build.rs",
-            "proptest-regressions",
-            "src",
-            "tests"
-        ],
+        CRATE_SOURCE,
         "runnerctl's source holds the crate and nothing else (no nix/, no workflows)"
     );
 
@@ -177,15 +173,7 @@ fn offline_test_source_builds_the_test_crates_nix_flake_check_runs() {
     let nix = modern_nix();
     let sources = flake_sources(&nix, repo_root());
     let source = materialise(&sources, "evalTestSource", nix.scratch());
-    for part in [
-        "build.rs",
-        "flake.nix",
-        "flake.lock",
-        "nix",
-        "justfile",
-        ".forgejo",
-        "tests",
-    ] {
+    for part in EVAL_TEST_EXTRA.iter().chain(CRATE_SOURCE) {
         assert!(
             source.join(part).exists(),
             "{part} is not in the offline tests' source: {:?}",
@@ -214,19 +202,7 @@ fn a_selection_without_build_rs_fails_to_build_for_want_of_the_git_revision() {
     // A scratch copy of everything the flake's selections name, build.rs
     // included: only the list in nix/source.nix leaves it out.
     let flake = nix.scratch().join("flake");
-    for part in [
-        "flake.nix",
-        "flake.lock",
-        "nix",
-        "justfile",
-        ".forgejo",
-        "Cargo.toml",
-        "Cargo.lock",
-        "build.rs",
-        "src",
-        "tests",
-        "proptest-regressions",
-    ] {
+    for part in EVAL_TEST_EXTRA.iter().chain(CRATE_SOURCE) {
         copy_from_repo(part, &flake);
     }
     let selection = flake.join("nix/source.nix");

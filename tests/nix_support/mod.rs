@@ -14,6 +14,21 @@ use std::sync::Once;
 
 use serde_json::Value;
 
+/// What flake.nix's `crateSource` (nix/source.nix) must hold at its top
+/// level: the crate and nothing else, in byte order.
+pub const CRATE_SOURCE: &[&str] = &[
+    "Cargo.lock",
+    "Cargo.toml",
+    "build.rs",
+    "proptest-regressions",
+    "src",
+    "tests",
+];
+
+/// What `evalTestSource` holds besides [`CRATE_SOURCE`]: the offline
+/// integration tests also read the flake, nix/, the justfile and workflows.
+pub const EVAL_TEST_EXTRA: &[&str] = &["flake.nix", "flake.lock", "nix", "justfile", ".forgejo"];
+
 /// The repository root: every `tests/nix/*.nix` path is relative to it.
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
