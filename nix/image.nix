@@ -19,6 +19,7 @@
   bzip2,
   nodejs,
   cacert,
+  iana-etc,
 
   # Where the image comes from; these only feed the OCI labels.
   nixpkgsRev,
@@ -36,7 +37,18 @@ let
 
   caBundle = "/etc/ssl/certs/ca-bundle.crt";
 
-  scaffold = import ./scaffold.nix { inherit runCommand coreutils; };
+  # What `cat /etc/os-release` tells a job: a NixOS userland, versioned by
+  # its nixpkgs snapshot.
+  osRelease = ''
+    NAME=NixOS
+    ID=nixos
+    PRETTY_NAME="NixOS runner image (nixpkgs ${snapshot.date})"
+    VERSION_ID="${snapshot.date}"
+    BUILD_ID="${nixpkgsRev}"
+    HOME_URL="${sourceUrl}"
+  '';
+
+  scaffold = import ./scaffold.nix { inherit runCommand coreutils osRelease; };
 
   contents = [
     (import ./root-env.nix {
@@ -58,6 +70,8 @@ let
     })
     (import ./nix-conf.nix { inherit writeTextDir substituters trustedPublicKeys; })
     (import ./certs.nix { inherit runCommand cacert; })
+    # /etc/services and /etc/protocols, for getservbyname() and friends.
+    iana-etc
     scaffold.files
   ];
 in
@@ -86,10 +100,16 @@ dockerTools.buildLayeredImage {
   config = {
     Cmd = [ "/bin/bash" ];
     Env = [
-      "PATH=/bin"
+      # What `nix profile install` adds comes first, as on NixOS; the
+      # image's own programs are in /bin.
+      "PATH=/root/.nix-profile/bin:/nix/var/nix/profiles/default/bin:/bin"
       "SSL_CERT_FILE=${caBundle}"
       "NIX_SSL_CERT_FILE=${caBundle}"
       "HOME=/root"
+      "USER=root"
+      # `nix-shell -p hello` and `<nixpkgs>` resolve through the flake
+      # registry, like `nix shell nixpkgs#hello`.
+      "NIX_PATH=nixpkgs=flake:nixpkgs"
     ];
     Labels = {
       "org.opencontainers.image.source" = sourceUrl;

@@ -6,7 +6,11 @@
 #
 # No nixbld users: nix.conf sets `build-users-group =`, so root builds
 # directly and Nix never looks them up.
-{ runCommand, coreutils }:
+{
+  runCommand,
+  coreutils,
+  osRelease,
+}:
 let
   passwd = ''
     root:x:0:0:System administrator:/root:/bin/bash
@@ -30,11 +34,17 @@ in
   files =
     runCommand "runner-scaffold"
       {
-        inherit passwd group nsswitch;
+        inherit
+          passwd
+          group
+          nsswitch
+          osRelease
+          ;
         passAsFile = [
           "passwd"
           "group"
           "nsswitch"
+          "osRelease"
         ];
       }
       ''
@@ -42,6 +52,7 @@ in
         cp "$passwdPath" "$out/etc/passwd"
         cp "$groupPath" "$out/etc/group"
         cp "$nsswitchPath" "$out/etc/nsswitch.conf"
+        cp "$osReleasePath" "$out/etc/os-release"
         ln -s ${coreutils}/bin/env "$out/usr/bin/env"
       '';
 

@@ -104,17 +104,21 @@ fn nix_conf_substituters_and_keys_can_be_overridden() {
 }
 
 #[test]
-fn config_runs_bash_with_path_certificates_and_home() {
+fn config_runs_bash_with_path_certificates_home_user_and_nix_path() {
     let image = eval_image(&image_args());
     let config = at(image_call(&image), &["config"]);
     assert_eq!(config["Cmd"], json!(["/bin/bash"]));
     assert_eq!(
         config["Env"],
         json!([
-            "PATH=/bin",
+            // `nix profile install` results are found, before the image's own.
+            "PATH=/root/.nix-profile/bin:/nix/var/nix/profiles/default/bin:/bin",
             "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt",
             "NIX_SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt",
-            "HOME=/root"
+            "HOME=/root",
+            "USER=root",
+            // `nix-shell -p` and <nixpkgs> go through the flake registry.
+            "NIX_PATH=nixpkgs=flake:nixpkgs"
         ])
     );
 }
@@ -295,11 +299,15 @@ fn scaffold_provides_users_nsswitch_env_tmp_and_root() {
         ("passwdPath", "etc/passwd"),
         ("groupPath", "etc/group"),
         ("nsswitchPath", "etc/nsswitch.conf"),
+        ("osReleasePath", "etc/os-release"),
     ] {
         let copy = format!(r#"cp "${file}" "$out/{target}""#);
         assert!(script.contains(&copy), "missing `{copy}` in:\n{script}");
     }
-    assert_eq!(env["passAsFile"], json!(["passwd", "group", "nsswitch"]));
+    assert_eq!(
+        env["passAsFile"],
+        json!(["passwd", "group", "nsswitch", "osRelease"])
+    );
     let usr_bin_env = format!(
         r#"ln -s {}/bin/env "$out/usr/bin/env""#,
         stub_path("coreutils")
@@ -336,8 +344,40 @@ fn image_is_layered_uncompressed_and_registers_its_store() {
     assert_eq!(call["maxLayers"], 100);
     assert_eq!(
         array_at(call, &["contents"]).len(),
-        4,
-        "contents: root env, nix.conf, certificates, scaffold"
+        5,
+        "contents: root env, nix.conf, certificates, iana-etc, scaffold"
+    );
+}
+
+#[test]
+fn os_release_names_nixos_and_the_nixpkgs_snapshot() {
+    let image = eval_image(&image_args());
+    let scaffold = run_command(&image, "runner-scaffold");
+    let os_release = str_at(at(scaffold, &["args", "env"]), &["osRelease"]);
+    let rev = str_at(&image_args(), &["nixpkgsRev"]).to_string();
+    let date = str_at(image_call(&image), &["tag"]).to_string();
+    for line in [
+        "NAME=NixOS".to_string(),
+        "ID=nixos".to_string(),
+        format!("VERSION_ID=\"{date}\""),
+        format!("BUILD_ID=\"{rev}\""),
+    ] {
+        assert!(
+            os_release.lines().any(|l| l == line),
+            "no `{line}` in /etc/os-release:\n{os_release}"
+        );
+    }
+}
+
+#[test]
+fn services_and_protocols_come_from_iana_etc() {
+    let image = eval_image(&image_args());
+    let contents = array_at(image_call(&image), &["contents"]);
+    let iana = stub_path("iana-etc");
+    assert!(
+        contents.iter().any(|item| item.as_str() == Some(iana.as_str())
+            || item["outPath"].as_str() == Some(iana.as_str())),
+        "iana-etc ({iana}) is not among the image contents: {contents:?}"
     );
 }
 

@@ -159,6 +159,7 @@ let
         "git"
         "gnutar"
         "gzip"
+        "iana-etc"
         "just"
         "makeWrapper"
         "nix"
