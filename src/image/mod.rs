@@ -4,4 +4,5 @@ pub mod archive;
 pub mod layout;
 pub mod reference;
 pub mod registry;
+pub mod smoke;
 pub mod verify;

@@ -6,6 +6,7 @@
 //! tells "could not start" apart from "ran and failed".
 
 pub mod children;
+pub mod engine;
 pub mod git;
 pub mod nix;
 pub mod skopeo;
@@ -308,6 +309,17 @@ impl Runner {
                 help: "run the same command again to resume".into(),
             });
         }
+        self.spawn_and_wait(cmd).await
+    }
+
+    /// Run a command that undoes what a stage made (a container, a
+    /// temporary image name): it runs after a signal too, when no other
+    /// command starts.
+    pub async fn run_cleanup(&self, cmd: &Cmd) -> Result<Output, ToolError> {
+        self.spawn_and_wait(cmd).await
+    }
+
+    async fn spawn_and_wait(&self, cmd: &Cmd) -> Result<Output, ToolError> {
         let display = cmd.display();
         self.log_line(&format!("$ {display}"));
         self.reporter.emit(Event::Command {
