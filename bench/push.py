@@ -416,7 +416,9 @@ def runnerctl_run(ctx, reg, variant, logdir):
     env["RUNNERCTL_REGISTRY_PASSWORD"] = PASSWORD
     cmd = [RUNNERCTL, "release", "--json", "--progress", "plain",
            "--flake", ctx["flakes"][variant], "--state-dir", state,
-           "--image", f"docker://{reg.host}/{RCTL_REPO}", "--tls-verify", "false"]
+           "--image", f"docker://{reg.host}/{RCTL_REPO}", "--tls-verify", "false",
+           # The generated image holds data, not programs: nothing to start.
+           "--smoke", "never"]
     out = os.path.join(logdir, "report.json")
     rc, wall, own_rss, tree_rss = timed(cmd, env, ctx["flakes"][variant],
                                         os.path.join(logdir, "stderr.log"), out, poll_rss=True)

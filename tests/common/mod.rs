@@ -1477,6 +1477,9 @@ impl Run {
             }
         }
         cmd.envs(git_env());
+        // The fixture runner images hold placeholder files, not programs:
+        // only the smoke tests (which use runnable images) start them.
+        cmd.env("RUNNERCTL_SMOKE", "never");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
