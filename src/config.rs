@@ -27,9 +27,18 @@ impl Mode {
     }
 }
 
-/// Paths every image must contain, unless replaced.
-pub const DEFAULT_REQUIRED_PATHS: &[&str] =
-    &["bin/bash", "bin/nix", "bin/node", "bin/git", "bin/curl"];
+/// Paths every image must contain, unless replaced: what a job container
+/// runs (bash for `run:` steps, node for JavaScript actions, nix, git,
+/// curl) and what scripts in it expect (`#!/bin/sh`, `#!/usr/bin/env`).
+pub const DEFAULT_REQUIRED_PATHS: &[&str] = &[
+    "bin/bash",
+    "bin/sh",
+    "usr/bin/env",
+    "bin/nix",
+    "bin/node",
+    "bin/git",
+    "bin/curl",
+];
 
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {

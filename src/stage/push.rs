@@ -141,22 +141,10 @@ impl Push {
         if cx.cfg.hold.is_some() {
             return Ok(Vec::new());
         }
-        let marker = match &cx.cfg.image {
-            ImageRef::Oci { dir } => layout::tag_digest(dir, ROLLED_BACK),
-            ImageRef::Docker { .. } => cx
-                .skopeo()?
-                .inspect(
-                    &cx.runner,
-                    inspect_args(
-                        &cx.cfg.image.at_tag(&ROLLED_BACK.parse::<Tag>()?),
-                        Self::authfile(cx),
-                        cx.cfg.tls_verify,
-                        true,
-                    ),
-                )
-                .await?
-                .map(|m| sha256_digest(m.as_bytes())),
-        };
+        // One in-process request: no skopeo start-up on every release.
+        let marker = crate::stage::promote::destination(cx)?
+            .manifest(ROLLED_BACK)?
+            .map(|m| m.digest);
         let Some(marker) = marker else {
             return Ok(Vec::new());
         };
