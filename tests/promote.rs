@@ -65,6 +65,14 @@ impl World {
         out.json()["date"].as_str().expect("date tag").to_string()
     }
 
+    /// runnerctl with the default destination, the checkout's OCI layout.
+    fn local(&self, args: &[&str]) -> RunOutput {
+        Run::new(args.to_vec())
+            .in_repo(&self.repo)
+            .timeout(TIMEOUT)
+            .run()
+    }
+
     fn digest(&self, tag: &str) -> Option<String> {
         self.registry.digest(IMAGE_REPO, tag)
     }
@@ -313,4 +321,90 @@ fn rollback_by_digest_and_to_unknown_targets() {
     assert_eq!(out.json()["digest"], old.as_str(), "{out}");
     assert_eq!(w.digest("unstable").as_deref(), Some(old.as_str()));
     assert_ne!(w.digest("latest").as_deref(), Some(old.as_str()));
+}
+
+#[test]
+fn promote_warns_when_the_candidate_is_another_image() {
+    let mut w = World::new();
+    w.bump_to_day(1, &["--hold"]);
+    let candidate = w.digest("candidate").expect("candidate");
+    let date = w.bump_to_day(2, &[]);
+    let current = w.digest(&date).expect("second image");
+    let out = w.run(&["promote"]);
+    out.assert_success();
+    assert!(
+        out.stderr.contains(&format!(
+            "candidate points at {candidate}, not at this flake.lock's image {current}"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn hold_refuses_contradicting_options_before_anything_runs() {
+    let w = World::new();
+    let out = w.run(&["release", "--hold", "--no-nix-tag"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("--hold needs the content tag nix-<hash>"),
+        "{out}"
+    );
+    let out = w.run(&["release", "--hold", "--candidate-tag", "latest"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("the candidate tag `latest` is also one of the floating tags"),
+        "{out}"
+    );
+    assert!(w.tags().is_empty());
+    assert_eq!(w.nix_builds(), 0);
+}
+
+/// Tag → digest in an OCI layout's index.json.
+fn layout_tags(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("index.json parses");
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()?
+                    .to_string(),
+                d["digest"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn hold_promote_and_rollback_in_an_oci_layout() {
+    let mut w = World::new();
+    let layout = w.repo.path().join(".runnerctl/oci");
+    w.nixpkgs.commit(w.base + DAY);
+    let first = w.local(&["bump", "--no-git-push", "--json"]);
+    first.assert_success();
+    let first_date = first.json()["date"].as_str().expect("date").to_string();
+    w.nixpkgs.commit(w.base + 2 * DAY);
+    let held = w.local(&["bump", "--no-git-push", "--hold", "--json"]);
+    held.assert_success();
+    let tags = layout_tags(&layout);
+    let candidate = tags["candidate"].clone();
+    assert_ne!(tags["latest"], candidate, "{tags:?}");
+
+    w.local(&["promote"]).assert_success();
+    let tags = layout_tags(&layout);
+    assert_eq!(tags["latest"], candidate, "{tags:?}");
+    assert_eq!(tags["unstable"], candidate, "{tags:?}");
+
+    let out = w.local(&["rollback", &first_date, "-C", "."]);
+    out.assert_success();
+    let tags = layout_tags(&layout);
+    assert_eq!(tags["latest"], tags[&first_date], "{tags:?}\n{out}");
+    assert_eq!(tags["rolled-back"], tags[&first_date], "{tags:?}");
+    assert_eq!(tags["candidate"], candidate);
 }

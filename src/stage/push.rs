@@ -59,9 +59,9 @@ impl Push {
     /// fails midway then never leaves a floating tag alone on a new image.
     fn all_tags(cx: &Ctx) -> Vec<Tag> {
         let mut tags: Vec<Tag> = Self::nix_tag(cx).into_iter().collect();
-        if let Some(candidate) = &cx.cfg.hold {
+        if cx.cfg.hold {
             // Held: the floating tags wait for `runnerctl promote`.
-            tags.push(candidate.clone());
+            tags.push(cx.cfg.candidate_tag.clone());
             return tags;
         }
         let date = cx.date.as_ref().map(|d| d.as_str().to_string());
@@ -138,7 +138,7 @@ impl Push {
     /// the destination's `rolled-back` marker tag points. A release without
     /// --hold does not undo a rollback; `runnerctl promote` does.
     async fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
-        if cx.cfg.hold.is_some() {
+        if cx.cfg.hold {
             return Ok(Vec::new());
         }
         // One in-process request: no skopeo start-up on every release.
