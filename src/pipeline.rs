@@ -152,7 +152,12 @@ impl Ctx {
             }
         }
         self.report.date = Some(date.to_string());
-        self.report.tags = tags.iter().map(|t| t.to_string()).collect();
+        // What this run points at the image (besides nix-<hash>).
+        self.report.tags = if self.cfg.hold {
+            vec![self.cfg.candidate_tag.to_string()]
+        } else {
+            tags.iter().map(|t| t.to_string()).collect()
+        };
         self.report.commit_message =
             (self.cfg.mode == Mode::Bump).then(|| self.cfg.subject(date.as_str()));
         self.date = Some(date);
@@ -489,6 +494,11 @@ async fn run_inner(
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
+    // Tags a rollback holds were not written.
+    let held = std::mem::take(&mut cx.held_back);
+    cx.report
+        .tags
+        .retain(|t| !held.iter().any(|h| h.as_str() == t));
     cx.report.digest = cx.digest.clone();
     cx.report.commit = cx.commit.clone();
     cx.report.changes = cx.changes.clone();

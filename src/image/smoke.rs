@@ -14,7 +14,8 @@ use crate::tool::engine::{loaded_image, Engine};
 use crate::tool::{Cmd, Output, Runner, ToolError};
 
 /// What a job needs of the image: node for JavaScript actions, nix as root
-/// with the image's nix.conf, git and curl for checkouts and fetches, and a
+/// with the image's nix.conf (evaluating, and building: the builder, the
+/// build hook and the store), git and curl for checkouts and fetches, and a
 /// CA bundle where Nix looks for it.
 pub const DEFAULT_CHECKS: &[&str] = &[
     "node --version",
@@ -22,8 +23,15 @@ pub const DEFAULT_CHECKS: &[&str] = &[
     "git --version",
     "curl --version",
     "nix-instantiate --eval --expr '1 + 1'",
+    BUILD_CHECK,
     "test -s \"$NIX_SSL_CERT_FILE\"",
 ];
+
+/// A build as a job's `nix build` does it, of a derivation that needs
+/// nothing but the image's /bin/sh (no substituter is asked: the container
+/// may have no network).
+pub const BUILD_CHECK: &str = "nix-build --no-out-link --option substituters '' --expr \
+     'derivation { name = \"runnerctl-smoke\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo ok > $out\" ]; }'";
 
 /// How many lines of a failed check's output the diagnostic shows.
 const TAIL: usize = 12;

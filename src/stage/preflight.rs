@@ -225,7 +225,7 @@ impl Stage for Preflight {
         let git_path = locate("git")?;
         let skopeo_path = locate("skopeo")?;
         // --smoke always without an engine fails now, not after the build.
-        crate::stage::smoke::Smoke::engine(cx)?;
+        crate::stage::smoke::Smoke::engines(cx)?;
         let detected = Nix::detect(&cx.runner, nix_path).await?;
         if let Some(group) = &detected.missing_build_group {
             cx.runner.reporter().emit(Event::Warning(format!(

@@ -25,15 +25,64 @@ const NO_ENGINE: &str =
 )]
 pub struct NoEngine;
 
+#[derive(Debug, Error, Diagnostic)]
+#[error("--smoke always, but no container engine works here: {reasons}")]
+#[diagnostic(
+    code(runnerctl::smoke::engine_unusable),
+    help("make `podman info` (or `docker info`) work for this user, e.g. start the docker daemon; or run with --smoke auto to skip the smoke test where no engine works")
+)]
+pub struct EngineUnusable {
+    pub reasons: String,
+}
+
+/// Which engine a smoke run uses, or why it skips.
+enum Pick {
+    Use(Engine),
+    Skip(String),
+}
+
 impl Smoke {
-    /// The engine this run uses, or why it does not run.
-    pub fn engine(cx: &Ctx) -> Result<Option<Engine>, NoEngine> {
-        match (cx.cfg.smoke.mode, Engine::find()) {
-            (SmokeMode::Never, _) => Ok(None),
-            (_, Some(engine)) => Ok(Some(engine)),
-            (SmokeMode::Always, None) => Err(NoEngine),
-            (SmokeMode::Auto, None) => Ok(None),
+    /// The engines this run may use: none with `--smoke never`; an error
+    /// with `--smoke always` and none on PATH (preflight calls this, so
+    /// that fails before the build).
+    pub fn engines(cx: &Ctx) -> Result<Vec<Engine>, NoEngine> {
+        let found = Engine::on_path();
+        match cx.cfg.smoke.mode {
+            SmokeMode::Never => Ok(Vec::new()),
+            SmokeMode::Always if found.is_empty() => Err(NoEngine),
+            _ => Ok(found),
         }
+    }
+
+    /// The first engine on PATH that works (`info` succeeds). With
+    /// `--smoke auto` none means a skip, with a note that says why.
+    async fn pick(cx: &Ctx) -> miette::Result<Pick> {
+        let engines = Self::engines(cx)?;
+        if engines.is_empty() {
+            return Ok(Pick::Skip(NO_ENGINE.to_string()));
+        }
+        let mut reasons = Vec::new();
+        for engine in engines {
+            let out = cx.runner.run_unchecked(&engine.info()).await?;
+            if out.success() {
+                return Ok(Pick::Use(engine));
+            }
+            let why = out
+                .stderr_tail
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .cloned()
+                .unwrap_or_else(|| "no output".into());
+            reasons.push(format!("`{} info` failed ({why})", engine.name()));
+        }
+        let reasons = reasons.join("; ");
+        if cx.cfg.smoke.mode == SmokeMode::Always {
+            return Err(EngineUnusable { reasons }.into());
+        }
+        Ok(Pick::Skip(format!(
+            "skipped: no container engine works here: {reasons} (--smoke always makes this an error)"
+        )))
     }
 
     /// What the engine loads: the built archive as it is (podman and docker
@@ -71,8 +120,8 @@ impl Stage for Smoke {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        if Self::engine(cx)?.is_none() {
-            return Ok(Check::Done(Done::new(NO_ENGINE)));
+        if let Pick::Skip(why) = Self::pick(cx).await? {
+            return Ok(Check::Done(Done::new(why)));
         }
         // An image already published passed before it left.
         if let Some(digest) = super::push::Push::published(cx).await? {
@@ -88,31 +137,41 @@ impl Stage for Smoke {
             Some(eval) => PathBuf::from(eval.out_path.as_str()),
             None => PathBuf::from("ARCHIVE"),
         };
-        match Self::engine(cx) {
-            Ok(Some(engine)) => smoke::plan(&engine, &archive, &cx.cfg.smoke.checks),
-            Ok(None) | Err(_) => Vec::new(),
+        match Self::engines(cx).unwrap_or_default().first() {
+            Some(engine) => smoke::plan(engine, &archive, &cx.cfg.smoke.checks),
+            None => Vec::new(),
         }
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let engine = Self::engine(cx)?;
-        Ok(match engine {
-            Some(engine) => format!(
+        Ok(match Self::pick(cx).await? {
+            Pick::Use(engine) => format!(
                 "would run {} check(s) in {}: {}",
                 cx.cfg.smoke.checks.len(),
                 engine.name(),
                 cx.cfg.smoke.checks.join("; ")
             ),
-            None => NO_ENGINE.to_string(),
+            Pick::Skip(why) => why,
         })
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let Some(engine) = Self::engine(cx)? else {
-            return Ok(Done::new(NO_ENGINE));
+        let engine = match Self::pick(cx).await? {
+            Pick::Use(engine) => engine,
+            Pick::Skip(why) => return Ok(Done::new(why)),
         };
         let archive = Self::archive(cx).await?;
-        let passed = smoke::run(&cx.runner, &engine, &archive, None, &cx.cfg.smoke.checks).await?;
+        // The name the archive carries (dockerTools: `nixos:DATE`) is left
+        // in the engine as it was before.
+        let names = archive::repo_tags(&archive)?;
+        let passed = smoke::run(
+            &cx.runner,
+            &engine,
+            &archive,
+            names.first().map(String::as_str),
+            &cx.cfg.smoke.checks,
+        )
+        .await?;
         Ok(Done::new(format!(
             "{} check(s) passed in a {} job container",
             passed.checks, passed.engine

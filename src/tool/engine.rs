@@ -36,15 +36,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The first engine on PATH: podman, then docker.
-    pub fn find() -> Option<Engine> {
+    /// The engines on PATH, in the order they are tried: podman, docker.
+    pub fn on_path() -> Vec<Engine> {
         [EngineKind::Podman, EngineKind::Docker]
             .into_iter()
-            .find_map(|kind| {
+            .filter_map(|kind| {
                 which::which(kind.as_str())
                     .ok()
                     .map(|program| Engine { kind, program })
             })
+            .collect()
+    }
+
+    /// `info`: fails when the engine cannot work here (docker without a
+    /// daemon, podman without its storage).
+    pub fn info(&self) -> Cmd {
+        self.cmd(["info"])
     }
 
     pub fn name(&self) -> &'static str {
