@@ -38,6 +38,11 @@ pub enum Command {
     /// Build, verify and push the image for flake.lock as committed (what CI runs on main).
     #[command(after_help = "Examples:\n  runnerctl release\n  runnerctl release --dry-run --json")]
     Release(RunArgs),
+    /// Move the floating tags to the image `release --hold` pushed for flake.lock as committed (manifest PUTs only; nothing is built or uploaded).
+    #[command(
+        after_help = "Examples:\n  runnerctl promote\n  runnerctl promote --dry-run\n  runnerctl promote --image docker://registry.example.org/infra/runners/nixos --json"
+    )]
+    Promote(RunArgs),
     /// Show the saved state, stage by stage.
     #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
     Status(StatusArgs),
@@ -188,6 +193,42 @@ pub struct RunArgs {
     #[arg(long, env = "RUNNERCTL_VERIFY_NO_DEFAULTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub verify_no_defaults: bool,
 
+    /// Run the image as a job container before the push: auto (when podman or docker is on PATH), always, never.
+    #[arg(
+        long,
+        value_enum,
+        env = "RUNNERCTL_SMOKE",
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
+    pub smoke: SmokeMode,
+
+    /// Extra smoke checks (repeatable; one per line in RUNNERCTL_SMOKE_CMDS), each run with `bash -c` in the container.
+    #[arg(
+        long = "smoke-cmd",
+        env = "RUNNERCTL_SMOKE_CMDS",
+        value_delimiter = '\n',
+        value_name = "CMD"
+    )]
+    pub smoke_cmds: Vec<String>,
+
+    /// Replace the default smoke checks instead of adding to them.
+    #[arg(long, env = "RUNNERCTL_SMOKE_NO_DEFAULTS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub smoke_no_defaults: bool,
+
+    /// Push only the content tag `nix-<hash>` and the candidate tag; leave the floating tags for `runnerctl promote`.
+    #[arg(long, env = "RUNNERCTL_HOLD", value_parser = clap::builder::BoolishValueParser::new())]
+    pub hold: bool,
+
+    /// The tag a held image is pushed under.
+    #[arg(
+        long,
+        env = "RUNNERCTL_CANDIDATE_TAG",
+        value_name = "TAG",
+        default_value = "candidate"
+    )]
+    pub candidate_tag: String,
+
     /// Show the plan and change nothing: flake.lock, git, remote and registry stay as they are.
     #[arg(long)]
     pub dry_run: bool,
@@ -195,6 +236,17 @@ pub struct RunArgs {
     /// Discard the saved state first (after a corrupt or foreign state file).
     #[arg(long)]
     pub reset_state: bool,
+}
+
+/// When the smoke stage runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmokeMode {
+    /// When podman or docker is on PATH; otherwise skip with a note.
+    Auto,
+    /// Always; fail when no engine is on PATH.
+    Always,
+    /// Never.
+    Never,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,14 +6,15 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use crate::auth::{AuthError, Credentials};
-use crate::cli::{Common, RunArgs};
-use crate::image::reference::{ImageRef, TagTemplate, DEFAULT_TAGS};
+use crate::cli::{Common, RunArgs, SmokeMode};
+use crate::image::reference::{ImageRef, Tag, TagTemplate, DEFAULT_TAGS};
 use crate::progress::{ProgressMode, Verbosity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Bump,
     Release,
+    Promote,
 }
 
 impl Mode {
@@ -21,6 +22,7 @@ impl Mode {
         match self {
             Mode::Bump => "bump",
             Mode::Release => "release",
+            Mode::Promote => "promote",
         }
     }
 }
@@ -36,6 +38,13 @@ pub struct VerifyConfig {
     /// Check Env (PATH, SSL_CERT_FILE, NIX_SSL_CERT_FILE, cert file present),
     /// Cmd, and nix.conf features.
     pub check_config: bool,
+}
+
+/// The smoke stage: when it runs and what it checks.
+#[derive(Debug, Clone)]
+pub struct SmokeConfig {
+    pub mode: SmokeMode,
+    pub checks: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +74,10 @@ pub struct Config {
     pub allow_dirty: bool,
     pub nix_tag: bool,
     pub verify: VerifyConfig,
+    pub smoke: SmokeConfig,
+    /// Push only the content tag and this candidate tag; the floating tags
+    /// wait for `runnerctl promote`.
+    pub hold: Option<Tag>,
     pub dry_run: bool,
     pub reset_state: bool,
     pub state_dir: PathBuf,
@@ -110,6 +123,27 @@ pub enum ConfigError {
         help("runnerctl keeps its state, logs and a catch-all .gitignore there: pass a directory of its own, e.g. --state-dir .runnerctl (the default)")
     )]
     StateDirHoldsFlake { state_dir: PathBuf },
+
+    #[error("--hold needs the content tag nix-<hash>, and --no-nix-tag turns it off")]
+    #[diagnostic(
+        code(runnerctl::config::hold_without_nix_tag),
+        help("drop --no-nix-tag (or RUNNERCTL_NO_NIX_TAG): `runnerctl promote` finds a held image by its nix-<hash> tag")
+    )]
+    HoldWithoutNixTag,
+
+    #[error("the candidate tag `{tag}` is also one of the floating tags")]
+    #[diagnostic(
+        code(runnerctl::config::candidate_tag),
+        help("a held image must not move a floating tag: pick another --candidate-tag (default `candidate`)")
+    )]
+    CandidateIsFloating { tag: String },
+
+    #[error("the smoke check list is empty")]
+    #[diagnostic(
+        code(runnerctl::config::smoke_checks),
+        help("--smoke-no-defaults replaces the default checks: add your own with --smoke-cmd, or turn the smoke test off with --smoke never")
+    )]
+    NoSmokeChecks,
 
     #[error("the commit message template has a line break")]
     #[diagnostic(
@@ -223,6 +257,21 @@ impl Config {
                 required_paths.push(extra);
             }
         }
+        let hold = if args.hold {
+            if args.no_nix_tag {
+                return Err(ConfigError::HoldWithoutNixTag);
+            }
+            let tag = Tag::parse(&args.candidate_tag)?;
+            if tag_templates.iter().any(|t| t.as_str() == tag.as_str()) {
+                return Err(ConfigError::CandidateIsFloating {
+                    tag: tag.to_string(),
+                });
+            }
+            Some(tag)
+        } else {
+            None
+        };
+        let smoke = smoke_config(args)?;
         Ok(Config {
             mode,
             flake,
@@ -243,6 +292,8 @@ impl Config {
                 required_paths,
                 check_config: !args.verify_no_defaults,
             },
+            smoke,
+            hold,
             dry_run: args.dry_run,
             reset_state: args.reset_state,
             state_dir,
@@ -276,6 +327,30 @@ impl Config {
     pub fn flake_dir(&self) -> &Path {
         &self.flake
     }
+}
+
+fn smoke_config(args: &RunArgs) -> Result<SmokeConfig, ConfigError> {
+    let mut checks: Vec<String> = if args.smoke_no_defaults {
+        Vec::new()
+    } else {
+        crate::image::smoke::DEFAULT_CHECKS
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    };
+    for extra in &args.smoke_cmds {
+        let extra = extra.trim();
+        if !extra.is_empty() && !checks.iter().any(|c| c == extra) {
+            checks.push(extra.to_string());
+        }
+    }
+    if checks.is_empty() && args.smoke != SmokeMode::Never {
+        return Err(ConfigError::NoSmokeChecks);
+    }
+    Ok(SmokeConfig {
+        mode: args.smoke,
+        checks,
+    })
 }
 
 fn check_commit_template(template: &str) -> Result<(), ConfigError> {

@@ -61,7 +61,12 @@ fn usage_error(err: clap::Error) -> ExitCode {
     if args.iter().any(|a| a == "--json") {
         let command = args
             .iter()
-            .find(|a| matches!(a.as_str(), "bump" | "release" | "status"))
+            .find(|a| {
+                matches!(
+                    a.as_str(),
+                    "bump" | "release" | "promote" | "rollback" | "status"
+                )
+            })
             .cloned()
             .unwrap_or_default();
         let mut report =
@@ -126,6 +131,7 @@ async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Bump(args) => run_pipeline(Mode::Bump, args).await,
         Command::Release(args) => run_pipeline(Mode::Release, args).await,
+        Command::Promote(args) => run_pipeline(Mode::Promote, args).await,
         Command::Status(args) => {
             let out = config::output(&args.common);
             match status::status(&args.common).await {

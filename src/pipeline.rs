@@ -56,6 +56,8 @@ pub struct Ctx {
     pub dry_flake: Option<tempfile::TempDir>,
     /// Where each tag points, as last asked.
     pub tag_states: Option<Vec<stage::push::TagState>>,
+    /// Floating tags a rollback holds where they are (see `push`).
+    pub held_back: Vec<Tag>,
     pub report: Report,
 }
 
@@ -425,6 +427,7 @@ async fn run_inner(
         registry: None,
         dry_flake: None,
         tag_states: None,
+        held_back: Vec::new(),
         report: std::mem::replace(report, Report::new(mode.as_str(), false)),
     };
     cx.save()?;
@@ -513,10 +516,13 @@ async fn stages_until_interrupted(
 
 async fn stages(cx: &mut Ctx) -> miette::Result<()> {
     run_stage(cx, &stage::preflight::Preflight).await?;
+    if cx.cfg.mode == Mode::Promote {
+        return run_stage(cx, &stage::promote::Promote).await;
+    }
     if cx.cfg.mode == Mode::Bump {
         run_stage(cx, &stage::update::Update).await?;
         if cx.up_to_date {
-            for name in ["build", "verify", "push", "commit", "git-push"] {
+            for name in ["build", "verify", "smoke", "push", "commit", "git-push"] {
                 skip_stage(cx, name, UP_TO_DATE)?;
             }
             return Ok(());
@@ -527,6 +533,11 @@ async fn stages(cx: &mut Ctx) -> miette::Result<()> {
         run_stage(cx, &stage::verify::Verify).await?;
     } else {
         skip_stage(cx, "verify", "disabled by --no-verify")?;
+    }
+    if cx.cfg.smoke.mode == crate::cli::SmokeMode::Never {
+        skip_stage(cx, "smoke", "disabled by --smoke never")?;
+    } else {
+        run_stage(cx, &stage::smoke::Smoke).await?;
     }
     run_stage(cx, &stage::push::Push).await?;
     if cx.cfg.mode == Mode::Bump {

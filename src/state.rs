@@ -123,6 +123,21 @@ pub struct State {
     /// a bump finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_bump: Option<PendingBump>,
+    /// The floating tags were rolled back (`runnerctl rollback`) and no
+    /// promote has moved them since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+/// A rollback: which tags were moved back to which image, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub image: String,
+    /// What the user named: a tag or a digest.
+    pub target: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +169,7 @@ impl Default for State {
             stages: BTreeMap::new(),
             images: BTreeMap::new(),
             pending_bump: None,
+            rollback: None,
         }
     }
 }

@@ -11,7 +11,9 @@ pub const STAGE_ORDER: &[&str] = &[
     "update",
     "build",
     "verify",
+    "smoke",
     "push",
+    "promote",
     "commit",
     "git-push",
 ];

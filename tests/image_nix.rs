@@ -375,8 +375,10 @@ fn services_and_protocols_come_from_iana_etc() {
     let contents = array_at(image_call(&image), &["contents"]);
     let iana = stub_path("iana-etc");
     assert!(
-        contents.iter().any(|item| item.as_str() == Some(iana.as_str())
-            || item["outPath"].as_str() == Some(iana.as_str())),
+        contents
+            .iter()
+            .any(|item| item.as_str() == Some(iana.as_str())
+                || item["outPath"].as_str() == Some(iana.as_str())),
         "iana-etc ({iana}) is not among the image contents: {contents:?}"
     );
 }

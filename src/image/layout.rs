@@ -561,6 +561,11 @@ pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutE
     set_tags(dir, &desc, tags).map_err(werr)
 }
 
+/// Whether the layout's index lists a manifest with this digest.
+pub fn has_manifest(dir: &Path, digest: &str) -> bool {
+    read_index(dir).is_ok_and(|index| index.manifests.iter().any(|d| d.digest == digest))
+}
+
 /// The digest an OCI layout's index gives a tag, if any.
 pub fn tag_digest(dir: &Path, tag: &str) -> Option<String> {
     let index = std::fs::read(dir.join("index.json")).ok()?;

@@ -1,6 +1,7 @@
 //! Container images: references and tags, docker-archives, verification.
 
 pub mod archive;
+pub mod destination;
 pub mod layout;
 pub mod reference;
 pub mod registry;

@@ -155,8 +155,11 @@ impl Session<'_> {
         let loaded = loaded_image(&out.stdout).ok_or(SmokeError::LoadOutput {
             engine: self.engine.name(),
         })?;
-        self.run(self.engine.tag(&loaded, &self.image), "name the loaded image")
-            .await?;
+        self.run(
+            self.engine.tag(&loaded, &self.image),
+            "name the loaded image",
+        )
+        .await?;
         self.undo.push(self.engine.remove_name(&self.image));
         // Best effort: another load of the same archive at the same time
         // may have done it already.
@@ -311,7 +314,10 @@ mod tests {
             code: Some(127),
         };
         let tail = output_tail(&out);
-        assert!(tail.starts_with("; the last 12 lines of its output:"), "{tail}");
+        assert!(
+            tail.starts_with("; the last 12 lines of its output:"),
+            "{tail}"
+        );
         assert!(tail.ends_with("libdl.so.2"), "{tail}");
         assert!(!tail.contains("line 19\n"), "{tail}");
         assert_eq!(tail.lines().count(), 13, "{tail}");

@@ -5,7 +5,9 @@ pub mod build;
 pub mod commit;
 pub mod git_push;
 pub mod preflight;
+pub mod promote;
 pub mod push;
+pub mod smoke;
 pub mod update;
 pub mod verify;
 

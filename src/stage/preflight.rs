@@ -7,8 +7,8 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::auth;
 use crate::config::Mode;
+use crate::image::destination::{self, Destination};
 use crate::image::reference::ImageRef;
-use crate::image::registry::{Registry as RegistryClient, RegistryError};
 use crate::pipeline::Ctx;
 use crate::progress::Event;
 use crate::tool::git::Git;
@@ -173,18 +173,15 @@ impl Preflight {
     /// client alike) and check it against the registry before anything
     /// changes. Returns the login used, if any.
     fn login(cx: &mut Ctx) -> miette::Result<Option<&auth::Login>> {
-        if let ImageRef::Oci { dir } = &cx.cfg.image {
-            crate::image::layout::check_destination(dir)?;
-        }
-        let ImageRef::Docker {
-            registry,
-            repository,
-        } = &cx.cfg.image
-        else {
-            return Ok(None);
-        };
-        let login = auth::resolve(&cx.cfg.credentials, registry, repository)?;
-        if let Some(file) = login.as_ref().and_then(|l| l.file.as_ref()) {
+        let connected = destination::connect(
+            &cx.cfg.image,
+            &destination::Access {
+                credentials: &cx.cfg.credentials,
+                tls_verify: cx.cfg.tls_verify,
+                timeout: cx.cfg.registry_timeout,
+            },
+        )?;
+        if let Some(file) = connected.login.as_ref().and_then(|l| l.file.as_ref()) {
             if auth::readable_by_others(file) {
                 cx.reporter().info(format!(
                     "warning: {} holds registry credentials and is readable by group or others: `chmod 600 {}`",
@@ -193,45 +190,14 @@ impl Preflight {
                 ));
             }
         }
-        let creds = login
-            .as_ref()
-            .map(auth::Login::credentials)
-            .unwrap_or(auth::Credentials::None);
-        let client = RegistryClient::new(
-            registry,
-            repository,
-            &creds,
-            cx.cfg.tls_verify,
-            cx.cfg.registry_timeout,
-        )?;
-        match (client.check_auth(), &login) {
-            (Ok(()), _) => {}
-            (Err(RegistryError::Unauthorized { status, .. }), Some(login)) => {
-                return Err(PreflightError::LoginRejected {
-                    registry: registry.clone(),
-                    from: login.source.clone(),
-                    status,
-                }
-                .into())
-            }
-            (Err(RegistryError::Unauthorized { .. }), None) => {
-                let looked: Vec<String> = auth::login_files(&cx.cfg.credentials)
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                return Err(PreflightError::NoLogin {
-                    registry: registry.clone(),
-                    looked: looked.join(", "),
-                }
-                .into());
-            }
-            (Err(other), _) => return Err(other.into()),
-        }
-        if let Some(login) = &login {
+        if let (Some(login), ImageRef::Docker { registry, .. }) = (&connected.login, &cx.cfg.image)
+        {
             cx.authfile = Some(auth::auth_file(login, registry)?);
         }
-        cx.login = login;
-        cx.registry = Some(std::sync::Arc::new(client));
+        if let Destination::Registry { client } = connected.destination {
+            cx.registry = Some(client);
+        }
+        cx.login = connected.login;
         Ok(cx.login.as_ref())
     }
 }
@@ -258,6 +224,8 @@ impl Stage for Preflight {
         let nix_path = locate("nix")?;
         let git_path = locate("git")?;
         let skopeo_path = locate("skopeo")?;
+        // --smoke always without an engine fails now, not after the build.
+        crate::stage::smoke::Smoke::engine(cx)?;
         let detected = Nix::detect(&cx.runner, nix_path).await?;
         if let Some(group) = &detected.missing_build_group {
             cx.runner.reporter().emit(Event::Warning(format!(

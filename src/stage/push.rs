@@ -28,6 +28,9 @@ use crate::tool::skopeo::{config_args, inspect_args, CopyOpts, RETRY_TIMES};
 
 pub struct Push;
 
+/// The tag `runnerctl rollback` leaves on the image it rolled back to.
+pub const ROLLED_BACK: &str = "rolled-back";
+
 /// A tag and what it points at now (None: absent).
 #[derive(Debug, Clone)]
 pub struct TagState {
@@ -56,6 +59,11 @@ impl Push {
     /// fails midway then never leaves a floating tag alone on a new image.
     fn all_tags(cx: &Ctx) -> Vec<Tag> {
         let mut tags: Vec<Tag> = Self::nix_tag(cx).into_iter().collect();
+        if let Some(candidate) = &cx.cfg.hold {
+            // Held: the floating tags wait for `runnerctl promote`.
+            tags.push(candidate.clone());
+            return tags;
+        }
         let date = cx.date.as_ref().map(|d| d.as_str().to_string());
         let dated = |t: &Tag| date.as_deref().is_some_and(|d| t.as_str().contains(d));
         let (fixed, floating): (Vec<Tag>, Vec<Tag>) = cx.tags.iter().cloned().partition(dated);
@@ -102,8 +110,65 @@ impl Push {
                 manifest,
             });
         }
+        let held = Self::held_back(cx, &states).await?;
+        if !held.is_empty() {
+            let digest = held[0].digest.clone().unwrap_or_default();
+            let names: Vec<String> = held.iter().map(|s| s.tag.to_string()).collect();
+            if cx.held_back.is_empty() {
+                cx.reporter().emit(crate::progress::Event::Warning(format!(
+                    "{} {} rolled back to {digest} (by `runnerctl rollback`), so this run leaves {} there; \
+                     run `runnerctl promote` to move {} to this image",
+                    names.join(", "),
+                    if names.len() == 1 { "is" } else { "are" },
+                    if names.len() == 1 { "it" } else { "them" },
+                    if names.len() == 1 { "it" } else { "them" },
+                )));
+            }
+            cx.held_back = held.iter().map(|s| s.tag.clone()).collect();
+        }
+        let states: Vec<TagState> = states
+            .into_iter()
+            .filter(|s| !cx.held_back.contains(&s.tag))
+            .collect();
         cx.tag_states = Some(states.clone());
         Ok(states)
+    }
+
+    /// The floating tags a rollback holds: those that still point where
+    /// the destination's `rolled-back` marker tag points. A release without
+    /// --hold does not undo a rollback; `runnerctl promote` does.
+    async fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
+        if cx.cfg.hold.is_some() {
+            return Ok(Vec::new());
+        }
+        let marker = match &cx.cfg.image {
+            ImageRef::Oci { dir } => layout::tag_digest(dir, ROLLED_BACK),
+            ImageRef::Docker { .. } => cx
+                .skopeo()?
+                .inspect(
+                    &cx.runner,
+                    inspect_args(
+                        &cx.cfg.image.at_tag(&ROLLED_BACK.parse::<Tag>()?),
+                        Self::authfile(cx),
+                        cx.cfg.tls_verify,
+                        true,
+                    ),
+                )
+                .await?
+                .map(|m| sha256_digest(m.as_bytes())),
+        };
+        let Some(marker) = marker else {
+            return Ok(Vec::new());
+        };
+        let nix_tag = Self::nix_tag(cx);
+        let date = cx.date.as_ref().map(|d| d.as_str().to_string());
+        Ok(states
+            .iter()
+            .filter(|s| Some(&s.tag) != nix_tag.as_ref())
+            .filter(|s| !date.as_deref().is_some_and(|d| s.tag.as_str().contains(d)))
+            .filter(|s| s.digest.as_deref() == Some(marker.as_str()))
+            .cloned()
+            .collect())
     }
 
     /// The digest this out path was pushed as: from the state, or from the
@@ -140,7 +205,11 @@ impl Push {
     fn outputs(cx: &Ctx, digest: &str) -> Outputs {
         Outputs {
             digest: Some(digest.to_string()),
-            tags: Self::all_tags(cx).iter().map(|t| t.to_string()).collect(),
+            tags: Self::all_tags(cx)
+                .iter()
+                .filter(|t| !cx.held_back.contains(t))
+                .map(|t| t.to_string())
+                .collect(),
             out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
             ..Outputs::default()
         }
@@ -153,7 +222,11 @@ impl Push {
                 ImageRecord {
                     image: cx.cfg.image.to_string(),
                     digest: digest.to_string(),
-                    tags: Self::all_tags(cx).iter().map(|t| t.to_string()).collect(),
+                    tags: Self::all_tags(cx)
+                        .iter()
+                        .filter(|t| !cx.held_back.contains(t))
+                        .map(|t| t.to_string())
+                        .collect(),
                     pushed_at: state::now(),
                 },
             );

@@ -159,7 +159,10 @@ mod tests {
             podman().remove_container("c1").display(),
             "podman rm --force --time 0 c1"
         );
-        assert_eq!(docker().remove_container("c1").display(), "docker rm --force c1");
+        assert_eq!(
+            docker().remove_container("c1").display(),
+            "docker rm --force c1"
+        );
     }
 
     #[test]

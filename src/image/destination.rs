@@ -1,0 +1,171 @@
+//! Where images go: an OCI layout on disk or a registry repository. The
+//! operations that promote and rollback need (look a manifest up by tag or
+//! digest, point a tag at a manifest the destination already holds) live
+//! here once for both kinds, so the commands do not repeat the split.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::{self, Credentials, Login};
+use crate::digest::sha256_digest;
+use crate::image::layout;
+use crate::image::reference::ImageRef;
+use crate::image::registry::{self, Registry as RegistryClient, RegistryError};
+use crate::stage::preflight::PreflightError;
+
+/// A manifest the destination holds, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+}
+
+impl Manifest {
+    fn new(bytes: Vec<u8>, media_type: String) -> Manifest {
+        Manifest {
+            digest: sha256_digest(&bytes),
+            bytes,
+            media_type,
+        }
+    }
+}
+
+pub enum Destination {
+    Layout { dir: PathBuf },
+    Registry { client: Arc<RegistryClient> },
+}
+
+/// A destination, and the login that reached it (skopeo needs it too).
+pub struct Connected {
+    pub destination: Destination,
+    pub login: Option<Login>,
+}
+
+/// How to reach a registry.
+pub struct Access<'a> {
+    pub credentials: &'a Credentials,
+    pub tls_verify: bool,
+    pub timeout: std::time::Duration,
+}
+
+/// Open `image`: for a registry, resolve the login and check it with one
+/// request, before anything changes.
+pub fn connect(image: &ImageRef, access: &Access) -> miette::Result<Connected> {
+    let (registry, repository) = match image {
+        ImageRef::Oci { dir } => {
+            layout::check_destination(dir)?;
+            return Ok(Connected {
+                destination: Destination::Layout { dir: dir.clone() },
+                login: None,
+            });
+        }
+        ImageRef::Docker {
+            registry,
+            repository,
+        } => (registry, repository),
+    };
+    let login = auth::resolve(access.credentials, registry, repository)?;
+    let creds = login
+        .as_ref()
+        .map(Login::credentials)
+        .unwrap_or(Credentials::None);
+    let client = RegistryClient::new(
+        registry,
+        repository,
+        &creds,
+        access.tls_verify,
+        access.timeout,
+    )?;
+    match (client.check_auth(), &login) {
+        (Ok(()), _) => {}
+        (Err(RegistryError::Unauthorized { status, .. }), Some(login)) => {
+            return Err(PreflightError::LoginRejected {
+                registry: registry.clone(),
+                from: login.source.clone(),
+                status,
+            }
+            .into())
+        }
+        (Err(RegistryError::Unauthorized { .. }), None) => {
+            let looked: Vec<String> = auth::login_files(access.credentials)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(PreflightError::NoLogin {
+                registry: registry.clone(),
+                looked: looked.join(", "),
+            }
+            .into());
+        }
+        (Err(other), _) => return Err(other.into()),
+    }
+    Ok(Connected {
+        destination: Destination::Registry {
+            client: Arc::new(client),
+        },
+        login,
+    })
+}
+
+impl Destination {
+    /// The manifest at a tag or a `sha256:` digest, if the destination has
+    /// one there.
+    pub fn manifest(&self, reference: &str) -> miette::Result<Option<Manifest>> {
+        match self {
+            Destination::Registry { client } => Ok(client
+                .manifest(reference)?
+                .map(|(bytes, media_type)| Manifest::new(bytes, media_type))),
+            Destination::Layout { dir } => {
+                let digest = if reference.starts_with("sha256:") {
+                    Some(reference.to_string())
+                } else {
+                    layout::tag_digest(dir, reference)
+                };
+                let Some(digest) = digest else {
+                    return Ok(None);
+                };
+                let hex = digest.trim_start_matches("sha256:");
+                if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok(None);
+                }
+                let Ok(bytes) = std::fs::read(dir.join("blobs/sha256").join(hex)) else {
+                    return Ok(None);
+                };
+                let media_type = registry::media_type_of(&bytes);
+                let manifest = Manifest::new(bytes, media_type);
+                // A blob that is a layer or a config is not an image.
+                let indexed = layout::has_manifest(dir, &manifest.digest);
+                Ok(indexed.then_some(manifest))
+            }
+        }
+    }
+
+    /// Point `tag` at `manifest`, which the destination already holds: the
+    /// same bytes, no blob moves.
+    pub fn retag(&self, tag: &str, manifest: &Manifest) -> miette::Result<()> {
+        match self {
+            Destination::Registry { client } => {
+                client.put_manifest(tag, &manifest.bytes, &manifest.media_type)?;
+            }
+            Destination::Layout { dir } => {
+                layout::add_tags(dir, &manifest.digest, &[tag.to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The retag as a line for the plan and the log.
+    pub fn describe_retag(&self, image: &ImageRef, tag: &str, digest: &str) -> String {
+        match (self, image) {
+            (
+                Destination::Registry { .. },
+                ImageRef::Docker {
+                    registry,
+                    repository,
+                },
+            ) => format!("PUT {registry}/v2/{repository}/manifests/{tag} ({digest})"),
+            _ => format!("(built in) tag {digest} as {tag} in {image}"),
+        }
+    }
+}

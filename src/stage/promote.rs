@@ -1,0 +1,157 @@
+//! promote: move the floating tags to the image a `--hold` run pushed for
+//! this checkout's flake.lock. The out path is evaluated, not built; the
+//! image is found by its `nix-<hash>` tag; every move is a manifest PUT of
+//! the bytes the destination already holds, so no blob is uploaded and no
+//! archive is read.
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use super::{Check, Done, Stage};
+use crate::image::destination::{Destination, Manifest};
+use crate::image::reference::ImageRef;
+use crate::pipeline::{Ctx, Missing};
+use crate::progress::{Event, PushEvent};
+use crate::state::Outputs;
+
+pub struct Promote;
+
+#[derive(Debug, Error, Diagnostic)]
+#[error("this flake.lock's image is not at the destination; run `runnerctl release --hold` first (no tag {tag} in {image})")]
+#[diagnostic(
+    code(runnerctl::promote::not_held),
+    help("promote moves tags to an image that is already pushed: `runnerctl release --hold` builds, checks and pushes it as {tag} and the candidate tag, without moving the floating tags")
+)]
+pub struct NotHeld {
+    pub tag: String,
+    pub image: String,
+}
+
+/// A floating tag and where it points now.
+struct Move {
+    tag: String,
+    from: Option<String>,
+}
+
+impl Promote {
+    /// The held image and the tags that do not point at it yet.
+    async fn survey(cx: &mut Ctx) -> miette::Result<(Manifest, Vec<Move>)> {
+        if cx.eval.is_none() {
+            let nix = cx.nix()?.clone();
+            let flake = cx.eval_flake();
+            let eval = nix.eval(&cx.runner, &flake, &cx.cfg.attr).await?;
+            cx.eval = Some(eval);
+        }
+        let eval = cx.eval.as_ref().ok_or(Missing {
+            what: "the out path",
+        })?;
+        let nix_tag = format!("nix-{}", eval.out_path.hash_part());
+        let destination = destination(cx)?;
+        let held = destination.manifest(&nix_tag)?.ok_or_else(|| NotHeld {
+            tag: nix_tag.clone(),
+            image: cx.cfg.image.to_string(),
+        })?;
+        let mut moves = Vec::new();
+        for tag in &cx.tags {
+            let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
+            if now.as_deref() != Some(held.digest.as_str()) {
+                moves.push(Move {
+                    tag: tag.to_string(),
+                    from: now,
+                });
+            }
+        }
+        Ok((held, moves))
+    }
+
+    fn outputs(cx: &Ctx, digest: &str) -> Outputs {
+        Outputs {
+            digest: Some(digest.to_string()),
+            tags: cx.tags.iter().map(|t| t.to_string()).collect(),
+            out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
+            ..Outputs::default()
+        }
+    }
+}
+
+/// The destination the run's preflight connected to.
+pub fn destination(cx: &Ctx) -> miette::Result<Destination> {
+    match &cx.cfg.image {
+        ImageRef::Oci { dir } => Ok(Destination::Layout { dir: dir.clone() }),
+        ImageRef::Docker { .. } => Ok(Destination::Registry {
+            client: cx.registry.clone().ok_or(Missing {
+                what: "the registry client",
+            })?,
+        }),
+    }
+}
+
+fn describe(moves: &[Move], to: &str) -> String {
+    moves
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {} → {to}",
+                m.tag,
+                m.from.as_deref().unwrap_or("(absent)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Stage for Promote {
+    fn name(&self) -> &'static str {
+        "promote"
+    }
+
+    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
+        let (held, moves) = Self::survey(cx).await?;
+        if moves.is_empty() {
+            cx.digest = Some(held.digest.clone());
+            let tags: Vec<String> = cx.tags.iter().map(|t| t.to_string()).collect();
+            return Ok(Check::Done(
+                Done::new(format!("{} already at {}", tags.join(", "), held.digest))
+                    .with(Self::outputs(cx, &held.digest)),
+            ));
+        }
+        Ok(Check::Todo(describe(&moves, &held.digest)))
+    }
+
+    fn plan(&self, cx: &Ctx) -> Vec<String> {
+        let Ok(destination) = destination(cx) else {
+            return Vec::new();
+        };
+        cx.tags
+            .iter()
+            .map(|tag| destination.describe_retag(&cx.cfg.image, tag.as_str(), "nix-<hash>"))
+            .collect()
+    }
+
+    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
+        let (held, moves) = Self::survey(cx).await?;
+        Ok(format!("would move {}", describe(&moves, &held.digest)))
+    }
+
+    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
+        let (held, moves) = Self::survey(cx).await?;
+        let destination = destination(cx)?;
+        for m in &moves {
+            cx.reporter().emit(Event::Command {
+                command: destination.describe_retag(&cx.cfg.image, &m.tag, &held.digest),
+            });
+            destination.retag(&m.tag, &held)?;
+            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
+                tag: m.tag.clone(),
+                skipped: false,
+            }));
+        }
+        cx.digest = Some(held.digest.clone());
+        // The floating tags follow flake.lock again.
+        cx.state.rollback = None;
+        Ok(
+            Done::new(format!("moved {}", describe(&moves, &held.digest)))
+                .with(Self::outputs(cx, &held.digest)),
+        )
+    }
+}
