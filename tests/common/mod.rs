@@ -1378,7 +1378,7 @@ pub fn find_on_path(tool: &str, exclude: &Path) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------
 
 /// Runs the runnerctl binary: no RUNNERCTL_* variables from the outer
-/// environment, stdin closed, its own process group (killed as a whole on
+/// environment (and `RUNNERCTL_SMOKE=never` unless the test sets it), stdin closed, its own process group (killed as a whole on
 /// timeout), stdout and stderr captured.
 pub struct Run {
     program: PathBuf,
@@ -1477,6 +1477,10 @@ impl Run {
             }
         }
         cmd.envs(git_env());
+        // The smoke stage runs only in tests that ask for it (with the
+        // engine configuration of tests/engine_support): podman or docker
+        // on this machine, configured for its users, is no part of a test.
+        cmd.env("RUNNERCTL_SMOKE", "never");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
