@@ -1,0 +1,312 @@
+//! A container engine for the tests that run images (`mod engine_support;`
+//! beside `mod common;`): podman with a configuration, storage and registry
+//! list of the test's own, so a test sees only what it made and can assert
+//! what is left.
+//!
+//! - [`Podman`]: containers.conf (runc, cgroupfs, host network, no default
+//!   ulimits), storage.conf (vfs under a temp dir: no overlay mounts to leak)
+//!   and registries.conf (the test registries insecure); [`Podman::env`] is
+//!   what a runnerctl run needs so that its `podman` uses them.
+//! - [`PodmanService`]: `podman system service` on a unix socket, the Docker
+//!   API act talks to.
+//! - [`runnable_repo`]: a [`RunnerRepo`] whose flake is the runnable fixture
+//!   (tests/fixtures/runnable), images whose programs really run.
+//! - [`require`]: a missing podman, runc or act fails the test with the way
+//!   to install it.
+//! - [`path_without_engines`]: a PATH on which neither podman nor docker is.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::common::{run_checked, RunnerRepo, ServerProcess, StandInNixpkgs};
+
+/// The runnable fixture flake; `@NIXPKGS_URL@` is replaced by the stand-in's URL.
+pub const RUNNABLE_FLAKE_NIX: &str = include_str!("../fixtures/runnable/flake.nix");
+/// The builder script of the runnable fixture.
+pub const RUNNABLE_BUILD_SH: &str = include_str!("../fixtures/runnable/build-runnable.sh");
+
+/// Fails the test unless `tool` is on PATH, naming the step that installs it.
+pub fn require(tool: &str) {
+    if which(tool).is_none() {
+        panic!("`{tool}` is not on PATH: `bash scripts/setup` installs it (podman, runc, act)");
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn tempdir(what: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("runnerctl-{what}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("could not create a temporary directory for {what}: {e}"))
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    fs::write(path, contents).unwrap_or_else(|e| panic!("could not write {}: {e}", path.display()));
+}
+
+/// podman with its own configuration and storage under a temp dir. Dropping
+/// it removes every container and image in that storage, then the dir.
+pub struct Podman {
+    dir: TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Podman {
+    /// A fresh, empty storage; `insecure` registries (`HOST:PORT`) are
+    /// reached over plain HTTP.
+    pub fn new(insecure: &[String]) -> Self {
+        require("podman");
+        require("runc");
+        let dir = tempdir("podman");
+        let d = dir.path();
+        for sub in ["graph", "run", "tmp"] {
+            fs::create_dir_all(d.join(sub))
+                .unwrap_or_else(|e| panic!("could not create {}: {e}", d.join(sub).display()));
+        }
+        // runc, not crun 1.8 (which refuses hybrid cgroups); cgroupfs, as
+        // there may be no systemd; no default ulimits, which an unprivileged
+        // container cannot raise; the host's network, so that no CNI or
+        // netavark configuration is needed. Events go to a file in tmp_dir.
+        write(
+            &d.join("containers.conf"),
+            format!(
+                "[containers]\n\
+                 default_ulimits = []\n\
+                 netns = \"host\"\n\
+                 [engine]\n\
+                 cgroup_manager = \"cgroupfs\"\n\
+                 runtime = \"runc\"\n\
+                 events_logger = \"file\"\n\
+                 tmp_dir = \"{}\"\n",
+                d.join("tmp").display()
+            ),
+        );
+        // vfs: slower than overlay, but it mounts nothing (nothing can leak
+        // when a test dies) and works on any filesystem, overlayfs included
+        // (scripts/rootfs runs the tests on one).
+        write(
+            &d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                d.join("graph").display(),
+                d.join("run").display()
+            ),
+        );
+        let mut registries = String::from("unqualified-search-registries = []\n");
+        for host in insecure {
+            registries.push_str(&format!(
+                "\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
+            ));
+        }
+        write(&d.join("registries.conf"), registries);
+        let env = [
+            ("CONTAINERS_CONF", "containers.conf"),
+            ("CONTAINERS_STORAGE_CONF", "storage.conf"),
+            ("CONTAINERS_REGISTRIES_CONF", "registries.conf"),
+        ]
+        .iter()
+        .map(|(k, f)| (k.to_string(), d.join(f).display().to_string()))
+        .collect();
+        Podman { dir, env }
+    }
+
+    /// The variables that point podman at this configuration; pass them to
+    /// runnerctl (which passes no engine configuration of its own).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `podman ARGS…` with [`env`](Self::env).
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("podman");
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `podman ARGS…`, panics unless it exits 0, returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        run_checked(&mut self.cmd(args))
+    }
+
+    /// Every image in the storage, one `NAME:TAG` per name (or `<none>:<none>
+    /// ID` for an image without a name).
+    pub fn images(&self) -> Vec<String> {
+        self.run(&[
+            "images",
+            "--all",
+            "--noheading",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.ID}}",
+        ])
+        .lines()
+        .map(|l| {
+            let (name, id) = l.split_once(' ').unwrap_or((l, ""));
+            if name == "<none>:<none>" {
+                format!("{name} {id}")
+            } else {
+                name.to_string()
+            }
+        })
+        .collect()
+    }
+
+    /// Names of every container in the storage, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        self.run(&["ps", "--all", "--noheading", "--format", "{{.Names}}"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Starts `podman system service` on a socket in the temp dir. Pulls
+    /// through it authenticate with `authfile` (containers-auth.json), if
+    /// given.
+    pub fn service(&self, authfile: Option<&Path>) -> PodmanService {
+        let socket = self.dir.path().join("podman.sock");
+        let _ = fs::remove_file(&socket);
+        let mut argv: Vec<String> = vec!["env".into()];
+        argv.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(auth) = authfile {
+            argv.push(format!("REGISTRY_AUTH_FILE={}", auth.display()));
+        }
+        argv.extend([
+            "podman".into(),
+            "system".into(),
+            "service".into(),
+            "--time=0".into(),
+            format!("unix://{}", socket.display()),
+        ]);
+        let argv_os: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
+        let log = self.dir.path().join("service.log");
+        let process = ServerProcess::start(
+            "podman-service",
+            &argv_os,
+            &log,
+            &self.dir.path().join("service.pid"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut service = PodmanService {
+            process,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&service.socket).is_err() {
+            if service.process.exited() || Instant::now() > deadline {
+                panic!(
+                    "podman system service did not listen on {}:\n{}",
+                    service.socket.display(),
+                    service.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    fn cleanup(&self) {
+        // Best effort, quietly: what a test left is removed with the dir.
+        for args in [
+            &["rm", "--all", "--force", "--time", "0"][..],
+            &["rmi", "--all", "--force"][..],
+        ] {
+            let _ = self
+                .cmd(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// `podman system service` for act (`DOCKER_HOST=unix://SOCKET`); killed
+/// (with its process group) on drop. The containers it started stay in the
+/// [`Podman`] storage, which removes them when dropped.
+pub struct PodmanService {
+    process: ServerProcess,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl PodmanService {
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `unix:///…/podman.sock`
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The service's own output.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A [`RunnerRepo`] whose flake is the runnable fixture: `packages.x86_64-linux`
+/// `nixos`, `nixos-node-lib`, `nixos-nix-conf`, `nixos-no-bash`,
+/// `nixos-no-node`. With `extra_ca` (PEM), that certificate is added to every
+/// image's CA bundle.
+pub fn runnable_repo(nixpkgs: &StandInNixpkgs, extra_ca: Option<&str>) -> RunnerRepo {
+    let mut files: Vec<(&str, &[u8])> = vec![("build-runnable.sh", RUNNABLE_BUILD_SH.as_bytes())];
+    if let Some(pem) = extra_ca {
+        files.push(("extra-ca.crt", pem.as_bytes()));
+    }
+    RunnerRepo::with_flake(nixpkgs, RUNNABLE_FLAKE_NIX, &files)
+}
+
+/// A directory to use as the whole PATH: links to everything on the current
+/// PATH (first one of each name wins) except podman and docker. Keep the
+/// returned dir alive while it is used.
+pub fn path_without_engines() -> TempDir {
+    let dir = tempdir("path");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == "podman" || name == "docker" {
+                continue;
+            }
+            let link = dir.path().join(&name);
+            if link.symlink_metadata().is_err() {
+                let _ = symlink(entry.path(), &link);
+            }
+        }
+    }
+    dir
+}
