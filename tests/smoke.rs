@@ -41,7 +41,8 @@ impl World {
     }
 
     /// `runnerctl MODE --json --image … --tls-verify false ARGS…` in the
-    /// repo, with the registry's credentials and the test's podman.
+    /// repo, with the registry's credentials, the test's podman and
+    /// `RUNNERCTL_SMOKE=auto`.
     fn runnerctl(&self, mode: &str, args: &[&str]) -> Run {
         let dest = self.destination();
         let mut all = vec![mode, "--json", "--image", &dest, "--tls-verify", "false"];
@@ -49,6 +50,8 @@ impl World {
         Run::new(all)
             .in_repo(&self.repo)
             .envs(self.podman.env())
+            // runnerctl's default (common::Run sets never for other tests).
+            .env("RUNNERCTL_SMOKE", "auto")
             .env("RUNNERCTL_REGISTRY_USER", self.registry.user())
             .env("RUNNERCTL_REGISTRY_PASSWORD", self.registry.password())
             .timeout(TIMEOUT)
@@ -138,9 +141,9 @@ fn assert_smoke_failed_before_push(w: &World, out: &RunOutput) -> String {
     assert_eq!(status(&json, "verify"), "done", "{out}");
     assert_eq!(status(&json, "smoke"), "failed", "{out}");
     assert!(
-        json["stages"]
-            .as_array()
-            .is_some_and(|s| s.iter().all(|s| s["name"] != "push" || s["status"] != "done")),
+        json["stages"].as_array().is_some_and(|s| s
+            .iter()
+            .all(|s| s["name"] != "push" || s["status"] != "done")),
         "{out}"
     );
     w.assert_nothing_pushed();
@@ -160,7 +163,7 @@ fn an_image_whose_node_cannot_start_fails_smoke_before_any_push() {
         diagnostic.contains("smoke check `node --version` failed"),
         "{diagnostic}"
     );
-    assert!(diagnostic.contains("127"), "{diagnostic}");
+    assert!(diagnostic.contains("(exit code 127)"), "{diagnostic}");
     assert!(diagnostic.contains("libdl.so.2"), "{diagnostic}");
     assert!(diagnostic.contains("nothing was pushed"), "{diagnostic}");
 }
@@ -180,7 +183,7 @@ fn an_image_whose_nix_fails_as_root_fails_smoke_and_bump_commits_nothing() {
         diagnostic.contains("smoke check `nix-instantiate --eval --expr '1 + 1'` failed"),
         "{diagnostic}"
     );
-    assert!(diagnostic.contains("exit status 1"), "{diagnostic}");
+    assert!(diagnostic.contains("(exit code 1)"), "{diagnostic}");
     assert!(diagnostic.contains("bogus"), "{diagnostic}");
     // No commit, here or on the remote.
     assert_eq!(w.repo.head(), head);
@@ -207,7 +210,7 @@ fn extra_checks_run_after_the_defaults_or_instead_of_them() {
         diagnostic.contains("smoke check `echo checked >&2; exit 3` failed"),
         "{diagnostic}"
     );
-    assert!(diagnostic.contains("exit status 3"), "{diagnostic}");
+    assert!(diagnostic.contains("(exit code 3)"), "{diagnostic}");
     assert!(diagnostic.contains("checked"), "{diagnostic}");
 
     // On the flag, with the defaults: all of them pass on the good image.
@@ -253,7 +256,9 @@ fn without_an_engine_on_path_auto_skips_with_a_note_and_always_fails() {
     });
     out.assert_code(1);
     let json = out.json();
-    assert_eq!(status(&json, "smoke"), "failed", "{out}");
+    // Found out in preflight, before anything is built.
+    assert_eq!(status(&json, "preflight"), "failed", "{out}");
+    assert_eq!(json["out_path"], serde_json::Value::Null, "{out}");
     assert!(
         out.stderr
             .contains("--smoke always, but neither podman nor docker is on PATH"),
