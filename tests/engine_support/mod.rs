@@ -310,3 +310,128 @@ pub fn path_without_engines() -> TempDir {
     }
     dir
 }
+
+/// An HTTPS server on 127.0.0.1 (`openssl s_server -www`) whose certificate
+/// a throw-away CA of its own signed: images built with
+/// [`ca_pem`](Self::ca_pem) in their bundle trust it, nothing else does (the
+/// host's trust store is not touched). Killed on drop.
+pub struct TlsServer {
+    dir: TempDir,
+    port: u16,
+    _process: ServerProcess,
+}
+
+impl TlsServer {
+    pub fn new() -> Self {
+        let dir = tempdir("tls");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            run_checked(Command::new("openssl").args(args).current_dir(d));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=runnerctl test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        write(
+            &d.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             basicConstraints = CA:FALSE\n\
+             extendedKeyUsage = serverAuth\n",
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        let (cert, key, ca) = (d.join("server.crt"), d.join("server.key"), d.join("ca.crt"));
+        let log = d.join("s_server.log");
+        // Another process may take the port between probing and binding.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = crate::common::free_port();
+            let accept = format!("127.0.0.1:{port}");
+            let argv: [&OsStr; 10] = [
+                "openssl".as_ref(),
+                "s_server".as_ref(),
+                "-quiet".as_ref(),
+                "-www".as_ref(),
+                "-accept".as_ref(),
+                accept.as_ref(),
+                "-cert".as_ref(),
+                cert.as_os_str(),
+                "-key".as_ref(),
+                key.as_os_str(),
+            ];
+            let mut process = ServerProcess::start("tls", &argv, &log, &d.join("s_server.pid"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !process.exited() && Instant::now() < deadline {
+                let served = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "--cacert"])
+                    .arg(&ca)
+                    .arg(format!("https://{accept}/"))
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if served {
+                    return TlsServer {
+                        dir,
+                        port,
+                        _process: process,
+                    };
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            process.stop();
+            last_err = fs::read_to_string(&log).unwrap_or_default();
+        }
+        panic!("openssl s_server did not serve HTTPS: {last_err}");
+    }
+
+    /// The CA certificate (PEM) that signed the server's.
+    pub fn ca_pem(&self) -> String {
+        fs::read_to_string(self.dir.path().join("ca.crt"))
+            .unwrap_or_else(|e| panic!("the test CA: {e}"))
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
