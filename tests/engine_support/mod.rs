@@ -241,7 +241,36 @@ impl Podman {
                 .stderr(Stdio::null())
                 .status();
         }
+        // A conmon of an exec session started through the API (act's steps)
+        // waits out its --exit-delay (300 s) after its container is gone:
+        // it would outlive the test (and scripts/test's leak check).
+        for pid in processes_mentioning(self.dir.path()) {
+            let _ = Command::new("bash")
+                .args(["-c", "kill -KILL -- \"$1\" 2>/dev/null", "kill", &pid])
+                .stdin(Stdio::null())
+                .status();
+        }
     }
+}
+
+/// Pids of the processes whose command line mentions `dir` (conmon names
+/// its container's directory under the storage).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.to_string();
+            pid.bytes().all(|b| b.is_ascii_digit()).then_some(pid)
+        })
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }
 
 impl Drop for Podman {
