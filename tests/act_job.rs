@@ -38,7 +38,7 @@ impl World {
         let registry = Registry::new();
         let tls = TlsServer::new();
         let podman = Podman::new(&[registry.host()]);
-        let service = Some(podman.service(None));
+        let service = Some(podman.service());
 
         let user_repo = tempfile::Builder::new()
             .prefix("runnerctl-job-")

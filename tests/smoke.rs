@@ -73,6 +73,23 @@ impl World {
         assert_eq!(self.registry.manifest_put_count(), 0);
     }
 
+    /// runnerctl's podman used the test's storage: a job container was
+    /// created there and removed; no temporary image or container is left.
+    fn assert_smoke_ran_and_cleaned_up(&self) {
+        let events = self.podman.events();
+        for event in [
+            "container create runnerctl-smoke-",
+            "container remove runnerctl-smoke-",
+        ] {
+            assert!(
+                events.iter().any(|e| e.starts_with(event)),
+                "no {event:?} in {events:#?}"
+            );
+        }
+        self.assert_no_smoke_leftovers();
+        assert_eq!(self.podman.containers(), Vec::<String>::new());
+    }
+
     /// No temporary image or container of a smoke run is left.
     fn assert_no_smoke_leftovers(&self) {
         let images = self.podman.images();
@@ -126,11 +143,8 @@ fn smoke_passes_on_a_working_image_and_then_the_tags_are_pushed() {
     assert_eq!(status(&json, "push"), "done", "{out}");
     let tags = w.registry.tags(IMAGE_REPO);
     assert!(tags.contains(&"latest".to_string()), "{tags:?}\n{out}");
-    // The pushed image is the one smoke ran: the fixture with this lock's
-    // nixpkgs rev.
     assert!(w.registry.blob_upload_count() > 0);
-    w.assert_no_smoke_leftovers();
-    assert_eq!(w.podman.containers(), Vec::<String>::new());
+    w.assert_smoke_ran_and_cleaned_up();
 }
 
 /// What a failed smoke run must leave: verify passed, smoke failed, nothing
@@ -147,8 +161,7 @@ fn assert_smoke_failed_before_push(w: &World, out: &RunOutput) -> String {
         "{out}"
     );
     w.assert_nothing_pushed();
-    w.assert_no_smoke_leftovers();
-    assert_eq!(w.podman.containers(), Vec::<String>::new());
+    w.assert_smoke_ran_and_cleaned_up();
     format!("{}\n{}", json["error"]["message"], out.stderr)
 }
 

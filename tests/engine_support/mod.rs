@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::common::{run_checked, RunnerRepo, ServerProcess, StandInNixpkgs};
+use crate::common::{find_on_path, run_checked, RunnerRepo, ServerProcess, StandInNixpkgs};
 
 /// The runnable fixture flake; `@NIXPKGS_URL@` is replaced by the stand-in's URL.
 pub const RUNNABLE_FLAKE_NIX: &str = include_str!("../fixtures/runnable/flake.nix");
@@ -36,16 +36,9 @@ pub const RUNNABLE_BUILD_SH: &str = include_str!("../fixtures/runnable/build-run
 
 /// Fails the test unless `tool` is on PATH, naming the step that installs it.
 pub fn require(tool: &str) {
-    if which(tool).is_none() {
+    if find_on_path(tool, Path::new("")).is_none() {
         panic!("`{tool}` is not on PATH: `bash scripts/setup` installs it (podman, runc, act)");
     }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 fn tempdir(what: &str) -> TempDir {
@@ -183,17 +176,29 @@ impl Podman {
             .collect()
     }
 
-    /// Starts `podman system service` on a socket in the temp dir. Pulls
-    /// through it authenticate with `authfile` (containers-auth.json), if
-    /// given.
-    pub fn service(&self, authfile: Option<&Path>) -> PodmanService {
+    /// The storage's event log so far, one `TYPE STATUS NAME` line per event
+    /// (e.g. `container create runnerctl-smoke-…`, `image loadfromarchive …`):
+    /// what podman did for whoever used this configuration.
+    pub fn events(&self) -> Vec<String> {
+        self.run(&[
+            "events",
+            "--stream=false",
+            "--format",
+            "{{.Type}} {{.Status}} {{.Name}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// Starts `podman system service` on a socket in the temp dir. A
+    /// client sends registry credentials with its pull (act: from
+    /// `$DOCKER_CONFIG/config.json`).
+    pub fn service(&self) -> PodmanService {
         let socket = self.dir.path().join("podman.sock");
         let _ = fs::remove_file(&socket);
         let mut argv: Vec<String> = vec!["env".into()];
         argv.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
-        if let Some(auth) = authfile {
-            argv.push(format!("REGISTRY_AUTH_FILE={}", auth.display()));
-        }
         argv.extend([
             "podman".into(),
             "system".into(),
