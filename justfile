@@ -19,6 +19,16 @@ bump *args:
 release *args:
     {{ runnerctl }} release "$@"
 
+# Move latest, unstable and the date tag to the image of this checkout's
+# flake.lock, pushed earlier with --hold (runnerctl promote).
+promote *args:
+    {{ runnerctl }} promote "$@"
+
+# Move latest and unstable back to a date tag, another tag or a digest
+# (runnerctl rollback TARGET).
+rollback target *args:
+    {{ runnerctl }} rollback "$@"
+
 # Show what the last bump or release did, stage by stage (runnerctl status).
 status *args:
     {{ runnerctl }} status "$@"

@@ -10,7 +10,8 @@ content interleaves incompressible random bytes with slices of a repetitive
 text corpus, so gzip -1 shrinks the image about 2:1, as it does real
 binaries. Layer CHANGED is about CHANGED_SIZE bytes; the `bump` variant
 changes only that layer's content (and so the config). The first layer
-also holds what runnerctl's verify stage requires (bin/bash, bin/nix,
+also holds what runnerctl's verify stage requires (bin/bash, bin/sh,
+usr/bin/env, bin/nix,
 bin/node, bin/git, bin/curl, the CA bundle, a flakes-enabled nix.conf).
 
 Every layer is written straight into the outer tar while its sha256 (the
@@ -38,6 +39,8 @@ NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
 
 ROOT_FILES = {
     "bin/bash": b"#!/bin/sh\necho 'GNU bash, version 5.2.15 (benchmark stand-in)'\n",
+    "bin/sh": b"#!/bin/sh\necho 'sh (benchmark stand-in)'\n",
+    "usr/bin/env": b"#!/bin/sh\necho 'env (benchmark stand-in)'\n",
     "bin/nix": b"#!/bin/sh\necho 'nix (Nix) 2.8.0 (benchmark stand-in)'\n",
     "bin/node": b"#!/bin/sh\necho 'v18.19.0 (benchmark stand-in)'\n",
     "bin/git": b"#!/bin/sh\necho 'git version 2.39.2 (benchmark stand-in)'\n",

@@ -408,17 +408,21 @@ def seed_run(ctx, reg, variant, tag_date, logdir):
     return {"rc": rc, "wall": wall, "tree_rss": tree_rss}
 
 
-def runnerctl_run(ctx, reg, variant, logdir):
+def runnerctl_run(ctx, reg, variant, logdir, command=("release",), repo=RCTL_REPO):
     state = os.path.join(logdir, "state")
     shutil.rmtree(state, ignore_errors=True)
     env = nix_env(ctx["work"], os.path.join(logdir, "nix-cache"))
     env["RUNNERCTL_REGISTRY_USER"] = USER
     env["RUNNERCTL_REGISTRY_PASSWORD"] = PASSWORD
-    cmd = [RUNNERCTL, "release", "--json", "--progress", "plain",
-           "--flake", ctx["flakes"][variant], "--state-dir", state,
-           "--image", f"docker://{reg.host}/{RCTL_REPO}", "--tls-verify", "false"]
+    cmd = [RUNNERCTL, *command, "--json", "--state-dir", state,
+           "--image", f"docker://{reg.host}/{repo}", "--tls-verify", "false"]
+    if command[0] != "rollback":
+        cmd += ["--progress", "plain", "--flake", ctx["flakes"][variant],
+                # The generated image holds data, not programs: nothing to start.
+                "--smoke", "never"]
+    cwd = ctx["flakes"][variant] if variant else ctx["work"]
     out = os.path.join(logdir, "report.json")
-    rc, wall, own_rss, tree_rss = timed(cmd, env, ctx["flakes"][variant],
+    rc, wall, own_rss, tree_rss = timed(cmd, env, cwd,
                                         os.path.join(logdir, "stderr.log"), out, poll_rss=True)
     result = {"rc": rc, "wall": wall, "own_rss": own_rss, "tree_rss": tree_rss}
     try:
@@ -435,6 +439,68 @@ def runnerctl_run(ctx, reg, variant, logdir):
     except (OSError, ValueError) as e:
         result["report_error"] = str(e)
     return result
+
+
+# Candidate -> promote -> rollback, into a repository of its own: each push
+# (`release --hold`) is followed by the tag moves it enables.
+PROMO_REPO = "infra/promote/nixos"
+PROMO_STEPS = [
+    ("hold", "base", ("release", "--hold")),
+    ("promote", "base", ("promote",)),
+    ("hold-bump", "bump", ("release", "--hold")),
+    ("promote-bump", "bump", ("promote",)),
+    ("rollback", None, ("rollback", DATES["base"])),
+]
+
+
+def promote_phase(ctx, reg, rep):
+    """One pass of PROMO_STEPS; returns {step: result}."""
+    rows = {}
+    for step, variant, command in PROMO_STEPS:
+        logdir = os.path.join(ctx["work"], "runs", f"{rep}-promo-{step}")
+        os.makedirs(logdir)
+        clear_skopeo_cache()
+        start = reg.log_offset()
+        r = runnerctl_run(ctx, reg, variant, logdir, command, PROMO_REPO)
+        time.sleep(0.05)
+        r.update(reg.traffic(start))
+        r.update({"tool": "runnerctl", "case": f"promo-{step}", "repeat": rep, "logdir": logdir})
+        if r["rc"] != 0:
+            with open(os.path.join(logdir, "stderr.log"), errors="replace") as f:
+                tail = f.read()[-3000:]
+            raise SystemExit(f"runnerctl {' '.join(command)} failed:\n{tail}")
+        say(f"repeat {rep + 1} {step:12}: {r['wall']:6.2f} s, {r['blob_uploads']} blob uploads, "
+            f"{r['manifest_puts']} manifest PUTs, {r['up'] / 1e6:.3f} MB to the registry")
+        rows[step] = r
+    return rows
+
+
+def promote_report(passes):
+    """Medians over the passes, and the targets: promote and rollback take
+    under 5 % of the push they follow and upload no blob."""
+    lines, verdicts = [], []
+    med_of = {step: statistics.median(p[step]["wall"] for p in passes) for step, _, _ in PROMO_STEPS}
+    lines.append("Candidate -> promote -> rollback (runnerctl only; medians over "
+                 f"{len(passes)} passes, repository {PROMO_REPO}):")
+    for step, _, command in PROMO_STEPS:
+        uploads = max(p[step]["blob_uploads"] for p in passes)
+        puts = max(p[step]["manifest_puts"] for p in passes)
+        lines.append(f"  {step:12} runnerctl {' '.join(command):24} {med_of[step]:6.2f} s  "
+                     f"{uploads} blob uploads, {puts} manifest PUTs")
+    push = med_of["hold"]
+    for step in ("promote", "rollback"):
+        ratio = med_of[step] / push
+        verdicts.append((f"{step} wall <= 0.05 x the push it follows (release --hold, first push)",
+                         ratio <= 0.05, f"{med_of[step]:.2f} s vs {push:.2f} s = {ratio:.3f}"))
+    ratio = med_of["promote-bump"] / med_of["hold-bump"]
+    lines.append(f"  promote after the one-layer bump push: {med_of['promote-bump']:.2f} s vs "
+                 f"{med_of['hold-bump']:.2f} s = {ratio:.3f} (informational: that push is small)")
+    for step in ("promote", "promote-bump", "rollback"):
+        uploads = max(p[step]["blob_uploads"] for p in passes)
+        verdicts.append((f"{step}: 0 blob uploads", uploads == 0, f"{uploads} (max over passes)"))
+    for name, ok, detail in verdicts:
+        lines.append(f"  [{'ok' if ok else 'MISSED'}] {name}: {detail}")
+    return lines, verdicts
 
 
 def one(ctx, reg, tool, case, rep):
@@ -663,7 +729,7 @@ def main():
             if len(changed) != 1:
                 raise SystemExit("the bump variant must change exactly one layer")
 
-        results, budgets = [], []
+        results, budgets, promo = [], [], []
         for rep in range(args.repeats):
             regdir = os.path.join(work, f"registry-{rep}")
             reg = Registry(regdir)
@@ -679,11 +745,18 @@ def main():
                             raise SystemExit(f"{tool} failed in case ({case}); logs in {r['logdir']}")
                         if case == "b" and tool == "runnerctl":
                             budgets.append(budget_b(reg, ctx, r))
+                if len(variants) == 2:
+                    promo.append(promote_phase(ctx, reg, rep))
             finally:
                 reg.stop()
                 if not args.keep:
                     shutil.rmtree(os.path.join(regdir, "storage"), ignore_errors=True)
         table, verdicts, text = report(results, budgets, ctx)
+        if promo:
+            promo_lines, promo_verdicts = promote_report(promo)
+            print("\n" + "\n".join(promo_lines), flush=True)
+            verdicts += promo_verdicts
+            text += "\n\n" + "\n".join(promo_lines)
         m = machine()
         print("\nMachine: " + "; ".join(f"{k}: {v}" for k, v in m.items()))
         if args.json_out:
@@ -691,7 +764,7 @@ def main():
                 json.dump({"machine": m, "images": {k: {x: y for x, y in v.items() if x != "diff_ids"}
                                                     for k, v in ctx["images"].items()},
                            "changed": ctx.get("changed"), "budgets": budgets,
-                           "results": results, "table": table,
+                           "results": results, "table": table, "promote": promo,
                            "verdicts": verdicts, "text": text}, f, indent=1)
         return 0 if all(ok for _, ok, _ in verdicts) else 1
     finally:

@@ -43,6 +43,11 @@ pub enum Command {
         after_help = "Examples:\n  runnerctl promote\n  runnerctl promote --dry-run\n  runnerctl promote --image docker://registry.example.org/infra/runners/nixos --json"
     )]
     Promote(RunArgs),
+    /// Move floating tags back to an earlier published image (manifest PUTs of its own bytes; needs no flake).
+    #[command(
+        after_help = "TARGET is a tag (a date tag such as 20260629, nix-<hash>, any tag) or a sha256: digest in the repository.\n\nExamples:\n  runnerctl rollback 20260629 --dry-run\n  runnerctl rollback 20260629 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl rollback sha256:… --tag latest"
+    )]
+    Rollback(RollbackArgs),
     /// Show the saved state, stage by stage.
     #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
     Status(StatusArgs),
@@ -247,6 +252,55 @@ pub enum SmokeMode {
     Always,
     /// Never.
     Never,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The image to roll back to: a tag or a sha256: digest.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Tags to move (repeatable) [default: latest, unstable].
+    #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
+    #[arg(short = 'C', long = "flake", value_name = "DIR")]
+    pub flake: Option<PathBuf>,
+
+    /// Where runnerctl keeps its state [default: DIR/.runnerctl with -C, else $XDG_STATE_HOME/runnerctl].
+    #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_verify: bool,
+
+    /// Seconds the registry may take to answer one request.
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
+
+    /// Show which tag would move from which digest to which, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only print errors.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]

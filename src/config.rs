@@ -27,9 +27,18 @@ impl Mode {
     }
 }
 
-/// Paths every image must contain, unless replaced.
-pub const DEFAULT_REQUIRED_PATHS: &[&str] =
-    &["bin/bash", "bin/nix", "bin/node", "bin/git", "bin/curl"];
+/// Paths every image must contain, unless replaced: what a job container
+/// runs (bash for `run:` steps, node for JavaScript actions, nix, git,
+/// curl) and what scripts in it expect (`#!/bin/sh`, `#!/usr/bin/env`).
+pub const DEFAULT_REQUIRED_PATHS: &[&str] = &[
+    "bin/bash",
+    "bin/sh",
+    "usr/bin/env",
+    "bin/nix",
+    "bin/node",
+    "bin/git",
+    "bin/curl",
+];
 
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
@@ -75,9 +84,11 @@ pub struct Config {
     pub nix_tag: bool,
     pub verify: VerifyConfig,
     pub smoke: SmokeConfig,
-    /// Push only the content tag and this candidate tag; the floating tags
+    /// Push only the content tag and the candidate tag; the floating tags
     /// wait for `runnerctl promote`.
-    pub hold: Option<Tag>,
+    pub hold: bool,
+    /// The tag a held image is pushed under (and promote checks).
+    pub candidate_tag: Tag,
     pub dry_run: bool,
     pub reset_state: bool,
     pub state_dir: PathBuf,
@@ -257,20 +268,18 @@ impl Config {
                 required_paths.push(extra);
             }
         }
-        let hold = if args.hold {
-            if args.no_nix_tag {
-                return Err(ConfigError::HoldWithoutNixTag);
-            }
-            let tag = Tag::parse(&args.candidate_tag)?;
-            if tag_templates.iter().any(|t| t.as_str() == tag.as_str()) {
-                return Err(ConfigError::CandidateIsFloating {
-                    tag: tag.to_string(),
-                });
-            }
-            Some(tag)
-        } else {
-            None
-        };
+        let candidate_tag = Tag::parse(&args.candidate_tag)?;
+        if tag_templates
+            .iter()
+            .any(|t| t.as_str() == candidate_tag.as_str())
+        {
+            return Err(ConfigError::CandidateIsFloating {
+                tag: candidate_tag.to_string(),
+            });
+        }
+        if args.hold && args.no_nix_tag {
+            return Err(ConfigError::HoldWithoutNixTag);
+        }
         let smoke = smoke_config(args)?;
         Ok(Config {
             mode,
@@ -293,7 +302,8 @@ impl Config {
                 check_config: !args.verify_no_defaults,
             },
             smoke,
-            hold,
+            hold: args.hold,
+            candidate_tag,
             dry_run: args.dry_run,
             reset_state: args.reset_state,
             state_dir,

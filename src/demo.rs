@@ -94,6 +94,10 @@ async fn bump(
         "bump".into(),
         "-C".into(),
         flake.display().to_string(),
+        // The demo's fixture image holds placeholder files, not programs
+        // that run: there is nothing for a job container to start.
+        "--smoke".into(),
+        "never".into(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     let cli = Cli::try_parse_from(&argv).into_diagnostic()?;

@@ -19,6 +19,7 @@ pub mod image;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod rollback;
 pub mod stage;
 pub mod state;
 pub mod status;

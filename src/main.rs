@@ -132,6 +132,21 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Bump(args) => run_pipeline(Mode::Bump, args).await,
         Command::Release(args) => run_pipeline(Mode::Release, args).await,
         Command::Promote(args) => run_pipeline(Mode::Promote, args).await,
+        Command::Rollback(args) => {
+            let (report, err) = runnerctl::rollback::rollback(&args).await;
+            if args.json {
+                print_json(&report);
+            } else if !args.quiet && err.is_none() {
+                print_out(&report.render());
+            }
+            match err {
+                None => ExitCode::SUCCESS,
+                Some(err) => {
+                    print_error(err);
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status(args) => {
             let out = config::output(&args.common);
             match status::status(&args.common).await {

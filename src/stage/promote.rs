@@ -27,6 +27,16 @@ pub struct NotHeld {
     pub image: String,
 }
 
+/// What promote found at the destination.
+struct Survey {
+    /// The image held for this flake.lock (its `nix-<hash>` tag).
+    held: Manifest,
+    /// The floating tags not at it yet.
+    moves: Vec<Move>,
+    /// Where the candidate tag points, when that is another image.
+    stray: Option<String>,
+}
+
 /// A floating tag and where it points now.
 struct Move {
     tag: String,
@@ -35,7 +45,7 @@ struct Move {
 
 impl Promote {
     /// The held image and the tags that do not point at it yet.
-    async fn survey(cx: &mut Ctx) -> miette::Result<(Manifest, Vec<Move>)> {
+    async fn survey(cx: &mut Ctx) -> miette::Result<Survey> {
         if cx.eval.is_none() {
             let nix = cx.nix()?.clone();
             let flake = cx.eval_flake();
@@ -51,6 +61,12 @@ impl Promote {
             tag: nix_tag.clone(),
             image: cx.cfg.image.to_string(),
         })?;
+        // The candidate is what a test job ran: promoting another image
+        // publishes one that job did not see.
+        let candidate = destination
+            .manifest(cx.cfg.candidate_tag.as_str())?
+            .map(|m| m.digest);
+        let stray = candidate.filter(|d| *d != held.digest);
         let mut moves = Vec::new();
         for tag in &cx.tags {
             let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
@@ -61,7 +77,7 @@ impl Promote {
                 });
             }
         }
-        Ok((held, moves))
+        Ok(Survey { held, moves, stray })
     }
 
     fn outputs(cx: &Ctx, digest: &str) -> Outputs {
@@ -106,7 +122,14 @@ impl Stage for Promote {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        let (held, moves) = Self::survey(cx).await?;
+        let Survey { held, moves, stray } = Self::survey(cx).await?;
+        if let Some(candidate) = stray {
+            cx.reporter().emit(Event::Warning(format!(
+                "{} points at {candidate}, not at this flake.lock's image {}: \
+                 a job that tested the candidate tested another image",
+                cx.cfg.candidate_tag, held.digest
+            )));
+        }
         if moves.is_empty() {
             cx.digest = Some(held.digest.clone());
             let tags: Vec<String> = cx.tags.iter().map(|t| t.to_string()).collect();
@@ -129,12 +152,12 @@ impl Stage for Promote {
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let (held, moves) = Self::survey(cx).await?;
+        let Survey { held, moves, .. } = Self::survey(cx).await?;
         Ok(format!("would move {}", describe(&moves, &held.digest)))
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let (held, moves) = Self::survey(cx).await?;
+        let Survey { held, moves, .. } = Self::survey(cx).await?;
         let destination = destination(cx)?;
         for m in &moves {
             cx.reporter().emit(Event::Command {

@@ -59,9 +59,9 @@ impl Push {
     /// fails midway then never leaves a floating tag alone on a new image.
     fn all_tags(cx: &Ctx) -> Vec<Tag> {
         let mut tags: Vec<Tag> = Self::nix_tag(cx).into_iter().collect();
-        if let Some(candidate) = &cx.cfg.hold {
+        if cx.cfg.hold {
             // Held: the floating tags wait for `runnerctl promote`.
-            tags.push(candidate.clone());
+            tags.push(cx.cfg.candidate_tag.clone());
             return tags;
         }
         let date = cx.date.as_ref().map(|d| d.as_str().to_string());
@@ -138,25 +138,13 @@ impl Push {
     /// the destination's `rolled-back` marker tag points. A release without
     /// --hold does not undo a rollback; `runnerctl promote` does.
     async fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
-        if cx.cfg.hold.is_some() {
+        if cx.cfg.hold {
             return Ok(Vec::new());
         }
-        let marker = match &cx.cfg.image {
-            ImageRef::Oci { dir } => layout::tag_digest(dir, ROLLED_BACK),
-            ImageRef::Docker { .. } => cx
-                .skopeo()?
-                .inspect(
-                    &cx.runner,
-                    inspect_args(
-                        &cx.cfg.image.at_tag(&ROLLED_BACK.parse::<Tag>()?),
-                        Self::authfile(cx),
-                        cx.cfg.tls_verify,
-                        true,
-                    ),
-                )
-                .await?
-                .map(|m| sha256_digest(m.as_bytes())),
-        };
+        // One in-process request: no skopeo start-up on every release.
+        let marker = crate::stage::promote::destination(cx)?
+            .manifest(ROLLED_BACK)?
+            .map(|m| m.digest);
         let Some(marker) = marker else {
             return Ok(Vec::new());
         };

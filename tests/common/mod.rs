@@ -1500,9 +1500,10 @@ impl Run {
             }
         }
         cmd.envs(git_env());
-        // The smoke stage runs only in tests that ask for it (with the
-        // engine configuration of tests/engine_support): podman or docker
-        // on this machine, configured for its users, is no part of a test.
+        // The fixture runner images hold placeholder files, not programs,
+        // and an engine on this machine, configured for its users, is no
+        // part of a test: only the smoke tests (runnable images, the engine
+        // configuration of tests/engine_support) start containers.
         cmd.env("RUNNERCTL_SMOKE", "never");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.cwd {

@@ -1,0 +1,264 @@
+//! `runnerctl rollback TARGET`: point floating tags back at an image the
+//! destination already holds. No flake is needed: the destination and its
+//! login are enough. Every move is a manifest PUT of the target's own
+//! bytes (no re-push, no recompression). The destination's `rolled-back`
+//! tag marks the target, so a later `release` without `--hold` leaves the
+//! rolled-back tags where they are (see `stage::push`), and the state
+//! records the rollback for `runnerctl status`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::auth::Credentials;
+use crate::cli::RollbackArgs;
+use crate::image::destination::{self, Access, Destination, Manifest};
+use crate::image::reference::{ImageRef, Tag};
+use crate::report::{Report, StageReport};
+use crate::stage::push::ROLLED_BACK;
+use crate::state::{self, StageStatus};
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum RollbackError {
+    #[error("`{target}` is not at {image}: no tag or manifest by that name")]
+    #[diagnostic(
+        code(runnerctl::rollback::unknown_target),
+        help("nothing was changed. Name a tag the destination has (a date tag such as 20260629, or nix-<hash>) or a sha256: digest of a manifest in the repository; `skopeo list-tags {image}` lists the tags")
+    )]
+    UnknownTarget { target: String, image: String },
+
+    #[error("`{target}` is neither a tag nor a sha256: digest")]
+    #[diagnostic(
+        code(runnerctl::rollback::bad_target),
+        help("pass a tag (e.g. 20260629) or a digest written sha256:<64 hex digits>")
+    )]
+    BadTarget { target: String },
+
+    #[error(
+        "no state dir for rollback: neither --state-dir, -C, $XDG_STATE_HOME nor $HOME is set"
+    )]
+    #[diagnostic(code(runnerctl::rollback::state_dir), help("pass --state-dir DIR"))]
+    NoStateDir,
+}
+
+/// One tag's move.
+#[derive(Debug, Clone)]
+pub struct TagMove {
+    pub tag: String,
+    pub from: Option<String>,
+}
+
+/// Where rollback keeps its state: --state-dir, else the checkout's
+/// `.runnerctl` with -C, else `$XDG_STATE_HOME/runnerctl`.
+fn state_dir(args: &RollbackArgs) -> Result<PathBuf, RollbackError> {
+    let absolute = |dir: &PathBuf| {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(dir))
+            .unwrap_or_else(|_| dir.clone())
+    };
+    if let Some(dir) = &args.state_dir {
+        return Ok(absolute(dir));
+    }
+    if let Some(flake) = &args.flake {
+        return Ok(absolute(flake).join(".runnerctl"));
+    }
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/state"));
+    xdg.or(home)
+        .map(|dir| dir.join("runnerctl"))
+        .ok_or(RollbackError::NoStateDir)
+}
+
+fn check_target(target: &str) -> Result<(), RollbackError> {
+    let bad = || RollbackError::BadTarget {
+        target: crate::diagnostic::bound(target, 200),
+    };
+    match target.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        Some(_) => Err(bad()),
+        None => Tag::parse(target).map(|_| ()).map_err(|_| bad()),
+    }
+}
+
+/// Run a rollback; the report is filled in on failure too.
+pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
+    let started = Instant::now();
+    let mut report = Report::new("rollback", args.dry_run);
+    let result = rollback_inner(args, &mut report);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => {
+            report.outcome = if args.dry_run { "dry-run" } else { "success" }.into();
+            (report, None)
+        }
+        Err(err) => {
+            report.outcome = "failure".into();
+            report.error = Some(crate::report::ErrorReport {
+                message: crate::diagnostic::message(&err),
+                help: err.help().map(|h| h.to_string()),
+            });
+            (report, Some(err))
+        }
+    }
+}
+
+fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()> {
+    check_target(&args.target)?;
+    let tags: Vec<Tag> = if args.tags.iter().all(|t| t.trim().is_empty()) {
+        vec!["latest".parse()?, "unstable".parse()?]
+    } else {
+        let mut tags = Vec::new();
+        for text in args.tags.iter().filter(|t| !t.trim().is_empty()) {
+            let tag = Tag::parse(text.trim())?;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        tags
+    };
+    let state_dir = state_dir(args)?;
+    let image = match &args.image {
+        Some(text) => text.parse::<ImageRef>()?,
+        None => ImageRef::Oci {
+            dir: state_dir.join("oci"),
+        },
+    };
+    report.image = image.to_string();
+    report.tags = tags.iter().map(|t| t.to_string()).collect();
+    report.state_file = state_dir.join(state::STATE_FILE).display().to_string();
+    let credentials = Credentials::from_env()?;
+    let connected = destination::connect(
+        &image,
+        &Access {
+            credentials: &credentials,
+            tls_verify: args.tls_verify,
+            timeout: std::time::Duration::from_secs(args.registry_timeout),
+        },
+    )?;
+    let destination = connected.destination;
+    let target =
+        destination
+            .manifest(&args.target)?
+            .ok_or_else(|| RollbackError::UnknownTarget {
+                target: args.target.clone(),
+                image: image.to_string(),
+            })?;
+    report.digest = Some(target.digest.clone());
+    let mut moves = Vec::new();
+    for tag in &tags {
+        let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
+        if now.as_deref() != Some(target.digest.as_str()) {
+            moves.push(TagMove {
+                tag: tag.to_string(),
+                from: now,
+            });
+        }
+    }
+    let started = Instant::now();
+    let commands: Vec<String> = moves
+        .iter()
+        .map(|m| destination.describe_retag(&image, &m.tag, &target.digest))
+        .collect();
+    let described = describe(&moves, &target.digest);
+    if args.dry_run {
+        report.stages.push(StageReport {
+            name: "rollback".into(),
+            status: StageStatus::Planned,
+            note: if moves.is_empty() {
+                format!(
+                    "nothing to move: {} already at {}",
+                    report.tags.join(", "),
+                    target.digest
+                )
+            } else {
+                format!("would move {described}")
+            },
+            duration_ms: 0,
+            commands,
+        });
+        return Ok(());
+    }
+
+    let _lock = state::lock(&state_dir, &state_dir)?;
+    let mut saved = state::load(&state_dir)?;
+    move_tags(&destination, &moves, &target)?;
+    // The marker, so that a release without --hold leaves these tags.
+    if destination.manifest(ROLLED_BACK)?.map(|m| m.digest) != Some(target.digest.clone()) {
+        destination.retag(ROLLED_BACK, &target)?;
+    }
+    let at = state::now();
+    let note = if moves.is_empty() {
+        format!("{} already at {}", report.tags.join(", "), target.digest)
+    } else {
+        format!("moved {described}")
+    };
+    saved.rollback = Some(state::Rollback {
+        image: image.to_string(),
+        target: args.target.clone(),
+        digest: target.digest.clone(),
+        tags: report.tags.clone(),
+        at: at.clone(),
+    });
+    saved.command = Some("rollback".into());
+    saved.outcome = Some("success".into());
+    saved.started_at = Some(at.clone());
+    saved.finished_at = Some(at.clone());
+    saved.stages.clear();
+    saved.stages.insert(
+        "rollback".into(),
+        state::StageRecord {
+            status: StageStatus::Done,
+            fingerprint: None,
+            outputs: state::Outputs {
+                digest: Some(target.digest.clone()),
+                tags: report.tags.clone(),
+                ..state::Outputs::default()
+            },
+            note: Some(note.clone()),
+            started_at: Some(at.clone()),
+            finished_at: Some(at),
+            duration_ms: Some(started.elapsed().as_millis() as u64),
+        },
+    );
+    state::save(&state_dir, &saved)?;
+    report.stages.push(StageReport {
+        name: "rollback".into(),
+        status: StageStatus::Done,
+        note,
+        duration_ms: started.elapsed().as_millis() as u64,
+        commands,
+    });
+    Ok(())
+}
+
+fn move_tags(
+    destination: &Destination,
+    moves: &[TagMove],
+    target: &Manifest,
+) -> miette::Result<()> {
+    for m in moves {
+        destination.retag(&m.tag, target)?;
+    }
+    Ok(())
+}
+
+fn describe(moves: &[TagMove], to: &str) -> String {
+    moves
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {} → {to}",
+                m.tag,
+                m.from.as_deref().unwrap_or("(absent)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
