@@ -284,7 +284,7 @@ fn the_example_job_fails_in_an_image_whose_node_cannot_run_or_is_absent() {
     for (attr, why) in [
         (
             "nixos-node-lib",
-            "libdl.so.2: cannot open shared object file",
+            "node: error while loading shared libraries: ",
         ),
         ("nixos-no-node", "node: command not found"),
     ] {

@@ -177,7 +177,10 @@ fn an_image_whose_node_cannot_start_fails_smoke_before_any_push() {
         "{diagnostic}"
     );
     assert!(diagnostic.contains("(exit code 127)"), "{diagnostic}");
-    assert!(diagnostic.contains("libdl.so.2"), "{diagnostic}");
+    assert!(
+        diagnostic.contains("error while loading shared libraries"),
+        "{diagnostic}"
+    );
     assert!(diagnostic.contains("nothing was pushed"), "{diagnostic}");
 }
 
@@ -336,4 +339,35 @@ fn a_dry_run_names_the_engine_and_every_check_and_runs_none() {
     // Nothing ran: no image in podman, nothing in the registry.
     assert_eq!(w.podman.images(), Vec::<String>::new());
     w.assert_nothing_pushed();
+}
+
+#[test]
+fn smoke_leaves_the_names_in_the_engine_as_they_were() {
+    let w = World::new();
+    // An image of someone else's under the name the archive carries
+    // (RepoTags `nixos-runnable:latest`): it keeps that name.
+    let out = w.repo.build("nixos-no-node");
+    w.podman
+        .run(&["load", "--quiet", "--input", &out.display().to_string()]);
+    let id = |name: &str| {
+        w.podman
+            .run(&["image", "inspect", "--format", "{{.Id}}", name])
+            .trim()
+            .to_string()
+    };
+    let their_id = id("localhost/nixos-runnable:latest");
+
+    let run = w.release(&["--attr", "nixos", "--smoke", "always"]);
+    run.assert_success();
+    assert_eq!(id("localhost/nixos-runnable:latest"), their_id, "{run}");
+    assert_eq!(
+        w.podman.images(),
+        vec!["localhost/nixos-runnable:latest".to_string()]
+    );
+
+    // With no such image before, the name is gone again afterwards.
+    w.podman.run(&["rmi", "localhost/nixos-runnable:latest"]);
+    let run = w.release(&["--attr", "nixos-nix-conf"]);
+    run.assert_code(1);
+    assert_eq!(w.podman.images(), Vec::<String>::new(), "{run}");
 }
