@@ -1401,8 +1401,9 @@ pub fn find_on_path(tool: &str, exclude: &Path) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------
 
 /// Runs the runnerctl binary: no RUNNERCTL_* variables from the outer
-/// environment (and `RUNNERCTL_SMOKE=never` unless the test sets it), stdin closed, its own process group (killed as a whole on
-/// timeout), stdout and stderr captured.
+/// environment (and `RUNNERCTL_SMOKE=never` unless the test sets it), stdin
+/// closed, its own process group (killed as a whole on timeout), stdout and
+/// stderr captured.
 pub struct Run {
     program: PathBuf,
     args: Vec<String>,

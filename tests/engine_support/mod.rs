@@ -14,6 +14,8 @@
 //! - [`require`]: a missing podman, runc or act fails the test with the way
 //!   to install it.
 //! - [`path_without_engines`]: a PATH on which neither podman nor docker is.
+//! - [`TlsServer`]: `openssl s_server` with a throw-away CA, for a job's TLS
+//!   step.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
