@@ -10,7 +10,8 @@ use thiserror::Error;
 use crate::auth::AuthFile;
 use crate::config::{Config, Mode};
 use crate::flake_lock::{DateTag, FlakeLock};
-use crate::image::reference::Tag;
+use crate::image::destination::Destination;
+use crate::image::reference::{ImageRef, Tag};
 use crate::progress::{Event, Reporter};
 use crate::report::{ErrorReport, Report, StageReport};
 use crate::stage::{self, Check, Stage};
@@ -98,6 +99,18 @@ impl Ctx {
         match &self.dry_flake {
             Some(dir) => dir.path().to_path_buf(),
             None => self.cfg.flake.clone(),
+        }
+    }
+
+    /// The destination the run's preflight connected to.
+    pub fn destination(&self) -> miette::Result<Destination> {
+        match &self.cfg.image {
+            ImageRef::Oci { dir } => Ok(Destination::Layout { dir: dir.clone() }),
+            ImageRef::Docker { .. } => Ok(Destination::Registry {
+                client: self.registry.clone().ok_or(Missing {
+                    what: "the registry client",
+                })?,
+            }),
         }
     }
 

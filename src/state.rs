@@ -17,7 +17,6 @@ pub const LOCK_FILE: &str = "lock";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageStatus {
-    Pending,
     Running,
     Done,
     Skipped,
@@ -28,7 +27,6 @@ pub enum StageStatus {
 impl StageStatus {
     pub fn as_str(self) -> &'static str {
         match self {
-            StageStatus::Pending => "pending",
             StageStatus::Running => "running",
             StageStatus::Done => "done",
             StageStatus::Skipped => "skipped",
@@ -43,7 +41,7 @@ impl StageStatus {
             StageStatus::Skipped => "○",
             StageStatus::Failed => "✘",
             StageStatus::Planned => "…",
-            StageStatus::Pending | StageStatus::Running => "·",
+            StageStatus::Running => "·",
         }
     }
 }

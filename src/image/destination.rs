@@ -22,6 +22,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest's bytes, with the media type they declare.
+    pub fn from_bytes(bytes: Vec<u8>) -> Manifest {
+        let media_type = registry::media_type_of(&bytes);
+        Manifest::new(bytes, media_type)
+    }
+
     fn new(bytes: Vec<u8>, media_type: String) -> Manifest {
         Manifest {
             digest: sha256_digest(&bytes),

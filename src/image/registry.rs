@@ -543,8 +543,6 @@ impl Registry {
             })
     }
 
-    /// Send a request, answering one authentication challenge, and pick the
-    /// scheme that works.
     /// `GET /v2/` once, as docker clients do: learns the scheme and answers
     /// the authentication challenge before any request with a body, so no
     /// manifest is sent twice.
@@ -617,6 +615,8 @@ impl Registry {
         }
     }
 
+    /// Send a request, answering one authentication challenge, and pick the
+    /// scheme that works.
     fn execute(&self, req: Request) -> Result<Option<ureq::Response>, RegistryError> {
         self.ping()?;
         let (scheme, mut authorization) = {

@@ -8,8 +8,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::{Check, Done, Stage};
-use crate::image::destination::{Destination, Manifest};
-use crate::image::reference::ImageRef;
+use crate::image::destination::Manifest;
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::Outputs;
@@ -56,7 +55,7 @@ impl Promote {
             what: "the out path",
         })?;
         let nix_tag = format!("nix-{}", eval.out_path.hash_part());
-        let destination = destination(cx)?;
+        let destination = cx.destination()?;
         let held = destination.manifest(&nix_tag)?.ok_or_else(|| NotHeld {
             tag: nix_tag.clone(),
             image: cx.cfg.image.to_string(),
@@ -87,18 +86,6 @@ impl Promote {
             out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
             ..Outputs::default()
         }
-    }
-}
-
-/// The destination the run's preflight connected to.
-pub fn destination(cx: &Ctx) -> miette::Result<Destination> {
-    match &cx.cfg.image {
-        ImageRef::Oci { dir } => Ok(Destination::Layout { dir: dir.clone() }),
-        ImageRef::Docker { .. } => Ok(Destination::Registry {
-            client: cx.registry.clone().ok_or(Missing {
-                what: "the registry client",
-            })?,
-        }),
     }
 }
 
@@ -142,7 +129,7 @@ impl Stage for Promote {
     }
 
     fn plan(&self, cx: &Ctx) -> Vec<String> {
-        let Ok(destination) = destination(cx) else {
+        let Ok(destination) = cx.destination() else {
             return Vec::new();
         };
         cx.tags
@@ -158,7 +145,7 @@ impl Stage for Promote {
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
         let Survey { held, moves, .. } = Self::survey(cx).await?;
-        let destination = destination(cx)?;
+        let destination = cx.destination()?;
         for m in &moves {
             cx.reporter().emit(Event::Command {
                 command: destination.describe_retag(&cx.cfg.image, &m.tag, &held.digest),

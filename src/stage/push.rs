@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Check, Done, Stage};
 use crate::digest::sha256_digest;
+use crate::image::destination::Manifest;
 use crate::image::reference::{ImageRef, Tag};
-use crate::image::registry::{self, Registry as RegistryClient};
+use crate::image::registry::Registry as RegistryClient;
 use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
@@ -142,9 +143,7 @@ impl Push {
             return Ok(Vec::new());
         }
         // One in-process request: no skopeo start-up on every release.
-        let marker = crate::stage::promote::destination(cx)?
-            .manifest(ROLLED_BACK)?
-            .map(|m| m.digest);
+        let marker = cx.destination()?.manifest(ROLLED_BACK)?.map(|m| m.digest);
         let Some(marker) = marker else {
             return Ok(Vec::new());
         };
@@ -269,7 +268,6 @@ impl Push {
         Ok(map)
     }
 
-    /// Write the image as an OCI layout at `dir`, reusing `reuse`.
     /// The uncompressed docker-archive for the out path.
     async fn archive(cx: &mut Ctx) -> miette::Result<PathBuf> {
         if let Some(archive) = &cx.archive {
@@ -684,42 +682,19 @@ impl Stage for Push {
                 skipped: true,
             }));
         }
-        if let (false, ImageRef::Oci { dir }) = (lagging.is_empty(), &cx.cfg.image) {
-            let tags: Vec<String> = lagging.iter().map(|s| s.tag.to_string()).collect();
-            layout::add_tags(dir, &digest, &tags)?;
-            for tag in tags {
-                cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                    tag: tag.clone(),
-                    skipped: false,
-                }));
-                written.push(tag);
-            }
-        } else if let (
-            false,
-            ImageRef::Docker {
-                registry,
-                repository,
-            },
-        ) = (lagging.is_empty(), &cx.cfg.image)
-        {
-            let client = client.as_ref().ok_or(Missing { what: "a registry" })?;
-            let (bytes, media_type) = match manifest {
-                Some(bytes) => {
-                    let media_type = registry::media_type_of(&bytes);
-                    (bytes, media_type)
-                }
-                None => client.manifest(&digest)?.ok_or(Missing {
+        if !lagging.is_empty() {
+            let destination = cx.destination()?;
+            let manifest = match manifest {
+                Some(bytes) => Manifest::from_bytes(bytes),
+                None => destination.manifest(&digest)?.ok_or(Missing {
                     what: "the pushed manifest",
                 })?,
             };
             for s in lagging {
                 cx.reporter().emit(Event::Command {
-                    command: format!(
-                        "PUT {}/v2/{repository}/manifests/{} ({digest})",
-                        registry, s.tag
-                    ),
+                    command: destination.describe_retag(&cx.cfg.image, s.tag.as_str(), &digest),
                 });
-                client.put_manifest(s.tag.as_str(), &bytes, &media_type)?;
+                destination.retag(s.tag.as_str(), &manifest)?;
                 cx.reporter().emit(Event::Push(PushEvent::TagWritten {
                     tag: s.tag.to_string(),
                     skipped: false,
