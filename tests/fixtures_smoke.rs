@@ -3,6 +3,7 @@
 //! accept, and the helpers observe what runnerctl's tests need.
 
 mod common;
+mod engine_support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -308,4 +309,45 @@ fn shims_log_calls_and_fail_once() {
         .timeout(Duration::from_millis(300))
         .run();
     assert!(slow.timed_out && slow.code.is_none(), "{slow:?}");
+}
+
+#[test]
+fn the_runnable_fixture_carries_the_extra_ca_and_follows_its_nixpkgs_input() {
+    let mut nixpkgs = StandInNixpkgs::new();
+    let ca = "-----BEGIN CERTIFICATE-----\nrunnerctl fixture check\n-----END CERTIFICATE-----\n";
+    let repo = engine_support::runnable_repo(&nixpkgs, Some(ca));
+
+    let good_path = repo.build("nixos");
+    let good = DockerArchive::read(&good_path);
+    for f in [
+        "bin/bash", "bin/node", "bin/nix", "bin/git", "bin/curl", "bin/tail",
+    ] {
+        assert!(good.files.contains(f), "nixos lacks {f}");
+    }
+    assert_eq!(
+        good.file_text("etc/nixpkgs-input").as_deref(),
+        Some(format!("{}\n", nixpkgs.rev()).as_str())
+    );
+    let bundle = good
+        .file_text("etc/ssl/certs/ca-bundle.crt")
+        .expect("CA bundle");
+    assert!(
+        bundle.ends_with(ca),
+        "the extra CA is not at the end of the bundle"
+    );
+    assert!(bundle.len() > ca.len(), "the host's CAs are missing");
+
+    // The broken variants are checked by what they do: tests/smoke.rs and
+    // tests/act_job.rs.
+
+    // A new nixpkgs commit makes a new image.
+    let rev = nixpkgs.commit(T0 + DAY);
+    repo.update_nixpkgs();
+    let updated_path = repo.build("nixos");
+    assert_ne!(updated_path, good_path);
+    let updated = DockerArchive::read(&updated_path);
+    assert_eq!(
+        updated.file_text("etc/nixpkgs-input").as_deref(),
+        Some(format!("{rev}\n").as_str())
+    );
 }

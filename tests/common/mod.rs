@@ -322,7 +322,19 @@ pub struct RunnerRepo {
 impl RunnerRepo {
     /// The plain fixture: one input, `nixpkgs`, whose lock node is `nixpkgs`.
     pub fn new(nixpkgs: &StandInNixpkgs) -> Self {
-        Self::create(nixpkgs, None)
+        Self::create(
+            nixpkgs,
+            None,
+            RUNNER_FLAKE_NIX,
+            &[("build-image.sh", RUNNER_BUILD_IMAGE_SH.as_bytes())],
+        )
+    }
+
+    /// Like [`new`](Self::new) with another fixture flake (which must have
+    /// the runner flake's `nixpkgs` input line) and the files beside it
+    /// (path relative to the repo, contents), e.g. the runnable fixture.
+    pub fn with_flake(nixpkgs: &StandInNixpkgs, flake_nix: &str, files: &[(&str, &[u8])]) -> Self {
+        Self::create(nixpkgs, None, flake_nix, files)
     }
 
     /// The fixture with a second input `base` (a flake whose own `nixpkgs`
@@ -331,19 +343,29 @@ impl RunnerRepo {
     /// input resolves to the node **`nixpkgs_2`** (checked against the
     /// generated flake.lock; see [`nixpkgs_node`](Self::nixpkgs_node)).
     pub fn with_shadowed_nixpkgs(nixpkgs: &StandInNixpkgs, base_nixpkgs_rev: &str) -> Self {
-        Self::create(nixpkgs, Some(base_nixpkgs_rev))
+        Self::create(
+            nixpkgs,
+            Some(base_nixpkgs_rev),
+            RUNNER_FLAKE_NIX,
+            &[("build-image.sh", RUNNER_BUILD_IMAGE_SH.as_bytes())],
+        )
     }
 
-    fn create(nixpkgs: &StandInNixpkgs, base_rev: Option<&str>) -> Self {
+    fn create(
+        nixpkgs: &StandInNixpkgs,
+        base_rev: Option<&str>,
+        flake_nix: &str,
+        files: &[(&str, &[u8])],
+    ) -> Self {
         let root = new_tempdir("runner");
         let work = root.path().join("work");
         let remote = root.path().join("remote.git");
         let nix_env = nix_env(&root.path().join("nix"));
 
-        let mut flake = RUNNER_FLAKE_NIX.to_string();
+        let mut flake = flake_nix.to_string();
         assert!(
             flake.contains(NIXPKGS_INPUT_LINE),
-            "fixture runner flake.nix lost the line {NIXPKGS_INPUT_LINE:?}"
+            "fixture flake.nix lost the line {NIXPKGS_INPUT_LINE:?}"
         );
         let base = base_rev.map(|rev| {
             let base = new_tempdir("base");
@@ -380,8 +402,9 @@ impl RunnerRepo {
         git(&work, &["config", "user.email", GIT_EMAIL]);
         git(&work, &["config", "commit.gpgsign", "false"]);
         write_file(&work.join("flake.nix"), flake);
-        let script = work.join("build-image.sh");
-        write_file(&script, RUNNER_BUILD_IMAGE_SH);
+        for (path, contents) in files {
+            write_file(&work.join(path), contents);
+        }
         write_file(&work.join(".gitignore"), "result\nresult-*\n");
         write_file(
             &work.join("README.md"),
@@ -1378,8 +1401,9 @@ pub fn find_on_path(tool: &str, exclude: &Path) -> Option<PathBuf> {
 // ---------------------------------------------------------------------------
 
 /// Runs the runnerctl binary: no RUNNERCTL_* variables from the outer
-/// environment, stdin closed, its own process group (killed as a whole on
-/// timeout), stdout and stderr captured.
+/// environment (and `RUNNERCTL_SMOKE=never` unless the test sets it), stdin
+/// closed, its own process group (killed as a whole on timeout), stdout and
+/// stderr captured.
 pub struct Run {
     program: PathBuf,
     args: Vec<String>,
@@ -1477,8 +1501,10 @@ impl Run {
             }
         }
         cmd.envs(git_env());
-        // The fixture runner images hold placeholder files, not programs:
-        // only the smoke tests (which use runnable images) start them.
+        // The fixture runner images hold placeholder files, not programs,
+        // and an engine on this machine, configured for its users, is no
+        // part of a test: only the smoke tests (runnable images, the engine
+        // configuration of tests/engine_support) start containers.
         cmd.env("RUNNERCTL_SMOKE", "never");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.cwd {
