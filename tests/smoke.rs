@@ -5,6 +5,8 @@
 //! working or broken in one way each.
 
 mod common;
+
+use runnerctl::image::smoke::DEFAULT_CHECKS;
 mod engine_support;
 
 use std::time::{Duration, Instant};
@@ -137,7 +139,10 @@ fn smoke_passes_on_a_working_image_and_then_the_tags_are_pushed() {
     assert_eq!(status(&json, "verify"), "done", "{out}");
     assert_eq!(status(&json, "smoke"), "done", "{out}");
     assert!(
-        note(&json, "smoke").contains("6 check(s) passed in a podman job container"),
+        note(&json, "smoke").contains(&format!(
+            "{} check(s) passed in a podman job container",
+            DEFAULT_CHECKS.len()
+        )),
         "{out}"
     );
     assert_eq!(status(&json, "push"), "done", "{out}");
@@ -240,7 +245,8 @@ fn extra_checks_run_after_the_defaults_or_instead_of_them() {
     ]);
     out.assert_success();
     assert!(
-        note(&out.json(), "smoke").contains("8 check(s) passed"),
+        note(&out.json(), "smoke")
+            .contains(&format!("{} check(s) passed", DEFAULT_CHECKS.len() + 2)),
         "{out}"
     );
     w.assert_no_smoke_leftovers();
@@ -327,7 +333,10 @@ fn a_dry_run_names_the_engine_and_every_check_and_runs_none() {
     out.assert_success();
     let text = format!("{}\n{}", out.stdout, out.stderr);
     assert!(
-        text.contains("would run 7 check(s) in podman: node --version; nix --version"),
+        text.contains(&format!(
+            "would run {} check(s) in podman: node --version; nix --version",
+            DEFAULT_CHECKS.len() + 1
+        )),
         "{out}"
     );
     assert!(text.contains("jq --version"), "{out}");
@@ -370,4 +379,146 @@ fn smoke_leaves_the_names_in_the_engine_as_they_were() {
     let run = w.release(&["--attr", "nixos-nix-conf"]);
     run.assert_code(1);
     assert_eq!(w.podman.images(), Vec::<String>::new(), "{run}");
+}
+
+#[test]
+fn an_engine_that_does_not_work_is_skipped_under_auto_and_an_error_under_always() {
+    let w = World::new();
+    // A docker CLI without a daemon: its `info` fails as docker's does.
+    let bin = path_without_engines();
+    let docker = bin.path().join("docker");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n",
+    )
+    .expect("write docker");
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod docker");
+    let path = bin.path().display().to_string();
+
+    let out = timed(&["--smoke", "always", "(docker without a daemon)"], || {
+        w.runnerctl("release", &["--attr", "nixos", "--smoke", "always"])
+            .env("PATH", &path)
+            .run()
+    });
+    out.assert_code(1);
+    assert_eq!(status(&out.json(), "smoke"), "failed", "{out}");
+    assert!(
+        out.stderr.contains("no container engine works here")
+            && out
+                .stderr
+                .contains("`docker info` failed (Cannot connect to the Docker daemon"),
+        "{out}"
+    );
+    w.assert_nothing_pushed();
+
+    let out = timed(&["--smoke", "auto", "(docker without a daemon)"], || {
+        w.runnerctl("release", &["--attr", "nixos"])
+            .env("PATH", &path)
+            .run()
+    });
+    out.assert_success();
+    let json = out.json();
+    assert_eq!(status(&json, "smoke"), "skipped", "{out}");
+    assert!(
+        note(&json, "smoke").contains("`docker info` failed (Cannot connect to the Docker daemon"),
+        "{out}"
+    );
+    assert!(w.registry.tags(IMAGE_REPO).contains(&"latest".to_string()));
+}
+
+/// Processes whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            args.len() == words.len() && args.iter().zip(words).all(|(a, w)| *a == w.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn sigterm_during_a_check_removes_the_job_container_and_the_image() {
+    let w = World::new();
+    // A check that takes long; the marker makes its process findable.
+    let marker = format!("{}", 600 + std::process::id() % 300);
+    let check = format!("sleep {marker}");
+    let mut cmd = w
+        .runnerctl(
+            "release",
+            &[
+                "--attr",
+                "nixos",
+                "--smoke-no-defaults",
+                "--smoke-cmd",
+                &check,
+            ],
+        )
+        .command();
+    let mut child = cmd.spawn().expect("start runnerctl");
+    let started = Instant::now();
+    while processes_running(&["sleep", &marker]) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the check never started"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "runnerctl ended early"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(w
+        .podman
+        .containers()
+        .iter()
+        .any(|c| c.starts_with("runnerctl-smoke-")));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(360),
+            "runnerctl did not end after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "exit status after SIGTERM: {status:?}"
+    );
+    assert_eq!(
+        w.podman
+            .containers()
+            .into_iter()
+            .filter(|c| c.starts_with("runnerctl-smoke-"))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new()
+    );
+    assert!(
+        !w.podman
+            .images()
+            .iter()
+            .any(|i| i.contains("runnerctl-smoke")),
+        "{:?}",
+        w.podman.images()
+    );
+    assert_eq!(
+        processes_running(&["sleep", &marker]),
+        0,
+        "the check's process is gone"
+    );
+    w.assert_nothing_pushed();
 }
