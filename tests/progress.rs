@@ -240,6 +240,7 @@ fn plain_output_and_json_shape_across_success_noop_and_failure() {
             "update",
             "build",
             "verify",
+            "smoke",
             "push",
             "commit",
             "git-push"
