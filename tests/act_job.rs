@@ -19,8 +19,14 @@ use common::*;
 use engine_support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
-const JOB_YML: &str = include_str!("../examples/nixos-job/job.yml");
-const JOB_FLAKE_NIX: &str = include_str!("../examples/nixos-job/flake.nix");
+/// A file of examples/nixos-job, read when the test runs (the crate source
+/// that nix/source.nix selects holds no examples/, and must still compile).
+fn example(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/nixos-job")
+        .join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
 
 /// A registry, an HTTPS server, a podman storage with its API service, and a
 /// user repository holding the example job and flake.
@@ -46,8 +52,8 @@ impl World {
             .expect("a temp dir for the job's repository");
         let r = user_repo.path();
         fs::create_dir_all(r.join(".forgejo/workflows")).expect("mkdir .forgejo/workflows");
-        fs::write(r.join(".forgejo/workflows/nix.yml"), JOB_YML).expect("write the job");
-        fs::write(r.join("flake.nix"), JOB_FLAKE_NIX).expect("write the job's flake");
+        fs::write(r.join(".forgejo/workflows/nix.yml"), example("job.yml")).expect("write the job");
+        fs::write(r.join("flake.nix"), example("flake.nix")).expect("write the job's flake");
         git(r, &["init", "--quiet", "--initial-branch=main"]);
         git(r, &["add", "--all"]);
         git(
