@@ -265,3 +265,73 @@ fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
     );
     assert_no_secret(&w, &out, "after a kill and a rerun");
 }
+
+/// promote and rollback log in the same way (one in-process client, no
+/// skopeo, no auth file): the password appears nowhere either, on success
+/// or when the registry refuses it.
+#[test]
+fn promote_and_rollback_never_leak_the_registry_password() {
+    let mut w = World::new();
+    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.user = SECRET_USER.to_string();
+    w.password = SECRET.to_string();
+    w.hooks.probe_secret(SECRET);
+    w.nixpkgs.commit(w.new_time + DAY);
+    let first = w.bump(&["--json"]);
+    first.assert_success();
+    let date = first.json()["date"].as_str().expect("date").to_string();
+    w.nixpkgs.commit(w.new_time + 2 * DAY);
+    w.bump(&["--hold"]).assert_success();
+
+    let image = w.image();
+    let promote = |w: &World, json: bool| {
+        let mut args = vec![
+            "promote".to_string(),
+            "--image".into(),
+            image.clone(),
+            "--tls-verify=false".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        w.run(&args)
+    };
+    let rollback = |w: &World, json: bool| {
+        let mut args = vec![
+            "rollback".to_string(),
+            date.clone(),
+            "-C".into(),
+            ".".into(),
+            "--image".into(),
+            image.clone(),
+            "--tls-verify=false".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        w.run(&args)
+    };
+    for json in [false, true] {
+        let out = promote(&w, json);
+        out.assert_success();
+        assert_no_secret(&w, &out, &format!("promote, json: {json}"));
+        let out = rollback(&w, json);
+        out.assert_success();
+        assert_no_secret(&w, &out, &format!("rollback, json: {json}"));
+    }
+    assert_eq!(
+        w.registry.digest(IMAGE_REPO, "latest"),
+        w.registry.digest(IMAGE_REPO, &date)
+    );
+
+    // A wrong password (just as secret): refused, named, not shown.
+    w.password = format!("{SECRET}-wrong");
+    for json in [false, true] {
+        let out = promote(&w, json);
+        assert_diagnostic(&out, "runnerctl::preflight::login");
+        assert_no_secret(&w, &out, &format!("promote refused, json: {json}"));
+        let out = rollback(&w, json);
+        assert_diagnostic(&out, "runnerctl::preflight::login");
+        assert_no_secret(&w, &out, &format!("rollback refused, json: {json}"));
+    }
+}
