@@ -74,11 +74,19 @@ pub fn detect(path: &Path) -> Result<ArchiveKind, ArchiveError> {
     Ok(kind_of(&head[..n]))
 }
 
+/// gzip's magic number: the one place runnerctl recognises gzip (archives,
+/// and layers inside them).
+pub fn is_gzip(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b])
+}
+
 pub fn kind_of(head: &[u8]) -> ArchiveKind {
-    match head {
-        [0x1f, 0x8b, ..] => ArchiveKind::Gzip,
-        [b'#', b'!', ..] => ArchiveKind::Script,
-        _ => ArchiveKind::Tar,
+    if is_gzip(head) {
+        ArchiveKind::Gzip
+    } else if head.starts_with(b"#!") {
+        ArchiveKind::Script
+    } else {
+        ArchiveKind::Tar
     }
 }
 

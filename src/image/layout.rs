@@ -283,7 +283,7 @@ fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::
         hash: Sha256::new(),
         size: 0,
     };
-    if n == 2 && head == [0x1f, 0x8b] {
+    if super::archive::is_gzip(&head[..n]) {
         // Already gzip: use the bytes as they are.
         out.write_all(&head[..n])?;
         std::io::copy(&mut reader, &mut out)?;

@@ -251,7 +251,7 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
             let reader: Box<dyn Read + '_> = {
                 use std::io::BufRead;
                 let buf = head.fill_buf().map_err(|e| format(e.to_string()))?;
-                if buf.starts_with(&[0x1f, 0x8b]) {
+                if archive::is_gzip(buf) {
                     Box::new(flate2::read::MultiGzDecoder::new(head))
                 } else {
                     Box::new(head)
