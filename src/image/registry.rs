@@ -543,6 +543,23 @@ impl Registry {
             })
     }
 
+    /// The Authorization header that answers a 401's challenge: a token for
+    /// a Bearer challenge, else the Basic credentials (None without any).
+    fn answer(&self, resp: &ureq::Response) -> Result<Option<String>, RegistryError> {
+        match resp.header("WWW-Authenticate").and_then(parse_challenge) {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => Ok(Some(self.token(
+                &realm,
+                service.as_deref(),
+                scope.as_deref(),
+            )?)),
+            _ => Ok(self.basic.as_ref().map(Basic::header)),
+        }
+    }
+
     /// `GET /v2/` once, as docker clients do: learns the scheme and answers
     /// the authentication challenge before any request with a body, so no
     /// manifest is sent twice.
@@ -555,16 +572,7 @@ impl Registry {
             let url = format!("{scheme}://{}/v2/", self.registry);
             let authorization = match self.agent.get(&url).call() {
                 Ok(_) => None,
-                Err(ureq::Error::Status(401, resp)) => {
-                    match resp.header("WWW-Authenticate").and_then(parse_challenge) {
-                        Some(Challenge::Bearer {
-                            realm,
-                            service,
-                            scope,
-                        }) => Some(self.token(&realm, service.as_deref(), scope.as_deref())?),
-                        _ => self.basic.as_ref().map(Basic::header),
-                    }
-                }
+                Err(ureq::Error::Status(401, resp)) => self.answer(&resp)?,
                 // Some registries answer 404 or 403 here; the request
                 // itself will tell.
                 Err(ureq::Error::Status(_, _)) => None,
@@ -652,19 +660,9 @@ impl Registry {
                     }
                     Err(ureq::Error::Status(401, resp)) if !answered_challenge => {
                         answered_challenge = true;
-                        let challenge = resp.header("WWW-Authenticate").and_then(parse_challenge);
-                        authorization = match challenge {
-                            Some(Challenge::Bearer {
-                                realm,
-                                service,
-                                scope,
-                            }) => Some(self.token(&realm, service.as_deref(), scope.as_deref())?),
-                            _ => match &self.basic {
-                                Some(basic) => Some(basic.header()),
-                                None => {
-                                    return Err(RegistryError::Unauthorized { url, status: 401 })
-                                }
-                            },
+                        authorization = match self.answer(&resp)? {
+                            Some(answer) => Some(answer),
+                            None => return Err(RegistryError::Unauthorized { url, status: 401 }),
                         };
                     }
                     Err(ureq::Error::Status(status, _)) if status == 401 || status == 403 => {
