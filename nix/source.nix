@@ -11,7 +11,10 @@ let
     # sets RUNNERCTL_GIT_REV, which `runnerctl --version` (src/cli.rs) needs
     ../build.rs
     ../src
-    # src/demo.rs embeds tests/fixtures; Cargo finds the test targets here
+    # the demo's stand-in nixpkgs and fixture runner flake, which src/demo.rs
+    # embeds (the tests use the same files)
+    ../demo
+    # Cargo finds the test targets here
     ../tests
     # proptest replays these known failures in the unit tests
     ../proptest-regressions

@@ -18,9 +18,9 @@ use crate::pipeline;
 use crate::progress::{Reporter, Verbosity};
 use crate::tool::{Cmd, Runner};
 
-const NIXPKGS_FLAKE: &str = include_str!("../tests/fixtures/nixpkgs/flake.nix");
-const RUNNER_FLAKE: &str = include_str!("../tests/fixtures/runner/flake.nix");
-const BUILD_SCRIPT: &str = include_str!("../tests/fixtures/runner/build-image.sh");
+const NIXPKGS_FLAKE: &str = include_str!("../demo/nixpkgs/flake.nix");
+const RUNNER_FLAKE: &str = include_str!("../demo/runner/flake.nix");
+const BUILD_SCRIPT: &str = include_str!("../demo/runner/build-image.sh");
 
 /// The first stand-in nixpkgs commit: 2026-06-29 UTC, the date of the pin
 /// in this repository's real flake.lock.

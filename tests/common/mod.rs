@@ -30,11 +30,11 @@ use base64::Engine as _;
 use tempfile::TempDir;
 
 /// The stand-in nixpkgs flake; `@PAYLOAD@` is replaced per commit.
-pub const NIXPKGS_FLAKE_NIX: &str = include_str!("../fixtures/nixpkgs/flake.nix");
+pub const NIXPKGS_FLAKE_NIX: &str = include_str!("../../demo/nixpkgs/flake.nix");
 /// The fixture runner flake; `@NIXPKGS_URL@` is replaced by the stand-in's URL.
-pub const RUNNER_FLAKE_NIX: &str = include_str!("../fixtures/runner/flake.nix");
+pub const RUNNER_FLAKE_NIX: &str = include_str!("../../demo/runner/flake.nix");
 /// The builder script the runner flake's derivations run.
-pub const RUNNER_BUILD_IMAGE_SH: &str = include_str!("../fixtures/runner/build-image.sh");
+pub const RUNNER_BUILD_IMAGE_SH: &str = include_str!("../../demo/runner/build-image.sh");
 /// A flake with its own `nixpkgs` input, used to shift the runner's node name.
 pub const BASE_FLAKE_NIX: &str = include_str!("../fixtures/base/flake.nix");
 

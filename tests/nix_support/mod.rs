@@ -20,6 +20,7 @@ pub const CRATE_SOURCE: &[&str] = &[
     "Cargo.lock",
     "Cargo.toml",
     "build.rs",
+    "demo",
     "proptest-regressions",
     "src",
     "tests",
