@@ -47,12 +47,6 @@ fn utc_date(secs: i64) -> time::Date {
         .date()
 }
 
-/// `YYYYMMDD` (UTC): the date tag.
-fn date_tag(secs: i64) -> String {
-    let d = utc_date(secs);
-    format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
 /// `YYYY-MM-DD` (UTC): the date in the commit body.
 fn date_dashed(secs: i64) -> String {
     let d = utc_date(secs);
@@ -248,20 +242,6 @@ impl Drop for World {
             );
         }
     }
-}
-
-/// `nix-<hash>`: the content-addressed tag of an out path.
-fn nix_tag(out_path: &str) -> String {
-    let name = Path::new(out_path)
-        .file_name()
-        .unwrap_or_else(|| panic!("no file name in {out_path}"))
-        .to_string_lossy()
-        .into_owned();
-    let (hash, _) = name
-        .split_once('-')
-        .unwrap_or_else(|| panic!("{out_path} is not a store path"));
-    assert_eq!(hash.len(), 32, "{out_path}");
-    format!("nix-{hash}")
 }
 
 fn the_four_tags(date: &str, out_path: &str) -> Vec<String> {

@@ -523,26 +523,6 @@ fn digest(registry: &TokenRegistry, key: &SigningKey, repo: &str, tag: &str) -> 
     }
 }
 
-fn nix_tag(out_path: &str) -> String {
-    let name = Path::new(out_path)
-        .file_name()
-        .unwrap_or_else(|| panic!("no file name in {out_path}"))
-        .to_string_lossy()
-        .into_owned();
-    let (hash, _) = name
-        .split_once('-')
-        .unwrap_or_else(|| panic!("{out_path} is not a store path"));
-    assert_eq!(hash.len(), 32, "{out_path}");
-    format!("nix-{hash}")
-}
-
-fn date_tag(secs: i64) -> String {
-    let d = time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
-        .date();
-    format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
 // ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------

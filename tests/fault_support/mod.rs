@@ -43,12 +43,6 @@ pub fn bump_subject(date: &str) -> String {
     format!("chore(ci): Update nixos to {date}")
 }
 
-/// `YYYYMMDD` of a Unix time, UTC (what runnerctl's `{date}` must be).
-pub fn date_tag(secs: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).expect("valid unix time");
-    format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day())
-}
-
 /// A commit time that, with high probability, no other test (in this or an
 /// earlier run of the suite) uses, so that the fixture image's out path is
 /// new to the Nix store and `nix build` really has to run.
@@ -60,10 +54,6 @@ fn write_executable(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// `text` with miette's gutters (`|`, `│`) removed and its line wrapping
