@@ -13,7 +13,7 @@ use crate::flake_lock::{DateTag, FlakeLock};
 use crate::image::destination::Destination;
 use crate::image::reference::{ImageRef, Tag};
 use crate::progress::{Event, Reporter};
-use crate::report::{ErrorReport, Report, StageReport};
+use crate::report::{ErrorReport, Outcome, Report, StageReport};
 use crate::stage::{self, Check, Stage};
 use crate::state::{self, Outputs, StageRecord, StageStatus, State};
 use crate::tool::git::{Git, Upstream};
@@ -355,11 +355,11 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
     report.duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(outcome) => {
-            report.outcome = outcome.to_string();
+            report.outcome = outcome.as_str().to_string();
             (report, None)
         }
         Err(err) => {
-            report.outcome = "failure".into();
+            report.outcome = Outcome::Failure.as_str().into();
             report.error = Some(ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -373,7 +373,7 @@ async fn run_inner(
     cfg: Config,
     reporter: Reporter,
     report: &mut Report,
-) -> miette::Result<&'static str> {
+) -> miette::Result<Outcome> {
     // Auth files of runs that were killed (kill -9 skips every cleanup).
     crate::auth::remove_stale_auth_files(&std::env::temp_dir());
     // The run lock and the state (not in a dry run: it changes nothing).
@@ -396,10 +396,7 @@ async fn run_inner(
     };
     let mode = cfg.mode;
     let resume = saved.command.as_deref() == Some(mode.as_str())
-        && !matches!(
-            saved.outcome.as_deref(),
-            Some("success") | Some("up-to-date")
-        );
+        && !Outcome::finished(saved.outcome.as_deref());
     if !cfg.dry_run {
         if !resume {
             saved.stages.clear();
@@ -460,10 +457,10 @@ async fn run_inner(
     };
     let interrupted = crate::tool::children::interrupted();
     let outcome = match &result {
-        Ok(_) if cx.cfg.dry_run => "dry-run",
-        Ok(_) if cx.up_to_date => "up-to-date",
-        Ok(_) => "success",
-        Err(_) => "failure",
+        Ok(_) if cx.cfg.dry_run => Outcome::DryRun,
+        Ok(_) if cx.up_to_date => Outcome::UpToDate,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
     };
     if !cx.cfg.dry_run {
         if mode == Mode::Bump && result.is_ok() {
@@ -485,10 +482,11 @@ async fn run_inner(
         }
         cx.state.outcome = Some(
             if interrupted.is_some() {
-                "interrupted"
+                Outcome::Interrupted
             } else {
                 outcome
             }
+            .as_str()
             .to_string(),
         );
         cx.state.finished_at = Some(state::now());

@@ -24,6 +24,35 @@ pub struct ErrorReport {
     pub help: Option<String>,
 }
 
+/// How a run ended (`outcome` in the report and the state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// bump: nothing new upstream, and the lock is on the remote.
+    UpToDate,
+    DryRun,
+    Failure,
+    /// A signal stopped it (the state only: the report says failure).
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::UpToDate => "up-to-date",
+            Outcome::DryRun => "dry-run",
+            Outcome::Failure => "failure",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// A recorded outcome after which nothing is left to resume.
+    pub fn finished(recorded: Option<&str>) -> bool {
+        matches!(recorded, Some(r) if r == Outcome::Success.as_str() || r == Outcome::UpToDate.as_str())
+    }
+}
+
 /// One document per run. Every field is always present (null or empty when
 /// unknown), so success, no-op and failure have the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +84,7 @@ impl Report {
         Report {
             schema_version: SCHEMA_VERSION,
             command: command.to_string(),
-            outcome: "failure".into(),
+            outcome: Outcome::Failure.as_str().into(),
             dry_run,
             flake: String::new(),
             image: String::new(),

@@ -16,7 +16,7 @@ use crate::auth::Credentials;
 use crate::cli::RollbackArgs;
 use crate::image::destination::{self, Access, Destination, Manifest};
 use crate::image::reference::{ImageRef, Tag};
-use crate::report::{Report, StageReport};
+use crate::report::{Outcome, Report, StageReport};
 use crate::stage::push::ROLLED_BACK;
 use crate::state::{self, StageStatus};
 
@@ -95,11 +95,17 @@ pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
     report.duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(()) => {
-            report.outcome = if args.dry_run { "dry-run" } else { "success" }.into();
+            report.outcome = if args.dry_run {
+                Outcome::DryRun
+            } else {
+                Outcome::Success
+            }
+            .as_str()
+            .into();
             (report, None)
         }
         Err(err) => {
-            report.outcome = "failure".into();
+            report.outcome = Outcome::Failure.as_str().into();
             report.error = Some(crate::report::ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -207,7 +213,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         at: at.clone(),
     });
     saved.command = Some("rollback".into());
-    saved.outcome = Some("success".into());
+    saved.outcome = Some(Outcome::Success.as_str().into());
     saved.started_at = Some(at.clone());
     saved.finished_at = Some(at.clone());
     saved.stages.clear();
