@@ -114,6 +114,31 @@ impl Ctx {
         }
     }
 
+    /// The built image as an archive that can be read in place: a tar or a
+    /// gzip archive is the out path itself; a stream script is run into a
+    /// file first (once per run: kept in `archive`).
+    pub async fn readable_archive(&mut self) -> miette::Result<PathBuf> {
+        if let Some(archive) = &self.archive {
+            return Ok(archive.clone());
+        }
+        let eval = self.eval.clone().ok_or(Missing {
+            what: "the out path",
+        })?;
+        let out = std::path::Path::new(eval.out_path.as_str());
+        if crate::image::archive::detect(out)? != crate::image::archive::ArchiveKind::Script {
+            return Ok(out.to_path_buf());
+        }
+        let file = crate::image::archive::prepare(
+            &self.runner,
+            out,
+            &eval.out_path.hash_part(),
+            &self.cfg.cache_dir(),
+        )
+        .await?;
+        self.archive = Some(file.clone());
+        Ok(file)
+    }
+
     pub fn reporter(&self) -> &Reporter {
         self.runner.reporter()
     }

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::auth::Credentials;
 use crate::cli::RollbackArgs;
-use crate::image::destination::{self, Access, Destination, Manifest};
+use crate::image::destination::{self, describe_moves, Access, Destination, Manifest, TagMove};
 use crate::image::reference::{ImageRef, Tag};
 use crate::report::{Outcome, Report, StageReport};
 use crate::stage::push::ROLLED_BACK;
@@ -41,13 +41,6 @@ pub enum RollbackError {
     )]
     #[diagnostic(code(runnerctl::rollback::state_dir), help("pass --state-dir DIR"))]
     NoStateDir,
-}
-
-/// One tag's move.
-#[derive(Debug, Clone)]
-pub struct TagMove {
-    pub tag: String,
-    pub from: Option<String>,
 }
 
 /// Where rollback keeps its state: --state-dir, else the checkout's
@@ -172,7 +165,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         .iter()
         .map(|m| destination.describe_retag(&image, &m.tag, &target.digest))
         .collect();
-    let described = describe(&moves, &target.digest);
+    let described = describe_moves(&moves, &target.digest);
     if args.dry_run {
         report.stages.push(StageReport {
             name: "rollback".into(),
@@ -253,18 +246,4 @@ fn move_tags(
         destination.retag(&m.tag, target)?;
     }
     Ok(())
-}
-
-fn describe(moves: &[TagMove], to: &str) -> String {
-    moves
-        .iter()
-        .map(|m| {
-            format!(
-                "{}: {} → {to}",
-                m.tag,
-                m.from.as_deref().unwrap_or("(absent)")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }

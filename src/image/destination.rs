@@ -175,3 +175,25 @@ impl Destination {
         }
     }
 }
+
+/// A tag to move, and where it points now (None: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagMove {
+    pub tag: String,
+    pub from: Option<String>,
+}
+
+/// `TAG: FROM → TO; …`, for notes and dry runs.
+pub fn describe_moves(moves: &[TagMove], to: &str) -> String {
+    moves
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {} → {to}",
+                m.tag,
+                m.from.as_deref().unwrap_or("(absent)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -8,7 +8,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::{Check, Done, Stage};
-use crate::image::destination::Manifest;
+use crate::image::destination::{describe_moves, Manifest, TagMove};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::Outputs;
@@ -31,15 +31,9 @@ struct Survey {
     /// The image held for this flake.lock (its `nix-<hash>` tag).
     held: Manifest,
     /// The floating tags not at it yet.
-    moves: Vec<Move>,
+    moves: Vec<TagMove>,
     /// Where the candidate tag points, when that is another image.
     stray: Option<String>,
-}
-
-/// A floating tag and where it points now.
-struct Move {
-    tag: String,
-    from: Option<String>,
 }
 
 impl Promote {
@@ -70,7 +64,7 @@ impl Promote {
         for tag in &cx.tags {
             let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
             if now.as_deref() != Some(held.digest.as_str()) {
-                moves.push(Move {
+                moves.push(TagMove {
                     tag: tag.to_string(),
                     from: now,
                 });
@@ -87,20 +81,6 @@ impl Promote {
             ..Outputs::default()
         }
     }
-}
-
-fn describe(moves: &[Move], to: &str) -> String {
-    moves
-        .iter()
-        .map(|m| {
-            format!(
-                "{}: {} → {to}",
-                m.tag,
-                m.from.as_deref().unwrap_or("(absent)")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl Stage for Promote {
@@ -125,7 +105,7 @@ impl Stage for Promote {
                     .with(Self::outputs(cx, &held.digest)),
             ));
         }
-        Ok(Check::Todo(describe(&moves, &held.digest)))
+        Ok(Check::Todo(describe_moves(&moves, &held.digest)))
     }
 
     fn plan(&self, cx: &Ctx) -> Vec<String> {
@@ -140,7 +120,10 @@ impl Stage for Promote {
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
         let Survey { held, moves, .. } = Self::survey(cx).await?;
-        Ok(format!("would move {}", describe(&moves, &held.digest)))
+        Ok(format!(
+            "would move {}",
+            describe_moves(&moves, &held.digest)
+        ))
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
@@ -160,7 +143,7 @@ impl Stage for Promote {
         // The floating tags follow flake.lock again.
         cx.state.rollback = None;
         Ok(
-            Done::new(format!("moved {}", describe(&moves, &held.digest)))
+            Done::new(format!("moved {}", describe_moves(&moves, &held.digest)))
                 .with(Self::outputs(cx, &held.digest)),
         )
     }

@@ -1,7 +1,7 @@
 //! smoke: run the built image as a job container (see `image::smoke`)
 //! before anything is pushed, where a container engine is at hand.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use miette::Diagnostic;
 use thiserror::Error;
@@ -9,7 +9,7 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::cli::SmokeMode;
 use crate::image::{archive, smoke};
-use crate::pipeline::{Ctx, Missing};
+use crate::pipeline::Ctx;
 use crate::tool::engine::Engine;
 
 pub struct Smoke;
@@ -84,30 +84,6 @@ impl Smoke {
             "skipped: no container engine works here: {reasons} (--smoke always makes this an error)"
         )))
     }
-
-    /// What the engine loads: the built archive as it is (podman and docker
-    /// read gzip too), or the file a stream script wrote.
-    async fn archive(cx: &mut Ctx) -> miette::Result<PathBuf> {
-        if let Some(archive) = &cx.archive {
-            return Ok(archive.clone());
-        }
-        let eval = cx.eval.clone().ok_or(Missing {
-            what: "the out path",
-        })?;
-        let out = Path::new(eval.out_path.as_str());
-        if archive::detect(out)? != archive::ArchiveKind::Script {
-            return Ok(out.to_path_buf());
-        }
-        let file = archive::prepare(
-            &cx.runner,
-            out,
-            &eval.out_path.hash_part(),
-            &cx.cfg.cache_dir(),
-        )
-        .await?;
-        cx.archive = Some(file.clone());
-        Ok(file)
-    }
 }
 
 impl Stage for Smoke {
@@ -160,7 +136,8 @@ impl Stage for Smoke {
             Pick::Use(engine) => engine,
             Pick::Skip(why) => return Ok(Done::new(why)),
         };
-        let archive = Self::archive(cx).await?;
+        // podman and docker read gzip too.
+        let archive = cx.readable_archive().await?;
         // The name the archive carries (dockerTools: `nixos:DATE`) is left
         // in the engine as it was before.
         let names = archive::repo_tags(&archive)?;

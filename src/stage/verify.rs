@@ -5,32 +5,15 @@ use std::path::Path;
 
 use super::{Check, Done, Stage};
 use crate::image::{archive, verify};
-use crate::pipeline::{Ctx, Missing};
+use crate::pipeline::Ctx;
 
 pub struct Verify;
 
 impl Verify {
     async fn verify(cx: &mut Ctx) -> miette::Result<String> {
-        let eval = cx.eval.clone().ok_or(Missing {
-            what: "the out path",
-        })?;
-        let out = Path::new(eval.out_path.as_str());
         // A tar or a gzip archive is read in place (gzip on the fly); only a
         // stream script has to be run into a file first.
-        let archive = match archive::detect(out)? {
-            archive::ArchiveKind::Script => {
-                let file = archive::prepare(
-                    &cx.runner,
-                    out,
-                    &eval.out_path.hash_part(),
-                    &cx.cfg.cache_dir(),
-                )
-                .await?;
-                cx.archive = Some(file.clone());
-                file
-            }
-            _ => out.to_path_buf(),
-        };
+        let archive = cx.readable_archive().await?;
         let cfg = cx.cfg.verify.clone();
         let summary = verify::verify(&archive, &cfg)?;
         Ok(summary.to_string())
