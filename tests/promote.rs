@@ -8,56 +8,34 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PathShims, Registry, Run, RunOutput, RunnerRepo, StandInNixpkgs, DAY, IMAGE_REPO};
+use common::{Run, RunOutput, IMAGE_REPO};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
-    shims: PathShims,
-    base: i64,
+/// The registry world of tests/common, with what these tests ask of it.
+struct World(common::RegistryWorld);
+
+impl std::ops::Deref for World {
+    type Target = common::RegistryWorld;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl World {
     fn new() -> Self {
-        let base = common::fresh_time();
-        let nixpkgs = StandInNixpkgs::new_at(base);
-        let repo = RunnerRepo::new(&nixpkgs);
-        let mut shims = PathShims::new();
-        shims.log_calls("nix").log_calls("skopeo");
-        World {
-            nixpkgs,
-            repo,
-            registry: Registry::new(),
-            shims,
-            base,
-        }
-    }
-
-    fn image(&self) -> String {
-        format!("docker://{}/{IMAGE_REPO}", self.registry.host())
-    }
-
-    fn with_registry(&self, run: Run) -> Run {
-        run.shims(&self.shims)
-            .env("RUNNERCTL_REGISTRY_USER", self.registry.user())
-            .env("RUNNERCTL_REGISTRY_PASSWORD", self.registry.password())
-            .timeout(TIMEOUT)
-    }
-
-    /// `runnerctl ARGS --image … --tls-verify false` in the checkout.
-    fn run(&self, args: &[&str]) -> RunOutput {
-        let image = self.image();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--image", &image, "--tls-verify", "false"]);
-        self.with_registry(Run::new(all).in_repo(&self.repo)).run()
+        World(common::RegistryWorld::new())
     }
 
     /// A bump to a new nixpkgs commit `days` after the start; its date tag.
     fn bump_to_day(&mut self, days: i64, extra: &[&str]) -> String {
-        self.nixpkgs.commit(self.base + days * DAY);
+        self.upstream_commit(days);
         let mut args = vec!["bump", "--no-git-push", "--json"];
         args.extend(extra);
         let out = self.run(&args);
@@ -271,7 +249,7 @@ fn a_rollback_warning_names_promote() {
     let first = w.bump_to_day(1, &[]);
     w.bump_to_day(2, &[]);
     w.run(&["rollback", &first]).assert_success();
-    w.nixpkgs.commit(w.base + 3 * DAY);
+    w.upstream_commit(3);
     let out = w.run(&["bump", "--no-git-push"]);
     out.assert_success();
     assert!(
@@ -385,11 +363,11 @@ fn layout_tags(dir: &std::path::Path) -> std::collections::BTreeMap<String, Stri
 fn hold_promote_and_rollback_in_an_oci_layout() {
     let mut w = World::new();
     let layout = w.repo.path().join(".runnerctl/oci");
-    w.nixpkgs.commit(w.base + DAY);
+    w.upstream_commit(1);
     let first = w.local(&["bump", "--no-git-push", "--json"]);
     first.assert_success();
     let first_date = first.json()["date"].as_str().expect("date").to_string();
-    w.nixpkgs.commit(w.base + 2 * DAY);
+    w.upstream_commit(2);
     let held = w.local(&["bump", "--no-git-push", "--hold", "--json"]);
     held.assert_success();
     let tags = layout_tags(&layout);

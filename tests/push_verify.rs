@@ -7,55 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PathShims, Registry, Run, RunOutput, RunnerRepo, StandInNixpkgs, DAY, IMAGE_REPO};
+use common::{Run, RunOutput, DAY, IMAGE_REPO};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
-    shims: PathShims,
-    base: i64,
-}
-
-impl World {
-    fn new() -> Self {
-        let base = common::fresh_time();
-        let nixpkgs = StandInNixpkgs::new_at(base);
-        let repo = RunnerRepo::new(&nixpkgs);
-        let mut shims = PathShims::new();
-        shims.log_calls("nix").log_calls("skopeo");
-        World {
-            nixpkgs,
-            repo,
-            registry: Registry::new(),
-            shims,
-            base,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> RunOutput {
-        let image = format!("docker://{}/{IMAGE_REPO}", self.registry.host());
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--image", &image, "--tls-verify", "false"]);
-        Run::new(all)
-            .in_repo(&self.repo)
-            .shims(&self.shims)
-            .env("RUNNERCTL_REGISTRY_USER", self.registry.user())
-            .env("RUNNERCTL_REGISTRY_PASSWORD", self.registry.password())
-            .timeout(TIMEOUT)
-            .run()
-    }
-
-    fn skopeo_copies(&self) -> Vec<Vec<String>> {
-        self.shims
-            .calls("skopeo")
-            .into_iter()
-            .filter(|argv| argv.first().map(String::as_str) == Some("copy"))
-            .collect()
-    }
-}
+/// The registry world of tests/common.
+type World = common::RegistryWorld;
 
 fn source_of(copy: &[String]) -> &str {
     copy.get(copy.len().saturating_sub(2))

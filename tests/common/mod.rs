@@ -73,6 +73,9 @@ pub use run::*;
 mod archive;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use archive::*;
+mod world;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use world::*;
 
 // ---------------------------------------------------------------------------
 // Running commands
