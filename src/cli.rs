@@ -128,9 +128,8 @@ pub struct RunArgs {
     )]
     pub update_inputs: Vec<String>,
 
-    /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
-    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
-    pub image: Option<String>,
+    #[command(flatten)]
+    pub destination: DestinationArgs,
 
     /// Tags to write (repeatable); {date} is the YYYYMMDD of the input's lastModified.
     #[arg(
@@ -141,23 +140,9 @@ pub struct RunArgs {
     )]
     pub tags: Vec<String>,
 
-    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
-    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub tls_verify: bool,
-
     /// The containers trust policy for skopeo [default: runnerctl writes its own, STATE_DIR/policy.json].
     #[arg(long, env = "RUNNERCTL_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
-
-    /// Seconds the registry may take to answer one request (skopeo's --command-timeout; a copy gets more for its upload).
-    #[arg(
-        long,
-        env = "RUNNERCTL_REGISTRY_TIMEOUT",
-        value_name = "SECS",
-        default_value = "30",
-        value_parser = clap::value_parser!(u64).range(1..=3600)
-    )]
-    pub registry_timeout: u64,
 
     /// Commit subject template; {date} is the date tag.
     #[arg(
@@ -243,6 +228,29 @@ pub struct RunArgs {
     pub reset_state: bool,
 }
 
+/// Where images go, and how the registry is reached (bump, release,
+/// promote and rollback share these).
+#[derive(Debug, Clone, Args)]
+pub struct DestinationArgs {
+    /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_verify: bool,
+
+    /// Seconds the registry may take to answer one request (skopeo's --command-timeout; a copy gets more for its upload).
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
+}
+
 /// When the smoke stage runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SmokeMode {
@@ -272,23 +280,8 @@ pub struct RollbackArgs {
     #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Destination: docker://HOST[:PORT]/PATH or oci:DIR [default: oci:STATE_DIR/oci].
-    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
-    pub image: Option<String>,
-
-    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
-    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub tls_verify: bool,
-
-    /// Seconds the registry may take to answer one request.
-    #[arg(
-        long,
-        env = "RUNNERCTL_REGISTRY_TIMEOUT",
-        value_name = "SECS",
-        default_value = "30",
-        value_parser = clap::value_parser!(u64).range(1..=3600)
-    )]
-    pub registry_timeout: u64,
+    #[command(flatten)]
+    pub destination: DestinationArgs,
 
     /// Show which tag would move from which digest to which, and change nothing.
     #[arg(long)]

@@ -225,7 +225,7 @@ impl Config {
         if !flake.join("flake.nix").is_file() {
             return Err(ConfigError::NoFlake { path: flake });
         }
-        let image = match &args.image {
+        let image = match &args.destination.image {
             Some(text) => text.parse::<ImageRef>()?,
             None => ImageRef::Oci {
                 dir: state_dir.join("oci"),
@@ -289,9 +289,9 @@ impl Config {
             update_inputs: args.update_inputs.clone(),
             image,
             tag_templates,
-            tls_verify: args.tls_verify,
+            tls_verify: args.destination.tls_verify,
             policy: args.policy.clone(),
-            registry_timeout: std::time::Duration::from_secs(args.registry_timeout),
+            registry_timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
             commit_message: args.commit_message.clone(),
             git_push: !args.no_git_push,
             allow_dirty: args.allow_dirty,

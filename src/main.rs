@@ -202,7 +202,7 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
             if out.json {
                 let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
                 report.flake = args.common.flake.display().to_string();
-                report.image = args.image.clone().unwrap_or_default();
+                report.image = args.destination.image.clone().unwrap_or_default();
                 report.error = Some(runnerctl::report::ErrorReport {
                     message: runnerctl::diagnostic::message(&err),
                     help: err.help().map(|h| h.to_string()),

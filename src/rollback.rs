@@ -123,7 +123,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         tags
     };
     let state_dir = state_dir(args)?;
-    let image = match &args.image {
+    let image = match &args.destination.image {
         Some(text) => text.parse::<ImageRef>()?,
         None => ImageRef::Oci {
             dir: state_dir.join("oci"),
@@ -137,8 +137,8 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         &image,
         &Access {
             credentials: &credentials,
-            tls_verify: args.tls_verify,
-            timeout: std::time::Duration::from_secs(args.registry_timeout),
+            tls_verify: args.destination.tls_verify,
+            timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
         },
     )?;
     let destination = connected.destination;
