@@ -119,14 +119,7 @@ impl DockerArchive {
 
     /// `rootfs.diff_ids` from the config.
     pub fn diff_ids(&self) -> Vec<String> {
-        self.config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
+        config_diff_ids(&self.config)
     }
 
     /// A file of the merged root filesystem as text.
@@ -185,4 +178,16 @@ pub fn fresh_time() -> i64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     T0 + (z % 2000) as i64 * DAY + ((z / 2000) % 86_400) as i64
+}
+
+/// `rootfs.diff_ids` of an image config (empty when it has none).
+pub fn config_diff_ids(config: &serde_json::Value) -> Vec<String> {
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -139,15 +139,10 @@ impl Run {
                 Err(e) => panic!("waiting for {argv:?}: {e}"),
             }
         };
-        let join = |h: Option<thread::JoinHandle<Vec<u8>>>| {
-            h.and_then(|h| h.join().ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
         RunOutput {
             code: status.and_then(|s| s.code()),
-            stdout: join(stdout),
-            stderr: join(stderr),
+            stdout: joined_text(stdout),
+            stderr: joined_text(stderr),
             timed_out,
             argv,
         }
@@ -200,4 +195,12 @@ impl std::fmt::Display for RunOutput {
             self.stderr
         )
     }
+}
+
+/// What a [`drain`] thread collected, as text (empty if it panicked).
+pub fn joined_text(handle: Option<thread::JoinHandle<Vec<u8>>>) -> String {
+    handle
+        .and_then(|h| h.join().ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }

@@ -92,15 +92,10 @@ impl Spawned {
         // A held shim's `sleep` may still hold the pipes; the group is
         // killed, so they close.
         kill_group(self.child.id());
-        let join = |h: Option<thread::JoinHandle<Vec<u8>>>| {
-            h.and_then(|h| h.join().ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
         RunOutput {
             code: status.and_then(|s| s.code()),
-            stdout: join(self.stdout.take()),
-            stderr: join(self.stderr.take()),
+            stdout: joined_text(self.stdout.take()),
+            stderr: joined_text(self.stderr.take()),
             timed_out: false,
             argv: self.argv.clone(),
         }

@@ -352,14 +352,7 @@ pub fn registry_diff_ids(registry: &Registry, digest: &str) -> Vec<String> {
     // them directly.
     assert_eq!(c.status, 200, "GET config blob {config}");
     let config: serde_json::Value = serde_json::from_slice(&c.body).expect("config JSON");
-    config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    config_diff_ids(&config)
 }
 
 /// What a failed run must not change: flake.lock bytes, every ref and HEAD
