@@ -283,34 +283,18 @@ fn promote_and_rollback_never_leak_the_registry_password() {
     w.nixpkgs.commit(w.new_time + 2 * DAY);
     w.bump(&["--hold"]).assert_success();
 
+    // `COMMAND… --image … --tls-verify=false [--json]`.
     let image = w.image();
-    let promote = |w: &World, json: bool| {
-        let mut args = vec![
-            "promote".to_string(),
-            "--image".into(),
-            image.clone(),
-            "--tls-verify=false".into(),
-        ];
+    let run = |w: &World, command: &[&str], json: bool| {
+        let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+        args.extend(["--image".into(), image.clone(), "--tls-verify=false".into()]);
         if json {
             args.push("--json".into());
         }
         w.run(&args)
     };
-    let rollback = |w: &World, json: bool| {
-        let mut args = vec![
-            "rollback".to_string(),
-            date.clone(),
-            "-C".into(),
-            ".".into(),
-            "--image".into(),
-            image.clone(),
-            "--tls-verify=false".into(),
-        ];
-        if json {
-            args.push("--json".into());
-        }
-        w.run(&args)
-    };
+    let promote = |w: &World, json: bool| run(w, &["promote"], json);
+    let rollback = |w: &World, json: bool| run(w, &["rollback", &date, "-C", "."], json);
     for json in [false, true] {
         let out = promote(&w, json);
         out.assert_success();
