@@ -289,20 +289,23 @@ fn without_an_engine_on_path_auto_skips_with_a_note_and_always_fails() {
     assert!(out.stderr.contains("install podman"), "{out}");
     w.assert_nothing_pushed();
 
-    let out = timed(&["--smoke", "auto", "(no engine)"], || {
+    auto_skips_and_pushes(&w, &path, "no container engine (podman or docker) on PATH");
+    assert_eq!(w.podman.images(), Vec::<String>::new());
+}
+
+/// `release --smoke auto` with PATH `path`: smoke is skipped with a note
+/// that says `why`, and the image is pushed.
+fn auto_skips_and_pushes(w: &World, path: &str, why: &str) {
+    let out = timed(&["--smoke", "auto", path], || {
         w.runnerctl("release", &["--attr", "nixos", "--smoke", "auto"])
-            .env("PATH", &path)
+            .env("PATH", path)
             .run()
     });
     out.assert_success();
     let json = out.json();
     assert_eq!(status(&json, "smoke"), "skipped", "{out}");
-    assert!(
-        note(&json, "smoke").contains("no container engine (podman or docker) on PATH"),
-        "{out}"
-    );
+    assert!(note(&json, "smoke").contains(why), "{out}");
     assert!(w.registry.tags(IMAGE_REPO).contains(&"latest".to_string()));
-    assert_eq!(w.podman.images(), Vec::<String>::new());
 }
 
 #[test]
@@ -412,19 +415,11 @@ fn an_engine_that_does_not_work_is_skipped_under_auto_and_an_error_under_always(
     );
     w.assert_nothing_pushed();
 
-    let out = timed(&["--smoke", "auto", "(docker without a daemon)"], || {
-        w.runnerctl("release", &["--attr", "nixos"])
-            .env("PATH", &path)
-            .run()
-    });
-    out.assert_success();
-    let json = out.json();
-    assert_eq!(status(&json, "smoke"), "skipped", "{out}");
-    assert!(
-        note(&json, "smoke").contains("`docker info` failed (Cannot connect to the Docker daemon"),
-        "{out}"
+    auto_skips_and_pushes(
+        &w,
+        &path,
+        "`docker info` failed (Cannot connect to the Docker daemon",
     );
-    assert!(w.registry.tags(IMAGE_REPO).contains(&"latest".to_string()));
 }
 
 /// Processes whose command line is exactly `words`.
