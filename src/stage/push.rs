@@ -566,10 +566,11 @@ impl Stage for Push {
                         )
                         .display(),
                 ];
-                if let ImageRef::Docker { registry, repository } = &cx.cfg.image {
+                if let Ok(destination) = cx.destination() {
                     for tag in &tags[1..] {
                         cmds.push(format!(
-                            "(built in) PUT {registry}/v2/{repository}/manifests/{tag}  (the same manifest: a retag, no blob is sent)"
+                            "(built in) {}  (the same manifest: a retag, no blob is sent)",
+                            destination.describe_retag(&cx.cfg.image, tag.as_str(), "DIGEST")
                         ));
                     }
                 }
