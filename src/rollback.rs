@@ -17,8 +17,44 @@ use crate::cli::RollbackArgs;
 use crate::image::destination::{self, describe_moves, Access, Destination, Manifest, TagMove};
 use crate::image::reference::{ImageRef, Tag};
 use crate::report::{Outcome, Report, StageReport};
-use crate::stage::push::ROLLED_BACK;
 use crate::state::{self, StageStatus};
+
+/// The tag `runnerctl rollback` leaves on the image it rolled back to.
+pub const ROLLED_BACK: &str = "rolled-back";
+
+/// Of `items`, the floating ones a rollback holds: those that still point
+/// where the `rolled-back` marker points. A release without --hold leaves
+/// them; `runnerctl promote` moves them.
+pub fn held<'a, T: Clone>(
+    marker: Option<&str>,
+    items: &'a [T],
+    tag: impl Fn(&'a T) -> &'a Tag,
+    digest: impl Fn(&'a T) -> Option<&'a str>,
+    floating: impl Fn(&Tag) -> bool,
+) -> Vec<T> {
+    let Some(marker) = marker else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter(|i| floating(tag(i)) && digest(i) == Some(marker))
+        .cloned()
+        .collect()
+}
+
+/// The warning a release prints when it leaves rolled-back tags.
+pub fn held_warning(names: &[String], digest: &str) -> String {
+    let (are, them) = if names.len() == 1 {
+        ("is", "it")
+    } else {
+        ("are", "them")
+    };
+    format!(
+        "{} {are} rolled back to {digest} (by `runnerctl rollback`), so this run leaves {them} there; \
+         run `runnerctl promote` to move {them} to this image",
+        names.join(", ")
+    )
+}
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum RollbackError {
@@ -246,4 +282,38 @@ fn move_tags(
         destination.retag(&m.tag, target)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_floating_tags_at_the_marker_are_held() {
+        let items: Vec<(Tag, Option<&str>)> = vec![
+            ("latest".parse().unwrap(), Some("sha256:a")),
+            ("unstable".parse().unwrap(), Some("sha256:b")),
+            ("20260629".parse().unwrap(), Some("sha256:a")),
+        ];
+        let held = |marker| {
+            held(
+                marker,
+                &items,
+                |i| &i.0,
+                |i| i.1,
+                |t| t.as_str() != "20260629",
+            )
+            .into_iter()
+            .map(|i| i.0.to_string())
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(held(Some("sha256:a")), vec!["latest"]);
+        assert!(held(Some("sha256:c")).is_empty());
+        assert!(held(None).is_empty());
+        assert_eq!(
+            held_warning(&["latest".into()], "sha256:a"),
+            "latest is rolled back to sha256:a (by `runnerctl rollback`), so this run leaves it there; \
+             run `runnerctl promote` to move it to this image"
+        );
+    }
 }

@@ -24,13 +24,11 @@ use crate::image::registry::Registry as RegistryClient;
 use crate::image::{archive, layout};
 use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
+use crate::rollback::{self, ROLLED_BACK};
 use crate::state::{self, ImageRecord, Outputs};
 use crate::tool::skopeo::{config_args, inspect_args, CopyOpts, RETRY_TIMES};
 
 pub struct Push;
-
-/// The tag `runnerctl rollback` leaves on the image it rolled back to.
-pub const ROLLED_BACK: &str = "rolled-back";
 
 /// A tag and what it points at now (None: absent).
 #[derive(Debug, Clone)]
@@ -111,19 +109,13 @@ impl Push {
                 manifest,
             });
         }
-        let held = Self::held_back(cx, &states).await?;
-        if !held.is_empty() {
-            let digest = held[0].digest.clone().unwrap_or_default();
-            let names: Vec<String> = held.iter().map(|s| s.tag.to_string()).collect();
+        let held = Self::held_back(cx, &states)?;
+        if let Some(first) = held.first() {
             if cx.held_back.is_empty() {
-                cx.reporter().emit(crate::progress::Event::Warning(format!(
-                    "{} {} rolled back to {digest} (by `runnerctl rollback`), so this run leaves {} there; \
-                     run `runnerctl promote` to move {} to this image",
-                    names.join(", "),
-                    if names.len() == 1 { "is" } else { "are" },
-                    if names.len() == 1 { "it" } else { "them" },
-                    if names.len() == 1 { "it" } else { "them" },
-                )));
+                let names: Vec<String> = held.iter().map(|s| s.tag.to_string()).collect();
+                let digest = first.digest.as_deref().unwrap_or_default();
+                cx.reporter()
+                    .emit(Event::Warning(rollback::held_warning(&names, digest)));
             }
             cx.held_back = held.iter().map(|s| s.tag.clone()).collect();
         }
@@ -135,27 +127,25 @@ impl Push {
         Ok(states)
     }
 
-    /// The floating tags a rollback holds: those that still point where
-    /// the destination's `rolled-back` marker tag points. A release without
-    /// --hold does not undo a rollback; `runnerctl promote` does.
-    async fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
+    /// The floating tags a rollback holds (see [`rollback::held`]); none
+    /// with --hold, which moves no floating tag anyway.
+    fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
         if cx.cfg.hold {
             return Ok(Vec::new());
         }
-        // One in-process request: no skopeo start-up on every release.
         let marker = cx.destination()?.manifest(ROLLED_BACK)?.map(|m| m.digest);
-        let Some(marker) = marker else {
-            return Ok(Vec::new());
-        };
         let nix_tag = Self::nix_tag(cx);
         let date = cx.date.as_ref().map(|d| d.as_str().to_string());
-        Ok(states
-            .iter()
-            .filter(|s| Some(&s.tag) != nix_tag.as_ref())
-            .filter(|s| !date.as_deref().is_some_and(|d| s.tag.as_str().contains(d)))
-            .filter(|s| s.digest.as_deref() == Some(marker.as_str()))
-            .cloned()
-            .collect())
+        let floating = |t: &Tag| {
+            Some(t) != nix_tag.as_ref() && !date.as_deref().is_some_and(|d| t.as_str().contains(d))
+        };
+        Ok(rollback::held(
+            marker.as_deref(),
+            states,
+            |s| &s.tag,
+            |s| s.digest.as_deref(),
+            floating,
+        ))
     }
 
     /// The digest this out path was pushed as: from the state, or from the
@@ -395,7 +385,13 @@ impl Push {
         let digest = match &manifest {
             Some(bytes) => sha256_digest(bytes),
             None if reported.starts_with("sha256:") => reported.clone(),
-            None => Self::digest_of_tag(cx, first).await?,
+            None => cx
+                .destination()?
+                .manifest(first.as_str())?
+                .map(|m| m.digest)
+                .ok_or(Missing {
+                    what: "the pushed manifest",
+                })?,
         };
         // What went over the wire: the new layers, the config and the
         // manifest. From the archive, skopeo made the manifest: fetch it
@@ -472,25 +468,6 @@ impl Push {
             })?)),
             ImageRef::Oci { .. } => Ok(None),
         }
-    }
-
-    async fn digest_of_tag(cx: &Ctx, tag: &Tag) -> miette::Result<String> {
-        let manifest = cx
-            .skopeo()?
-            .inspect(
-                &cx.runner,
-                inspect_args(
-                    &cx.cfg.image.at_tag(tag),
-                    Self::authfile(cx),
-                    cx.cfg.tls_verify,
-                    true,
-                ),
-            )
-            .await?
-            .ok_or(Missing {
-                what: "the pushed manifest",
-            })?;
-        Ok(sha256_digest(manifest.as_bytes()))
     }
 }
 
