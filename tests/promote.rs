@@ -129,10 +129,26 @@ fn hold_pushes_the_candidate_and_promote_moves_the_floating_tags_with_manifest_p
     assert_eq!(w.registry.manifest_put_count(), puts_before, "{again}");
     assert_eq!(again.json()["stages"][1]["status"], "skipped", "{again}");
 
-    // status shows the promote stage.
-    let status = Run::new(["status"]).in_repo(&w.repo).run();
+    // The state records the promote stage, and status shows it.
+    let status = Run::new(["status", "--json"]).in_repo(&w.repo).run();
     status.assert_success();
-    assert!(status.stdout.contains("promote"), "{status}");
+    let state = &status.json()["state"];
+    assert_eq!(state["command"], "promote", "{status}");
+    assert_eq!(state["stages"]["promote"]["status"], "skipped", "{status}");
+    assert_eq!(
+        state["stages"]["promote"]["outputs"]["digest"],
+        candidate.as_str(),
+        "{status}"
+    );
+    let human = Run::new(["status"]).in_repo(&w.repo).run();
+    human.assert_success();
+    assert!(
+        human
+            .stdout
+            .lines()
+            .any(|l| l.contains(" promote ") && l.contains("skipped")),
+        "{human}"
+    );
 }
 
 #[test]
