@@ -563,7 +563,7 @@ async fn stages_until_interrupted(
 async fn stages(cx: &mut Ctx) -> miette::Result<()> {
     run_stage(cx, &stage::preflight::Preflight).await?;
     if cx.cfg.mode == Mode::Promote {
-        return run_stage(cx, &stage::promote::Promote).await;
+        return run_stage(cx, &stage::promote::Promote::default()).await;
     }
     if cx.cfg.mode == Mode::Bump {
         run_stage(cx, &stage::update::Update).await?;
@@ -583,7 +583,7 @@ async fn stages(cx: &mut Ctx) -> miette::Result<()> {
     if cx.cfg.smoke.mode == crate::cli::SmokeMode::Never {
         skip_stage(cx, "smoke", "disabled by --smoke never")?;
     } else {
-        run_stage(cx, &stage::smoke::Smoke).await?;
+        run_stage(cx, &stage::smoke::Smoke::default()).await?;
     }
     run_stage(cx, &stage::push::Push).await?;
     if cx.cfg.mode == Mode::Bump {

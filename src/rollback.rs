@@ -22,33 +22,36 @@ use crate::state::{self, StageStatus};
 /// The tag `runnerctl rollback` leaves on the image it rolled back to.
 pub const ROLLED_BACK: &str = "rolled-back";
 
-/// Of `items`, the floating ones a rollback holds: those that still point
-/// where the `rolled-back` marker points. A release without --hold leaves
-/// them; `runnerctl promote` moves them.
-pub fn held<'a, T: Clone>(
+/// Of the floating tags `items`, those a rollback holds: the ones that
+/// still point where the `rolled-back` marker points. A release without
+/// --hold leaves them; `runnerctl promote` moves them.
+pub fn held<'a, T: Clone + 'a>(
     marker: Option<&str>,
-    items: &'a [T],
-    tag: impl Fn(&'a T) -> &'a Tag,
+    items: impl IntoIterator<Item = &'a T>,
     digest: impl Fn(&'a T) -> Option<&'a str>,
-    floating: impl Fn(&Tag) -> bool,
 ) -> Vec<T> {
     let Some(marker) = marker else {
         return Vec::new();
     };
     items
-        .iter()
-        .filter(|i| floating(tag(i)) && digest(i) == Some(marker))
+        .into_iter()
+        .filter(|i| digest(i) == Some(marker))
         .cloned()
         .collect()
 }
 
-/// The warning a release prints when it leaves rolled-back tags.
-pub fn held_warning(names: &[String], digest: &str) -> String {
-    let (are, them) = if names.len() == 1 {
+/// "is"/"it" for one tag, "are"/"them" for more.
+pub fn agreement(tags: usize) -> (&'static str, &'static str) {
+    if tags == 1 {
         ("is", "it")
     } else {
         ("are", "them")
-    };
+    }
+}
+
+/// The warning a release prints when it leaves rolled-back tags.
+pub fn held_warning(names: &[String], digest: &str) -> String {
+    let (are, them) = agreement(names.len());
     format!(
         "{} {are} rolled back to {digest} (by `runnerctl rollback`), so this run leaves {them} there; \
          run `runnerctl promote` to move {them} to this image",
@@ -186,16 +189,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
                 image: image.to_string(),
             })?;
     report.digest = Some(target.digest.clone());
-    let mut moves = Vec::new();
-    for tag in &tags {
-        let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
-        if now.as_deref() != Some(target.digest.as_str()) {
-            moves.push(TagMove {
-                tag: tag.to_string(),
-                from: now,
-            });
-        }
-    }
+    let moves = destination.moves(tags.iter().map(|t| t.as_str()), &target.digest)?;
     let started = Instant::now();
     let commands: Vec<String> = moves
         .iter()
@@ -289,23 +283,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_floating_tags_at_the_marker_are_held() {
-        let items: Vec<(Tag, Option<&str>)> = vec![
-            ("latest".parse().unwrap(), Some("sha256:a")),
-            ("unstable".parse().unwrap(), Some("sha256:b")),
-            ("20260629".parse().unwrap(), Some("sha256:a")),
-        ];
+    fn only_tags_at_the_marker_are_held() {
+        let items: Vec<(&str, Option<&str>)> =
+            vec![("latest", Some("sha256:a")), ("unstable", Some("sha256:b"))];
         let held = |marker| {
-            held(
-                marker,
-                &items,
-                |i| &i.0,
-                |i| i.1,
-                |t| t.as_str() != "20260629",
-            )
-            .into_iter()
-            .map(|i| i.0.to_string())
-            .collect::<Vec<_>>()
+            held(marker, &items, |i| i.1)
+                .into_iter()
+                .map(|i| i.0)
+                .collect::<Vec<_>>()
         };
         assert_eq!(held(Some("sha256:a")), vec!["latest"]);
         assert!(held(Some("sha256:c")).is_empty());

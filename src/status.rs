@@ -99,14 +99,12 @@ impl StatusDoc {
             } else {
                 format!("{} ({})", r.target, r.digest)
             };
+            let (are, them) = crate::rollback::agreement(r.tags.len());
             out.push_str(&format!(
-                "\n{} {} rolled back to {target} since {}, in {}.\n  A release or bump without --hold leaves {} there; `runnerctl promote` moves {} on.\n",
+                "\n{} {are} rolled back to {target} since {}, in {}.\n  A release or bump without --hold leaves {them} there; `runnerctl promote` moves {them} on.\n",
                 r.tags.join(", "),
-                if r.tags.len() == 1 { "is" } else { "are" },
                 r.at,
                 r.image,
-                if r.tags.len() == 1 { "it" } else { "them" },
-                if r.tags.len() == 1 { "it" } else { "them" },
             ));
         }
         if !s.images.is_empty() {

@@ -123,7 +123,8 @@ impl Destination {
                 .manifest(reference)?
                 .map(|(bytes, media_type)| Manifest::new(bytes, media_type))),
             Destination::Layout { dir } => {
-                let digest = if reference.starts_with("sha256:") {
+                let by_digest = reference.starts_with("sha256:");
+                let digest = if by_digest {
                     Some(reference.to_string())
                 } else {
                     layout::tag_digest(dir, reference)
@@ -138,13 +139,33 @@ impl Destination {
                 let Ok(bytes) = std::fs::read(dir.join("blobs/sha256").join(hex)) else {
                     return Ok(None);
                 };
-                let media_type = registry::media_type_of(&bytes);
-                let manifest = Manifest::new(bytes, media_type);
-                // A blob that is a layer or a config is not an image.
-                let indexed = layout::has_manifest(dir, &manifest.digest);
+                let manifest = Manifest::from_bytes(bytes);
+                // A tag names a manifest; a digest may be a layer or a
+                // config blob, which is not an image.
+                let indexed = !by_digest || layout::has_manifest(dir, &manifest.digest);
                 Ok(indexed.then_some(manifest))
             }
         }
+    }
+
+    /// Of `tags`, those that do not point at `digest` yet, and where they
+    /// point now.
+    pub fn moves<'a>(
+        &self,
+        tags: impl IntoIterator<Item = &'a str>,
+        digest: &str,
+    ) -> miette::Result<Vec<TagMove>> {
+        let mut moves = Vec::new();
+        for tag in tags {
+            let now = self.manifest(tag)?.map(|m| m.digest);
+            if now.as_deref() != Some(digest) {
+                moves.push(TagMove {
+                    tag: tag.to_string(),
+                    from: now,
+                });
+            }
+        }
+        Ok(moves)
     }
 
     /// Point `tag` at `manifest`, which the destination already holds: the

@@ -13,7 +13,12 @@ use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::Outputs;
 
-pub struct Promote;
+/// The stage; it keeps what its check found at the destination, so the
+/// move asks the registry no second time.
+#[derive(Default)]
+pub struct Promote {
+    surveyed: std::cell::RefCell<Option<Survey>>,
+}
 
 #[derive(Debug, Error, Diagnostic)]
 #[error("this flake.lock's image is not at the destination; run `runnerctl release --hold` first (no tag {tag} in {image})")]
@@ -27,6 +32,7 @@ pub struct NotHeld {
 }
 
 /// What promote found at the destination.
+#[derive(Clone)]
 struct Survey {
     /// The image held for this flake.lock (its `nix-<hash>` tag).
     held: Manifest,
@@ -60,17 +66,17 @@ impl Promote {
             .manifest(cx.cfg.candidate_tag.as_str())?
             .map(|m| m.digest);
         let stray = candidate.filter(|d| *d != held.digest);
-        let mut moves = Vec::new();
-        for tag in &cx.tags {
-            let now = destination.manifest(tag.as_str())?.map(|m| m.digest);
-            if now.as_deref() != Some(held.digest.as_str()) {
-                moves.push(TagMove {
-                    tag: tag.to_string(),
-                    from: now,
-                });
-            }
-        }
+        let moves = destination.moves(cx.tags.iter().map(|t| t.as_str()), &held.digest)?;
         Ok(Survey { held, moves, stray })
+    }
+
+    /// What the check found (or survey now).
+    async fn surveyed(&self, cx: &mut Ctx) -> miette::Result<Survey> {
+        let found = self.surveyed.borrow_mut().take();
+        match found {
+            Some(survey) => Ok(survey),
+            None => Self::survey(cx).await,
+        }
     }
 
     fn outputs(cx: &Ctx, digest: &str) -> Outputs {
@@ -89,7 +95,9 @@ impl Stage for Promote {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        let Survey { held, moves, stray } = Self::survey(cx).await?;
+        let survey = Self::survey(cx).await?;
+        *self.surveyed.borrow_mut() = Some(survey.clone());
+        let Survey { held, moves, stray } = survey;
         if let Some(candidate) = stray {
             cx.reporter().emit(Event::Warning(format!(
                 "{} points at {candidate}, not at this flake.lock's image {}: \
@@ -119,7 +127,7 @@ impl Stage for Promote {
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let Survey { held, moves, .. } = Self::survey(cx).await?;
+        let Survey { held, moves, .. } = self.surveyed(cx).await?;
         Ok(format!(
             "would move {}",
             describe_moves(&moves, &held.digest)
@@ -127,7 +135,7 @@ impl Stage for Promote {
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let Survey { held, moves, .. } = Self::survey(cx).await?;
+        let Survey { held, moves, .. } = self.surveyed(cx).await?;
         let destination = cx.destination()?;
         for m in &moves {
             cx.reporter().emit(Event::Command {

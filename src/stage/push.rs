@@ -63,12 +63,19 @@ impl Push {
             tags.push(cx.cfg.candidate_tag.clone());
             return tags;
         }
-        let date = cx.date.as_ref().map(|d| d.as_str().to_string());
-        let dated = |t: &Tag| date.as_deref().is_some_and(|d| t.as_str().contains(d));
-        let (fixed, floating): (Vec<Tag>, Vec<Tag>) = cx.tags.iter().cloned().partition(dated);
+        let (fixed, floating): (Vec<Tag>, Vec<Tag>) =
+            cx.tags.iter().cloned().partition(|t| Self::dated(cx, t));
         tags.extend(fixed);
         tags.extend(floating);
         tags
+    }
+
+    /// A tag that names this run's date (`{date}` in a template): it never
+    /// moves to another image.
+    fn dated(cx: &Ctx, tag: &Tag) -> bool {
+        cx.date
+            .as_ref()
+            .is_some_and(|d| tag.as_str().contains(d.as_str()))
     }
 
     /// Where every tag points now, asked once per run (cached in the
@@ -134,18 +141,12 @@ impl Push {
             return Ok(Vec::new());
         }
         let marker = cx.destination()?.manifest(ROLLED_BACK)?.map(|m| m.digest);
-        let nix_tag = Self::nix_tag(cx);
-        let date = cx.date.as_ref().map(|d| d.as_str().to_string());
-        let floating = |t: &Tag| {
-            Some(t) != nix_tag.as_ref() && !date.as_deref().is_some_and(|d| t.as_str().contains(d))
-        };
-        Ok(rollback::held(
-            marker.as_deref(),
-            states,
-            |s| &s.tag,
-            |s| s.digest.as_deref(),
-            floating,
-        ))
+        let floating = states
+            .iter()
+            .filter(|s| cx.tags.contains(&s.tag) && !Self::dated(cx, &s.tag));
+        Ok(rollback::held(marker.as_deref(), floating, |s| {
+            s.digest.as_deref()
+        }))
     }
 
     /// The digest this out path was pushed as: from the state, or from the
@@ -179,14 +180,20 @@ impl Push {
         }))
     }
 
+    /// The tags this push points at the image: all of them but those a
+    /// rollback holds.
+    fn written_tags(cx: &Ctx) -> Vec<String> {
+        Self::all_tags(cx)
+            .iter()
+            .filter(|t| !cx.held_back.contains(t))
+            .map(|t| t.to_string())
+            .collect()
+    }
+
     fn outputs(cx: &Ctx, digest: &str) -> Outputs {
         Outputs {
             digest: Some(digest.to_string()),
-            tags: Self::all_tags(cx)
-                .iter()
-                .filter(|t| !cx.held_back.contains(t))
-                .map(|t| t.to_string())
-                .collect(),
+            tags: Self::written_tags(cx),
             out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
             ..Outputs::default()
         }
@@ -199,11 +206,7 @@ impl Push {
                 ImageRecord {
                     image: cx.cfg.image.to_string(),
                     digest: digest.to_string(),
-                    tags: Self::all_tags(cx)
-                        .iter()
-                        .filter(|t| !cx.held_back.contains(t))
-                        .map(|t| t.to_string())
-                        .collect(),
+                    tags: Self::written_tags(cx),
                     pushed_at: state::now(),
                 },
             );

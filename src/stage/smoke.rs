@@ -12,7 +12,12 @@ use crate::image::{archive, smoke};
 use crate::pipeline::Ctx;
 use crate::tool::engine::Engine;
 
-pub struct Smoke;
+/// The stage; it remembers the engine its check picked, so `info` runs
+/// once per run.
+#[derive(Default)]
+pub struct Smoke {
+    picked: std::cell::RefCell<Option<Pick>>,
+}
 
 const NO_ENGINE: &str =
     "skipped: no container engine (podman or docker) on PATH (--smoke always requires one)";
@@ -36,6 +41,7 @@ pub struct EngineUnusable {
 }
 
 /// Which engine a smoke run uses, or why it skips.
+#[derive(Clone)]
 enum Pick {
     Use(Engine),
     Skip(String),
@@ -52,6 +58,16 @@ impl Smoke {
             SmokeMode::Always if found.is_empty() => Err(NoEngine),
             _ => Ok(found),
         }
+    }
+
+    /// The engine the check picked (or pick now).
+    async fn picked(&self, cx: &Ctx) -> miette::Result<Pick> {
+        if let Some(pick) = self.picked.borrow().clone() {
+            return Ok(pick);
+        }
+        let pick = Self::pick(cx).await?;
+        *self.picked.borrow_mut() = Some(pick.clone());
+        Ok(pick)
     }
 
     /// The first engine on PATH that works (`info` succeeds). With
@@ -96,14 +112,15 @@ impl Stage for Smoke {
     }
 
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        if let Pick::Skip(why) = Self::pick(cx).await? {
-            return Ok(Check::Done(Done::new(why)));
-        }
-        // An image already published passed before it left.
+        // An image already published passed before it left: no engine is
+        // asked.
         if let Some(digest) = super::push::Push::published(cx).await? {
             return Ok(Check::Done(Done::new(format!(
                 "already published as {digest}"
             ))));
+        }
+        if let Pick::Skip(why) = self.picked(cx).await? {
+            return Ok(Check::Done(Done::new(why)));
         }
         Ok(Check::Todo("run the image as a job container".into()))
     }
@@ -113,14 +130,14 @@ impl Stage for Smoke {
             Some(eval) => PathBuf::from(eval.out_path.as_str()),
             None => PathBuf::from("ARCHIVE"),
         };
-        match Self::engines(cx).unwrap_or_default().first() {
-            Some(engine) => smoke::plan(engine, &archive, &cx.cfg.smoke.checks),
-            None => Vec::new(),
+        match self.picked.borrow().as_ref() {
+            Some(Pick::Use(engine)) => smoke::plan(engine, &archive, &cx.cfg.smoke.checks),
+            _ => Vec::new(),
         }
     }
 
     async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        Ok(match Self::pick(cx).await? {
+        Ok(match self.picked(cx).await? {
             Pick::Use(engine) => format!(
                 "would run {} check(s) in {}: {}",
                 cx.cfg.smoke.checks.len(),
@@ -132,7 +149,7 @@ impl Stage for Smoke {
     }
 
     async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let engine = match Self::pick(cx).await? {
+        let engine = match self.picked(cx).await? {
             Pick::Use(engine) => engine,
             Pick::Skip(why) => return Ok(Done::new(why)),
         };
