@@ -11,7 +11,31 @@ use crate::digest::sha256_digest;
 use crate::image::layout;
 use crate::image::reference::ImageRef;
 use crate::image::registry::{self, Registry as RegistryClient, RegistryError};
-use crate::stage::preflight::PreflightError;
+use miette::Diagnostic;
+use thiserror::Error;
+
+/// The registry refused the login, or wanted one and there was none
+/// (found before anything changes).
+#[derive(Debug, Error, Diagnostic)]
+pub enum LoginError {
+    #[error("the registry rejected the credentials for {registry} from {from} (HTTP {status} unauthorized)")]
+    #[diagnostic(
+        code(runnerctl::preflight::login),
+        help("check them (runnerctl looks, in order, at RUNNERCTL_REGISTRY_USER/RUNNERCTL_REGISTRY_PASSWORD, REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json), log in again (`skopeo login {registry}`), then run again; nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    LoginRejected {
+        registry: String,
+        from: String,
+        status: u16,
+    },
+
+    #[error("the registry {registry} requires a login, and runnerctl found none for it")]
+    #[diagnostic(
+        code(runnerctl::preflight::no_login),
+        help("log in with `skopeo login {registry}` (it writes $XDG_RUNTIME_DIR/containers/auth.json), or set RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD, or REGISTRY_AUTH_FILE; runnerctl looked in: {looked}. Nothing was updated or built, and nothing was committed or pushed to git")
+    )]
+    NoLogin { registry: String, looked: String },
+}
 
 /// A manifest the destination holds, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +110,7 @@ pub fn connect(image: &ImageRef, access: &Access) -> miette::Result<Connected> {
     match (client.check_auth(), &login) {
         (Ok(()), _) => {}
         (Err(RegistryError::Unauthorized { status, .. }), Some(login)) => {
-            return Err(PreflightError::LoginRejected {
+            return Err(LoginError::LoginRejected {
                 registry: registry.clone(),
                 from: login.source.clone(),
                 status,
@@ -98,7 +122,7 @@ pub fn connect(image: &ImageRef, access: &Access) -> miette::Result<Connected> {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
-            return Err(PreflightError::NoLogin {
+            return Err(LoginError::NoLogin {
                 registry: registry.clone(),
                 looked: looked.join(", "),
             }

@@ -46,24 +46,6 @@ pub enum PreflightError {
     )]
     Dirty { paths: String, lines: Vec<String> },
 
-    #[error("the registry rejected the credentials for {registry} from {from} (HTTP {status} unauthorized)")]
-    #[diagnostic(
-        code(runnerctl::preflight::login),
-        help("check them (runnerctl looks, in order, at RUNNERCTL_REGISTRY_USER/RUNNERCTL_REGISTRY_PASSWORD, REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json), log in again (`skopeo login {registry}`), then run again; nothing was updated or built, and nothing was committed or pushed to git")
-    )]
-    LoginRejected {
-        registry: String,
-        from: String,
-        status: u16,
-    },
-
-    #[error("the registry {registry} requires a login, and runnerctl found none for it")]
-    #[diagnostic(
-        code(runnerctl::preflight::no_login),
-        help("log in with `skopeo login {registry}` (it writes $XDG_RUNTIME_DIR/containers/auth.json), or set RUNNERCTL_REGISTRY_USER and RUNNERCTL_REGISTRY_PASSWORD, or REGISTRY_AUTH_FILE; runnerctl looked in: {looked}. Nothing was updated or built, and nothing was committed or pushed to git")
-    )]
-    NoLogin { registry: String, looked: String },
-
     #[error("--update-input `{name}`: the flake has no input of that name")]
     #[diagnostic(
         code(runnerctl::preflight::update_input),
