@@ -159,18 +159,32 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>, ArchiveError> {
 /// which an engine gives the image when it loads it. Reads through the
 /// archive once; an archive without a readable manifest.json carries none.
 pub fn repo_tags(path: &Path) -> Result<Vec<String>, ArchiveError> {
+    let read = |source| ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A plain tar is searched by seeking past the layers; gzip has to be
+    // read through.
+    if detect(path)? == ArchiveKind::Tar {
+        let file = File::open(path).map_err(read)?;
+        let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+        let entries = tar.entries_with_seek().map_err(read)?;
+        return names_in(entries).map_err(read);
+    }
+    let mut tar = tar::Archive::new(open(path)?);
+    let entries = tar.entries().map_err(read)?;
+    names_in(entries).map_err(read)
+}
+
+/// The RepoTags of the first `manifest.json` among `entries`.
+fn names_in<R: Read>(entries: tar::Entries<'_, R>) -> std::io::Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Entry {
         #[serde(rename = "RepoTags", default)]
         repo_tags: Option<Vec<String>>,
     }
-    let read = |source| ArchiveError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tar = tar::Archive::new(open(path)?);
-    for entry in tar.entries().map_err(read)? {
-        let mut entry = entry.map_err(read)?;
+    for entry in entries {
+        let mut entry = entry?;
         let is_manifest = entry
             .path()
             .map(|p| p.to_string_lossy().trim_start_matches("./") == "manifest.json")
@@ -179,10 +193,7 @@ pub fn repo_tags(path: &Path) -> Result<Vec<String>, ArchiveError> {
             continue;
         }
         let mut text = Vec::new();
-        (&mut entry)
-            .take(1024 * 1024)
-            .read_to_end(&mut text)
-            .map_err(read)?;
+        (&mut entry).take(1024 * 1024).read_to_end(&mut text)?;
         let entries: Vec<Entry> = serde_json::from_slice(&text).unwrap_or_default();
         return Ok(entries
             .into_iter()
@@ -218,6 +229,16 @@ mod tests {
         builder.finish().expect("finish");
         drop(builder);
         assert_eq!(repo_tags(&path).expect("read"), vec!["nixos:20260629"]);
+        // The same archive gzip-compressed (read through, not seeked).
+        let gz = dir.path().join("image.tar.gz");
+        let mut encoder = flate2::write::GzEncoder::new(
+            File::create(&gz).expect("create gz"),
+            flate2::Compression::fast(),
+        );
+        std::io::copy(&mut File::open(&path).expect("open"), &mut encoder).expect("gzip");
+        encoder.finish().expect("finish gz");
+        assert_eq!(detect(&gz).expect("detect"), ArchiveKind::Gzip);
+        assert_eq!(repo_tags(&gz).expect("read gz"), vec!["nixos:20260629"]);
         // No manifest.json: no names.
         let bare = dir.path().join("bare.tar");
         let mut builder = tar::Builder::new(File::create(&bare).expect("create"));
