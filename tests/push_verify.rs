@@ -225,6 +225,23 @@ fn verify_checks_are_data() {
     env_out.assert_code(1);
     assert!(env_out.stderr.contains("/bin/jq"), "{}", env_out.stderr);
 
+    // The image without /bin/sh and /usr/bin/env (what `#!` lines and
+    // job scripts need) fails by default, naming both.
+    let noshebang = w.run(&["release", "--attr", "nixos-noshebang"]);
+    noshebang.assert_code(1);
+    for path in ["missing /bin/sh", "missing /usr/bin/env"] {
+        assert!(
+            noshebang.stderr.contains(path),
+            "{path}\n{}",
+            noshebang.stderr
+        );
+    }
+    assert!(
+        !noshebang.stderr.contains("missing /bin/bash"),
+        "{}",
+        noshebang.stderr
+    );
+
     // The image without node: fails by default, passes when the defaults
     // are replaced by paths it has, or with --no-verify.
     let nonode = w.run(&["release", "--attr", "nixos-nonode"]);
