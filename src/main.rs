@@ -134,18 +134,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Promote(args) => run_pipeline(Mode::Promote, args).await,
         Command::Rollback(args) => {
             let (report, err) = runnerctl::rollback::rollback(&args).await;
-            if args.json {
-                print_json(&report);
-            } else if !args.quiet && err.is_none() {
-                print_out(&report.render());
-            }
-            match err {
-                None => ExitCode::SUCCESS,
-                Some(err) => {
-                    print_error(err);
-                    ExitCode::FAILURE
-                }
-            }
+            finish(&report, err, args.json, args.quiet)
         }
         Command::Status(args) => {
             let out = config::output(&args.common);
@@ -216,9 +205,25 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
     let reporter = Reporter::new(out.progress, out.verbosity);
     let (report, err) = pipeline::run(cfg, reporter.clone()).await;
     reporter.finish();
-    if out.json {
-        print_json(&report);
-    } else if out.verbosity > runnerctl::progress::Verbosity::Quiet {
+    finish(
+        &report,
+        err,
+        out.json,
+        out.verbosity == runnerctl::progress::Verbosity::Quiet,
+    )
+}
+
+/// Print a run's report (JSON, or the human summary unless quiet), then
+/// its error, and map the outcome to the exit code.
+fn finish(
+    report: &runnerctl::report::Report,
+    err: Option<miette::Report>,
+    json: bool,
+    quiet: bool,
+) -> ExitCode {
+    if json {
+        print_json(report);
+    } else if !quiet {
         print_out(&report.render());
     }
     match err {
