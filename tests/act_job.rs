@@ -206,11 +206,7 @@ fn host_node_version() -> String {
 fn the_example_job_passes_in_a_working_candidate_image() {
     let w = World::new();
     let json = w.push_candidate("nixos", &["--smoke", "auto"], true);
-    let smoke = json["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "smoke"))
-        .cloned()
-        .unwrap_or_default();
+    let smoke = report_stage(&json, "smoke");
     assert_eq!(smoke["status"], "done", "{json:#}");
     let out = w.act();
     out.assert_success();

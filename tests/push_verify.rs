@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Run, RunOutput, DAY, IMAGE_REPO};
+use common::{report_stage, Run, RunOutput, DAY, IMAGE_REPO};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -75,12 +75,7 @@ fn a_bump_uploads_only_the_changed_layer_through_a_layout_that_reuses_the_rest()
     let last = copies.last().expect("a copy");
     assert!(source_of(last).starts_with("oci:"), "{last:?}");
     assert!(last.contains(&"--preserve-digests".to_string()), "{last:?}");
-    let push = report["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .find(|s| s["name"] == "push")
-        .expect("push");
+    let push = report_stage(&report, "push");
     assert!(
         push["note"]
             .as_str()
@@ -247,15 +242,7 @@ fn verify_checks_are_data() {
     let nonode = w.run(&["release", "--attr", "nixos-nonode"]);
     nonode.assert_code(1);
     assert!(nonode.stderr.contains("/bin/node"), "{}", nonode.stderr);
-    let stage = |out: &RunOutput, name: &str| {
-        out.json()["stages"]
-            .as_array()
-            .expect("stages")
-            .iter()
-            .find(|s| s["name"] == name)
-            .cloned()
-            .expect("stage")
-    };
+    let stage = |out: &RunOutput, name: &str| report_stage(&out.json(), name);
     let replaced = w.run(&[
         "release",
         "--attr",
@@ -303,13 +290,7 @@ fn verify_reads_gzip_and_stream_images_and_runs_in_a_dry_run() {
         let out = w.run(&["release", "--attr", attr, "--json", "--tag", attr]);
         out.assert_success();
         let report = out.json();
-        let verify = report["stages"]
-            .as_array()
-            .expect("stages")
-            .iter()
-            .find(|s| s["name"] == "verify")
-            .cloned()
-            .expect("verify");
+        let verify = report_stage(&report, "verify");
         assert_eq!(verify["status"], "done", "{attr}: {verify}");
         // The decompressed or streamed archive does not outlive the push.
         let cache = w.repo.path().join(".runnerctl/cache");

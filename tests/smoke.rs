@@ -114,20 +114,18 @@ fn timed(args: &[&str], f: impl FnOnce() -> RunOutput) -> RunOutput {
     out
 }
 
-/// The `stages` entry named `name` of a --json document.
-fn stage<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    json["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no stage {name:?} in {json:#}"))
+fn status(json: &serde_json::Value, name: &str) -> String {
+    report_stage(json, name)["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
-fn status<'a>(json: &'a serde_json::Value, name: &str) -> &'a str {
-    stage(json, name)["status"].as_str().unwrap_or("")
-}
-
-fn note<'a>(json: &'a serde_json::Value, name: &str) -> &'a str {
-    stage(json, name)["note"].as_str().unwrap_or("")
+fn note(json: &serde_json::Value, name: &str) -> String {
+    report_stage(json, name)["note"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]

@@ -146,7 +146,7 @@ fn git_commit_all(dir: &Path, at_unix_secs: i64, message: &str) -> String {
     git(dir, &["rev-parse", "HEAD"])
 }
 
-fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)
             .unwrap_or_else(|e| panic!("could not create {}: {e}", parent.display()));
@@ -163,7 +163,7 @@ fn make_executable(path: &Path) {
         .unwrap_or_else(|e| panic!("could not chmod {}: {e}", path.display()));
 }
 
-fn new_tempdir(what: &str) -> TempDir {
+pub fn new_tempdir(what: &str) -> TempDir {
     tempfile::Builder::new()
         .prefix(&format!("runnerctl-{what}-"))
         .tempdir()

@@ -204,3 +204,12 @@ pub fn joined_text(handle: Option<thread::JoinHandle<Vec<u8>>>) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
+
+/// The `stages` entry named `name` of a `--json` report.
+pub fn report_stage(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no stage {name:?} in {report:#}"))
+}

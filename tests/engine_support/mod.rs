@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::common::{find_on_path, run_checked, RunnerRepo, ServerProcess, StandInNixpkgs};
+use crate::common::{
+    find_on_path, new_tempdir, run_checked, write_file, RunnerRepo, ServerProcess, StandInNixpkgs,
+};
 
 /// The runnable fixture flake; `@NIXPKGS_URL@` is replaced by the stand-in's URL.
 pub const RUNNABLE_FLAKE_NIX: &str = include_str!("../fixtures/runnable/flake.nix");
@@ -41,17 +43,6 @@ pub fn require(tool: &str) {
     if find_on_path(tool, Path::new("")).is_none() {
         panic!("`{tool}` is not on PATH: `bash scripts/setup` installs it (podman, runc, act)");
     }
-}
-
-fn tempdir(what: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("runnerctl-{what}-"))
-        .tempdir()
-        .unwrap_or_else(|e| panic!("could not create a temporary directory for {what}: {e}"))
-}
-
-fn write(path: &Path, contents: impl AsRef<[u8]>) {
-    fs::write(path, contents).unwrap_or_else(|e| panic!("could not write {}: {e}", path.display()));
 }
 
 /// podman with its own configuration and storage under a temp dir. Dropping
@@ -67,7 +58,7 @@ impl Podman {
     pub fn new(insecure: &[String]) -> Self {
         require("podman");
         require("runc");
-        let dir = tempdir("podman");
+        let dir = new_tempdir("podman");
         let d = dir.path();
         for sub in ["graph", "run", "tmp"] {
             fs::create_dir_all(d.join(sub))
@@ -77,7 +68,7 @@ impl Podman {
         // there may be no systemd; no default ulimits, which an unprivileged
         // container cannot raise; the host's network, so that no CNI or
         // netavark configuration is needed. Events go to a file in tmp_dir.
-        write(
+        write_file(
             &d.join("containers.conf"),
             format!(
                 "[containers]\n\
@@ -94,7 +85,7 @@ impl Podman {
         // vfs: slower than overlay, but it mounts nothing (nothing can leak
         // when a test dies) and works on any filesystem, overlayfs included
         // (scripts/rootfs runs the tests on one).
-        write(
+        write_file(
             &d.join("storage.conf"),
             format!(
                 "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
@@ -108,7 +99,7 @@ impl Podman {
                 "\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
             ));
         }
-        write(&d.join("registries.conf"), registries);
+        write_file(&d.join("registries.conf"), registries);
         let env = [
             ("CONTAINERS_CONF", "containers.conf"),
             ("CONTAINERS_STORAGE_CONF", "storage.conf"),
@@ -327,7 +318,7 @@ pub fn runnable_repo(nixpkgs: &StandInNixpkgs, extra_ca: Option<&str>) -> Runner
 /// PATH (first one of each name wins) except podman and docker. Keep the
 /// returned dir alive while it is used.
 pub fn path_without_engines() -> TempDir {
-    let dir = tempdir("path");
+    let dir = new_tempdir("path");
     let path = std::env::var_os("PATH").unwrap_or_default();
     for d in std::env::split_paths(&path) {
         let Ok(entries) = fs::read_dir(&d) else {
@@ -359,7 +350,7 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn new() -> Self {
-        let dir = tempdir("tls");
+        let dir = new_tempdir("tls");
         let d = dir.path();
         let openssl = |args: &[&str]| {
             run_checked(Command::new("openssl").args(args).current_dir(d));
@@ -391,7 +382,7 @@ impl TlsServer {
             "-subj",
             "/CN=127.0.0.1",
         ]);
-        write(
+        write_file(
             &d.join("server.ext"),
             "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
              basicConstraints = CA:FALSE\n\
