@@ -14,21 +14,48 @@
 //! - Temporary files (a decompressed or streamed archive, the layout) are
 //!   removed once the push is done.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Check, Done, Stage};
+use super::build::Built;
+use super::preflight::Prepared;
+use super::target::Target;
+use super::{Check, Ctx, Done, Stage};
+use crate::config::Config;
 use crate::digest::sha256_digest;
-use crate::image::destination::Manifest;
+use crate::image::destination::{Destination, Manifest};
+use crate::image::layout;
 use crate::image::reference::{ImageRef, Tag};
 use crate::image::registry::Registry as RegistryClient;
-use crate::image::{archive, layout};
-use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::rollback::{self, ROLLED_BACK};
 use crate::state::{self, ImageRecord, Outputs};
+use crate::tool::nix::Evaluated;
 use crate::tool::skopeo::{config_args, inspect_args, CopyOpts, RETRY_TIMES};
 
-pub struct Push;
+/// The stage: the built image, the tags it gets, and the survey of the
+/// destination the stages before it shared.
+pub struct Push<'a, 'b> {
+    pub prepared: &'a Prepared,
+    pub target: &'a Target,
+    pub built: &'a mut Built,
+    pub survey: &'a mut Survey<'b>,
+}
+
+/// What the push did: the digest the tags point at (none in a dry run).
+pub struct Pushed {
+    pub digest: Option<String>,
+}
+
+/// Where this run's tags point at the destination, asked once per run and
+/// shared by the stages that ask whether the image is already published
+/// (build, verify, smoke) and by push, until push changes it.
+pub struct Survey<'a> {
+    prepared: &'a Prepared,
+    target: &'a Target,
+    states: Option<Vec<TagState>>,
+    /// Floating tags a rollback holds where they are.
+    held_back: Vec<Tag>,
+}
 
 /// A tag and what it points at now (None: absent).
 #[derive(Debug, Clone)]
@@ -38,17 +65,27 @@ pub struct TagState {
     pub manifest: Option<String>,
 }
 
-impl Push {
-    fn authfile(cx: &Ctx) -> Option<&Path> {
-        cx.authfile.as_ref().map(|a| a.path())
+impl<'a> Survey<'a> {
+    pub fn new(prepared: &'a Prepared, target: &'a Target) -> Survey<'a> {
+        Survey {
+            prepared,
+            target,
+            states: None,
+            held_back: Vec::new(),
+        }
+    }
+
+    /// The floating tags a rollback holds where they are (known once the
+    /// tags were asked).
+    pub fn held_back(&self) -> &[Tag] {
+        &self.held_back
     }
 
     /// The content-addressed tag for the out path, if enabled.
-    fn nix_tag(cx: &Ctx) -> Option<Tag> {
-        if !cx.cfg.nix_tag {
+    fn nix_tag(cfg: &Config, eval: &Evaluated) -> Option<Tag> {
+        if !cfg.nix_tag {
             return None;
         }
-        let eval = cx.eval.as_ref()?;
         format!("nix-{}", eval.out_path.hash_part()).parse().ok()
     }
 
@@ -56,37 +93,44 @@ impl Push {
     /// content-addressed `nix-` tag first, then the tags that name this
     /// date, the floating ones (`latest`, `unstable`) last. A push that
     /// fails midway then never leaves a floating tag alone on a new image.
-    fn all_tags(cx: &Ctx) -> Vec<Tag> {
-        let mut tags: Vec<Tag> = Self::nix_tag(cx).into_iter().collect();
-        if cx.cfg.hold {
+    fn all_tags(&self, cfg: &Config, eval: &Evaluated) -> Vec<Tag> {
+        let mut tags: Vec<Tag> = Self::nix_tag(cfg, eval).into_iter().collect();
+        if cfg.hold {
             // Held: the floating tags wait for `runnerctl promote`.
-            tags.push(cx.cfg.candidate_tag.clone());
+            tags.push(cfg.candidate_tag.clone());
             return tags;
         }
-        let (fixed, floating): (Vec<Tag>, Vec<Tag>) =
-            cx.tags.iter().cloned().partition(|t| Self::dated(cx, t));
+        let (fixed, floating): (Vec<Tag>, Vec<Tag>) = self
+            .target
+            .tags
+            .iter()
+            .cloned()
+            .partition(|t| self.target.dated(t));
         tags.extend(fixed);
         tags.extend(floating);
         tags
     }
 
-    /// A tag that names this run's date (`{date}` in a template): it never
-    /// moves to another image.
-    fn dated(cx: &Ctx, tag: &Tag) -> bool {
-        cx.date
-            .as_ref()
-            .is_some_and(|d| tag.as_str().contains(d.as_str()))
+    /// The tags this push points at the image: all of them but those a
+    /// rollback holds.
+    fn written_tags(&self, cfg: &Config, eval: &Evaluated) -> Vec<String> {
+        self.all_tags(cfg, eval)
+            .iter()
+            .filter(|t| !self.held_back.contains(t))
+            .map(|t| t.to_string())
+            .collect()
     }
 
-    /// Where every tag points now, asked once per run (cached in the
-    /// context until the push changes it).
-    async fn tag_states(cx: &mut Ctx) -> miette::Result<Vec<TagState>> {
-        if let Some(states) = &cx.tag_states {
+    /// Where every tag points now, asked once per run (kept until the push
+    /// changes it).
+    async fn tag_states(&mut self, cx: &Ctx, eval: &Evaluated) -> miette::Result<Vec<TagState>> {
+        if let Some(states) = &self.states {
             return Ok(states.clone());
         }
-        let skopeo = cx.skopeo()?.clone();
+        let skopeo = &self.prepared.skopeo;
+        let authfile = self.prepared.authfile.as_ref().map(|a| a.path());
         let mut states = Vec::new();
-        for tag in Self::all_tags(cx) {
+        for tag in self.all_tags(&cx.cfg, eval) {
             let manifest = match &cx.cfg.image {
                 ImageRef::Oci { dir } => layout::tag_digest(dir, tag.as_str()).and_then(|d| {
                     std::fs::read_to_string(
@@ -101,7 +145,7 @@ impl Push {
                             &cx.runner,
                             inspect_args(
                                 &cx.cfg.image.at_tag(&tag),
-                                Self::authfile(cx),
+                                authfile,
                                 cx.cfg.tls_verify,
                                 true,
                             ),
@@ -116,34 +160,38 @@ impl Push {
                 manifest,
             });
         }
-        let held = Self::held_back(cx, &states)?;
+        let held = self.held(&cx.cfg, &states)?;
         if let Some(first) = held.first() {
-            if cx.held_back.is_empty() {
+            if self.held_back.is_empty() {
                 let names: Vec<String> = held.iter().map(|s| s.tag.to_string()).collect();
                 let digest = first.digest.as_deref().unwrap_or_default();
                 cx.reporter()
                     .emit(Event::Warning(rollback::held_warning(&names, digest)));
             }
-            cx.held_back = held.iter().map(|s| s.tag.clone()).collect();
+            self.held_back = held.iter().map(|s| s.tag.clone()).collect();
         }
         let states: Vec<TagState> = states
             .into_iter()
-            .filter(|s| !cx.held_back.contains(&s.tag))
+            .filter(|s| !self.held_back.contains(&s.tag))
             .collect();
-        cx.tag_states = Some(states.clone());
+        self.states = Some(states.clone());
         Ok(states)
     }
 
     /// The floating tags a rollback holds (see [`rollback::held`]); none
     /// with --hold, which moves no floating tag anyway.
-    fn held_back(cx: &Ctx, states: &[TagState]) -> miette::Result<Vec<TagState>> {
-        if cx.cfg.hold {
+    fn held(&self, cfg: &Config, states: &[TagState]) -> miette::Result<Vec<TagState>> {
+        if cfg.hold {
             return Ok(Vec::new());
         }
-        let marker = cx.destination()?.manifest(ROLLED_BACK)?.map(|m| m.digest);
+        let marker = self
+            .prepared
+            .destination
+            .manifest(ROLLED_BACK)?
+            .map(|m| m.digest);
         let floating = states
             .iter()
-            .filter(|s| cx.tags.contains(&s.tag) && !Self::dated(cx, &s.tag));
+            .filter(|s| self.target.tags.contains(&s.tag) && !self.target.dated(&s.tag));
         Ok(rollback::held(marker.as_deref(), floating, |s| {
             s.digest.as_deref()
         }))
@@ -151,14 +199,14 @@ impl Push {
 
     /// The digest this out path was pushed as: from the state, or from the
     /// destination's `nix-<hash>` tag.
-    fn known_digest(cx: &Ctx, states: &[TagState]) -> Option<String> {
-        let out = cx.eval.as_ref()?.out_path.to_string();
+    fn known_digest(cx: &Ctx, eval: &Evaluated, states: &[TagState]) -> Option<String> {
+        let out = eval.out_path.to_string();
         if let Some(record) = cx.state.images.get(&out) {
             if record.image == cx.cfg.image.to_string() {
                 return Some(record.digest.clone());
             }
         }
-        let nix_tag = Self::nix_tag(cx)?;
+        let nix_tag = Self::nix_tag(&cx.cfg, eval)?;
         states
             .iter()
             .find(|s| s.tag == nix_tag)
@@ -168,58 +216,69 @@ impl Push {
     /// The digest this out path is already published as, if the
     /// destination has it under some tag: then nothing needs building,
     /// verifying or uploading, at most retagging.
-    pub async fn published(cx: &mut Ctx) -> miette::Result<Option<String>> {
-        if cx.eval.is_none() {
-            return Ok(None);
-        }
-        let states = Self::tag_states(cx).await?;
-        Ok(Self::known_digest(cx, &states).filter(|d| {
+    pub async fn published(
+        &mut self,
+        cx: &Ctx,
+        eval: &Evaluated,
+    ) -> miette::Result<Option<String>> {
+        let states = self.tag_states(cx, eval).await?;
+        Ok(Self::known_digest(cx, eval, &states).filter(|d| {
             states
                 .iter()
                 .any(|s| s.digest.as_deref() == Some(d.as_str()))
         }))
     }
+}
 
-    /// The tags this push points at the image: all of them but those a
-    /// rollback holds.
-    fn written_tags(cx: &Ctx) -> Vec<String> {
-        Self::all_tags(cx)
-            .iter()
-            .filter(|t| !cx.held_back.contains(t))
-            .map(|t| t.to_string())
-            .collect()
+impl Push<'_, '_> {
+    fn eval(&self) -> &Evaluated {
+        &self.built.eval
     }
 
-    fn outputs(cx: &Ctx, digest: &str) -> Outputs {
+    fn authfile(&self) -> Option<&Path> {
+        self.prepared.authfile.as_ref().map(|a| a.path())
+    }
+
+    fn outputs(&self, cx: &Ctx, digest: &str) -> Outputs {
         Outputs {
             digest: Some(digest.to_string()),
-            tags: Self::written_tags(cx),
-            out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
+            tags: self.survey.written_tags(&cx.cfg, self.eval()),
+            out_path: Some(self.eval().out_path.to_string()),
             ..Outputs::default()
         }
     }
 
-    fn remember(cx: &mut Ctx, digest: &str) {
-        if let Some(eval) = &cx.eval {
-            cx.state.images.insert(
-                eval.out_path.to_string(),
-                ImageRecord {
-                    image: cx.cfg.image.to_string(),
-                    digest: digest.to_string(),
-                    tags: Self::written_tags(cx),
-                    pushed_at: state::now(),
-                },
-            );
-        }
+    fn remember(&self, cx: &mut Ctx, digest: &str) {
+        let tags = self.survey.written_tags(&cx.cfg, self.eval());
+        cx.state.images.insert(
+            self.eval().out_path.to_string(),
+            ImageRecord {
+                image: cx.cfg.image.to_string(),
+                digest: digest.to_string(),
+                tags,
+                pushed_at: state::now(),
+            },
+        );
+    }
+
+    fn done(&self, cx: &Ctx, note: String, digest: &str) -> Done<Pushed> {
+        Done::new(
+            note,
+            Pushed {
+                digest: Some(digest.to_string()),
+            },
+        )
+        .with(self.outputs(cx, digest))
     }
 
     fn copy_opts<'a>(
-        cx: &'a Ctx,
+        &'a self,
+        cx: &Ctx,
         from_registry: bool,
         digestfile: Option<&'a Path>,
     ) -> CopyOpts<'a> {
         CopyOpts {
-            authfile: Self::authfile(cx),
+            authfile: self.authfile(),
             tls_verify: cx.cfg.tls_verify,
             src_is_registry: from_registry,
             dst_is_registry: true,
@@ -231,8 +290,12 @@ impl Push {
 
     /// What the registry's current images teach about layers: diff_id →
     /// compressed blob already in this repository.
-    async fn registry_reuse(cx: &Ctx, states: &[TagState]) -> miette::Result<layout::ReuseMap> {
-        let skopeo = cx.skopeo()?;
+    async fn registry_reuse(
+        &self,
+        cx: &Ctx,
+        states: &[TagState],
+    ) -> miette::Result<layout::ReuseMap> {
+        let skopeo = &self.prepared.skopeo;
         let mut map = layout::ReuseMap::new();
         let mut seen = Vec::new();
         for s in states {
@@ -248,7 +311,7 @@ impl Push {
                     &cx.runner,
                     config_args(
                         &cx.cfg.image.at_tag(&s.tag),
-                        Self::authfile(cx),
+                        self.authfile(),
                         cx.cfg.tls_verify,
                         true,
                     ),
@@ -259,25 +322,6 @@ impl Push {
             }
         }
         Ok(map)
-    }
-
-    /// The uncompressed docker-archive for the out path.
-    async fn archive(cx: &mut Ctx) -> miette::Result<PathBuf> {
-        if let Some(archive) = &cx.archive {
-            return Ok(archive.clone());
-        }
-        let eval = cx.eval.clone().ok_or(Missing {
-            what: "the out path",
-        })?;
-        let archive = archive::prepare(
-            &cx.runner,
-            Path::new(eval.out_path.as_str()),
-            &eval.out_path.hash_part(),
-            &cx.cfg.cache_dir(),
-        )
-        .await?;
-        cx.archive = Some(archive.clone());
-        Ok(archive)
     }
 
     /// Write the image as an OCI layout at `dir`, reusing `reuse`.
@@ -303,15 +347,16 @@ impl Push {
     /// layers, straight from the archive (skopeo compresses while it
     /// uploads). Returns the digest, the manifest and what happened.
     async fn upload(
-        cx: &mut Ctx,
+        &mut self,
+        cx: &Ctx,
         client: &RegistryClient,
         states: &[TagState],
         first: &Tag,
     ) -> miette::Result<(String, Option<Vec<u8>>, String)> {
-        let skopeo = cx.skopeo()?.clone();
-        let archive = Self::archive(cx).await?;
+        let skopeo = &self.prepared.skopeo;
+        let archive = self.built.uncompressed_archive(cx).await?;
         let scanned = layout::Scanned::new(&archive)?;
-        let reuse = Self::registry_reuse(cx, states).await?;
+        let reuse = self.registry_reuse(cx, states).await?;
         let reusable = scanned
             .diff_ids()
             .filter(|d| reuse.contains_key(*d))
@@ -340,13 +385,10 @@ impl Push {
                 None,
             )
         } else {
-            let eval = cx.eval.clone().ok_or(Missing {
-                what: "the out path",
-            })?;
             let dir = cx
                 .cfg
                 .cache_dir()
-                .join(format!("layout-{}", eval.out_path.hash_part()));
+                .join(format!("layout-{}", self.eval().out_path.hash_part()));
             let written = Self::write_layout(cx, &scanned, &dir, &reuse, &[first.to_string()])?;
             let how = format!(
                 "uploaded as {first}; {} of {} layers already in the registry, {} new ({} bytes compressed)",
@@ -369,7 +411,7 @@ impl Push {
                 Some(dir),
             )
         };
-        let mut opts = Self::copy_opts(cx, false, Some(digestfile.path()));
+        let mut opts = self.copy_opts(cx, false, Some(digestfile.path()));
         // From the layout the manifest must arrive as written; from the
         // archive skopeo makes it.
         opts.preserve_digests = layout_dir.is_some();
@@ -388,12 +430,13 @@ impl Push {
         let digest = match &manifest {
             Some(bytes) => sha256_digest(bytes),
             None if reported.starts_with("sha256:") => reported.clone(),
-            None => cx
-                .destination()?
+            None => self
+                .prepared
+                .destination
                 .manifest(first.as_str())?
                 .map(|m| m.digest)
-                .ok_or(Missing {
-                    what: "the pushed manifest",
+                .ok_or_else(|| NotThere {
+                    tag: first.to_string(),
                 })?,
         };
         // What went over the wire: the new layers, the config and the
@@ -460,33 +503,25 @@ impl Push {
             }
         }
     }
-
-    /// The registry client for a `docker://` destination: the one
-    /// preflight checked the login with (one per run, so it authenticates
-    /// once).
-    fn client(cx: &Ctx) -> miette::Result<Option<std::sync::Arc<RegistryClient>>> {
-        match &cx.cfg.image {
-            ImageRef::Docker { .. } => Ok(Some(cx.registry.clone().ok_or(Missing {
-                what: "the registry client",
-            })?)),
-            ImageRef::Oci { .. } => Ok(None),
-        }
-    }
 }
 
-impl Stage for Push {
+impl Stage for Push<'_, '_> {
+    type Output = Pushed;
+    /// Where the tags point now.
+    type Found = Vec<TagState>;
+
     fn name(&self) -> &'static str {
         "push"
     }
 
-    fn fingerprint(&self, cx: &Ctx) -> Option<String> {
-        cx.eval.as_ref().map(|e| e.out_path.to_string())
+    fn fingerprint(&self, _cx: &Ctx) -> Option<String> {
+        Some(self.eval().out_path.to_string())
     }
 
-    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        let states = Self::tag_states(cx).await?;
-        let Some(digest) = Self::known_digest(cx, &states) else {
-            return Ok(Check::Todo("this out path was never pushed".into()));
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Pushed, Vec<TagState>>> {
+        let states = self.survey.tag_states(cx, &self.built.eval).await?;
+        let Some(digest) = Survey::known_digest(cx, self.eval(), &states) else {
+            return Ok(Check::Todo("this out path was never pushed".into(), states));
         };
         if states
             .iter()
@@ -499,31 +534,23 @@ impl Stage for Push {
                 }));
             }
             let names: Vec<String> = states.iter().map(|s| s.tag.to_string()).collect();
-            cx.digest = Some(digest.clone());
-            Self::remember(cx, &digest);
-            return Ok(Check::Done(
-                Done::new(format!("tags {} already at {digest}", names.join(", ")))
-                    .with(Self::outputs(cx, &digest)),
-            ));
+            self.remember(cx, &digest);
+            let note = format!("tags {} already at {digest}", names.join(", "));
+            return Ok(Check::Done(self.done(cx, note, &digest)));
         }
         Ok(Check::Todo(
             "some tags are missing or point elsewhere".into(),
+            states,
         ))
     }
 
-    fn plan(&self, cx: &Ctx) -> Vec<String> {
-        let Some(skopeo) = &cx.skopeo else {
-            return Vec::new();
-        };
-        let tags = Self::all_tags(cx);
+    fn plan(&self, cx: &Ctx, _: &Vec<TagState>) -> Vec<String> {
+        let skopeo = &self.prepared.skopeo;
+        let tags = self.survey.all_tags(&cx.cfg, self.eval());
         let Some(first) = tags.first() else {
             return Vec::new();
         };
-        let out = cx
-            .eval
-            .as_ref()
-            .map(|e| e.out_path.to_string())
-            .unwrap_or_else(|| "<built image>".into());
+        let out = self.eval().out_path.to_string();
         match &cx.cfg.image {
             ImageRef::Oci { dir } => vec![format!(
                 "(built in) write {out} into the OCI layout {} as {}, reusing the layers it already has",
@@ -532,6 +559,7 @@ impl Stage for Push {
             )],
             ImageRef::Docker { .. } => {
                 let layout_dir = cx.cfg.cache_dir().join("layout");
+                let digestfile = cx.cfg.state_dir.join("digest");
                 let mut cmds = vec![
                     format!(
                         "(built in) write {out} as an OCI layout in {}, reusing the layers the registry has (if it has none: skopeo copy docker-archive:… instead)",
@@ -541,41 +569,41 @@ impl Stage for Push {
                         .copy_cmd(
                             &format!("oci:{}:{first}", layout_dir.display()),
                             &cx.cfg.image.at_tag(first),
-                            &Self::copy_opts(cx, false, Some(&cx.cfg.state_dir.join("digest"))),
+                            &self.copy_opts(cx, false, Some(&digestfile)),
                             0,
                         )
                         .display(),
                 ];
-                if let Ok(destination) = cx.destination() {
-                    for tag in &tags[1..] {
-                        cmds.push(format!(
-                            "(built in) {}  (the same manifest: a retag, no blob is sent)",
-                            destination.describe_retag(&cx.cfg.image, tag.as_str(), "DIGEST")
-                        ));
-                    }
+                let destination = &self.prepared.destination;
+                for tag in &tags[1..] {
+                    cmds.push(format!(
+                        "(built in) {}  (the same manifest: a retag, no blob is sent)",
+                        destination.describe_retag(&cx.cfg.image, tag.as_str(), "DIGEST")
+                    ));
                 }
                 cmds
             }
         }
     }
 
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let tags: Vec<String> = Self::all_tags(cx).iter().map(|t| t.to_string()).collect();
-        Ok(format!(
-            "would push {} as {}",
-            cx.cfg.image,
-            tags.join(", ")
+    async fn dry_run(&mut self, cx: &mut Ctx, _: Vec<TagState>) -> miette::Result<Done<Pushed>> {
+        let tags: Vec<String> = self
+            .survey
+            .all_tags(&cx.cfg, self.eval())
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        Ok(Done::new(
+            format!("would push {} as {}", cx.cfg.image, tags.join(", ")),
+            Pushed { digest: None },
         ))
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let states = Self::tag_states(cx).await?;
+    async fn run(&mut self, cx: &mut Ctx, states: Vec<TagState>) -> miette::Result<Done<Pushed>> {
         // From here on the destination changes: ask again next time.
-        cx.tag_states = None;
-        let known = Self::known_digest(cx, &states);
+        self.survey.states = None;
+        let known = Survey::known_digest(cx, self.eval(), &states);
         let all: Vec<String> = states.iter().map(|s| s.tag.to_string()).collect();
-        // One client for the whole push, so it authenticates once.
-        let client = Self::client(cx)?;
 
         // 1. Get the image there once (or find it there already).
         let existing = known
@@ -586,19 +614,20 @@ impl Stage for Push {
                     .find(|s| s.digest.as_deref() == Some(d.as_str()))
             })
             .cloned();
-        let (source, digest, manifest, how) = match (existing, &cx.cfg.image) {
+        let destination = &self.prepared.destination;
+        let (source, digest, manifest, how) = match (existing, destination) {
             (Some(s), _) => {
                 let digest = s.digest.clone().unwrap_or_default();
                 let how = format!("already there as {}", s.tag);
                 (s.tag, digest, s.manifest.map(String::into_bytes), how)
             }
-            (None, ImageRef::Oci { dir }) => {
+            (None, Destination::Layout { dir }) => {
                 // The layout is the destination: write it in place, all tags
                 // at once, reusing its blobs.
                 let dir = dir.clone();
                 let mut reuse = layout::ReuseMap::new();
                 layout::learn_from_layout(&dir, &mut reuse);
-                let archive = Self::archive(cx).await?;
+                let archive = self.built.uncompressed_archive(cx).await?;
                 let scanned = layout::Scanned::new(&archive)?;
                 let written = Self::write_layout(cx, &scanned, &dir, &reuse, &all)?;
                 for s in &states {
@@ -607,8 +636,7 @@ impl Stage for Push {
                         skipped: s.digest.as_deref() == Some(written.manifest_digest.as_str()),
                     }));
                 }
-                cx.digest = Some(written.manifest_digest.clone());
-                Self::remember(cx, &written.manifest_digest);
+                self.remember(cx, &written.manifest_digest);
                 let note = format!(
                     "{}: wrote {} as {}; {} of {} layers reused, {} compressed ({} bytes)",
                     written.manifest_digest,
@@ -620,15 +648,14 @@ impl Stage for Push {
                     written.compressed_bytes
                 );
                 Self::clean_cache(cx);
-                return Ok(Done::new(note).with(Self::outputs(cx, &written.manifest_digest)));
+                return Ok(self.done(cx, note, &written.manifest_digest));
             }
-            (None, ImageRef::Docker { .. }) => {
-                let first = states
-                    .first()
-                    .map(|s| s.tag.clone())
-                    .ok_or(Missing { what: "a tag" })?;
-                let client = client.as_ref().ok_or(Missing { what: "a registry" })?;
-                let (digest, manifest, how) = Self::upload(cx, client, &states, &first).await?;
+            (None, Destination::Registry { client }) => {
+                let client = client.clone();
+                let Some(first) = states.first().map(|s| s.tag.clone()) else {
+                    return Ok(Done::new("no tag to push", Pushed { digest: None }));
+                };
+                let (digest, manifest, how) = self.upload(cx, &client, &states, &first).await?;
                 (first, digest, manifest, how)
             }
         };
@@ -636,8 +663,7 @@ impl Stage for Push {
         // killed during the retags resumes with only the missing tags (the
         // rerun's own upload could give another manifest, an OCI one
         // instead of skopeo's docker one, and move the tags already there).
-        cx.digest = Some(digest.clone());
-        Self::remember(cx, &digest);
+        self.remember(cx, &digest);
         cx.save()?;
 
         // 2. Every other tag: a manifest-only PUT of the same bytes (the
@@ -664,11 +690,11 @@ impl Stage for Push {
             }));
         }
         if !lagging.is_empty() {
-            let destination = cx.destination()?;
+            let destination = &self.prepared.destination;
             let manifest = match manifest {
                 Some(bytes) => Manifest::from_bytes(bytes),
-                None => destination.manifest(&digest)?.ok_or(Missing {
-                    what: "the pushed manifest",
+                None => destination.manifest(&digest)?.ok_or_else(|| NotThere {
+                    tag: digest.clone(),
                 })?,
             };
             for s in lagging {
@@ -692,6 +718,17 @@ impl Stage for Push {
             note.push_str(&format!("; skipped {} (already there)", skipped.join(", ")));
         }
         Self::clean_cache(cx);
-        Ok(Done::new(note).with(Self::outputs(cx, &digest)))
+        Ok(self.done(cx, note, &digest))
     }
+}
+
+/// The registry did not show the manifest runnerctl just pushed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("the registry does not show {tag} right after the push")]
+#[diagnostic(
+    code(runnerctl::push::not_there),
+    help("the registry accepted the upload but does not serve it back (a proxy or cache in between?); run again: the push resumes")
+)]
+pub struct NotThere {
+    pub tag: String,
 }
