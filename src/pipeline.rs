@@ -7,11 +7,10 @@ use std::time::Instant;
 use miette::{Diagnostic, IntoDiagnostic};
 use thiserror::Error;
 
-use crate::auth::AuthFile;
 use crate::config::{Config, Mode};
 use crate::flake_lock::{DateTag, FlakeLock};
 use crate::image::destination::Destination;
-use crate::image::reference::{ImageRef, Tag};
+use crate::image::reference::Tag;
 use crate::progress::{Event, Reporter};
 use crate::report::{ErrorReport, Outcome, Report, StageReport};
 use crate::stage::{self, Check, Stage};
@@ -47,16 +46,16 @@ pub struct Ctx {
     pub archive: Option<PathBuf>,
     pub digest: Option<String>,
     pub commit: Option<String>,
-    pub authfile: Option<AuthFile>,
     /// The registry login preflight resolved (skopeo gets it as `authfile`).
     pub login: Option<crate::auth::Login>,
-    /// The registry client preflight checked the login with; the push
-    /// reuses it (and its token).
-    pub registry: Option<std::sync::Arc<crate::image::registry::Registry>>,
+    /// Where images go, as preflight connected to it: for a registry, the
+    /// client preflight checked the login with (the push reuses it and its
+    /// token), skopeo and its auth file.
+    pub destination: Option<Destination>,
     /// Dry-run bump: the throwaway copy of the flake with the new lock.
     pub dry_flake: Option<tempfile::TempDir>,
     /// Where each tag points, as last asked.
-    pub tag_states: Option<Vec<stage::push::TagState>>,
+    pub tag_states: Option<Vec<crate::image::destination::TagState>>,
     /// Floating tags a rollback holds where they are (see `push`).
     pub held_back: Vec<Tag>,
     pub report: Report,
@@ -103,15 +102,13 @@ impl Ctx {
     }
 
     /// The destination the run's preflight connected to.
-    pub fn destination(&self) -> miette::Result<Destination> {
-        match &self.cfg.image {
-            ImageRef::Oci { dir } => Ok(Destination::Layout { dir: dir.clone() }),
-            ImageRef::Docker { .. } => Ok(Destination::Registry {
-                client: self.registry.clone().ok_or(Missing {
-                    what: "the registry client",
-                })?,
-            }),
-        }
+    pub fn destination(&self) -> miette::Result<&Destination> {
+        self.destination.as_ref().ok_or_else(|| {
+            Missing {
+                what: "the destination",
+            }
+            .into()
+        })
     }
 
     /// The built image as an archive that can be read in place: a tar or a
@@ -462,9 +459,8 @@ async fn run_inner(
         archive: None,
         digest: None,
         commit: None,
-        authfile: None,
         login: None,
-        registry: None,
+        destination: None,
         dry_flake: None,
         tag_states: None,
         held_back: Vec::new(),

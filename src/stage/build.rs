@@ -44,7 +44,7 @@ impl Stage for Build {
             Ok(Check::Done(
                 Done::new(format!("already in the store: {out}")).with(Self::outputs(cx)),
             ))
-        } else if let Some(digest) = super::push::Push::published(cx).await? {
+        } else if let Some(digest) = super::tags::published(cx).await? {
             Ok(Check::Done(
                 Done::new(format!(
                     "not needed: {} already has {out} as {digest}",

@@ -7,7 +7,7 @@ use thiserror::Error;
 use super::{Check, Done, Stage};
 use crate::auth;
 use crate::config::Mode;
-use crate::image::destination::{self, Destination};
+use crate::image::destination;
 use crate::image::reference::ImageRef;
 use crate::pipeline::Ctx;
 use crate::progress::Event;
@@ -172,13 +172,19 @@ impl Preflight {
                 ));
             }
         }
-        if let (Some(login), ImageRef::Docker { registry, .. }) = (&connected.login, &cx.cfg.image)
-        {
-            cx.authfile = Some(auth::auth_file(login, registry)?);
-        }
-        if let Destination::Registry { client } = connected.destination {
-            cx.registry = Some(client);
-        }
+        let authfile = match (&connected.login, &cx.cfg.image) {
+            (Some(login), ImageRef::Docker { registry, .. }) => {
+                Some(auth::auth_file(login, registry)?)
+            }
+            _ => None,
+        };
+        let skopeo = cx.skopeo()?.clone();
+        cx.destination = Some(connected.destination.with_tools(destination::Tools {
+            skopeo,
+            authfile,
+            cache_dir: cx.cfg.cache_dir(),
+            state_dir: cx.cfg.state_dir.clone(),
+        }));
         cx.login = connected.login;
         Ok(cx.login.as_ref())
     }

@@ -114,7 +114,7 @@ impl Stage for Smoke {
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
         // An image already published passed before it left: no engine is
         // asked.
-        if let Some(digest) = super::push::Push::published(cx).await? {
+        if let Some(digest) = super::tags::published(cx).await? {
             return Ok(Check::Done(Done::new(format!(
                 "already published as {digest}"
             ))));

@@ -32,7 +32,7 @@ impl Stage for Verify {
     async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
         // An image already published was verified before it left; anything
         // else is verified, whatever an earlier record says.
-        if let Some(digest) = super::push::Push::published(cx).await? {
+        if let Some(digest) = super::tags::published(cx).await? {
             return Ok(Check::Done(Done::new(format!(
                 "already verified and published as {digest}"
             ))));
