@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use super::tags::{self, all_tags, written_tags};
 use super::{Check, Done, Stage};
 use crate::image::archive;
-use crate::image::destination::{clean_cache, Manifest, Missing, Pushed, Upload};
+use crate::image::destination::{clean_cache, Missing, Pushed, Upload};
+use crate::image::reference::Tag;
 use crate::pipeline::Ctx;
 use crate::progress::{Event, PushEvent};
 use crate::state::{self, ImageRecord, Outputs};
@@ -141,10 +142,7 @@ impl Stage for Push {
         Self::remember(cx, &digest);
         cx.save()?;
 
-        // 2. Every other tag: a manifest-only PUT of the same bytes (the
-        // registry checks that it has every blob). One at a time: the
-        // registry's filesystem storage rewrites the digest's revision link
-        // on every manifest PUT, and concurrent writes race there.
+        // 2. Every other tag: a retag, unless it is there already.
         let (skipped, lagging): (Vec<_>, Vec<_>) = states
             .iter()
             .filter(|s| !pushed.tagged.contains(&s.tag))
@@ -155,27 +153,10 @@ impl Stage for Push {
                 skipped: true,
             }));
         }
-        let mut written = Vec::new();
-        if !lagging.is_empty() {
-            let destination = cx.destination()?;
-            let manifest: Manifest = match pushed.manifest {
-                Some(manifest) => manifest,
-                None => destination.manifest(&digest)?.ok_or(Missing {
-                    what: "the pushed manifest",
-                })?,
-            };
-            for s in lagging {
-                cx.reporter().emit(Event::Command {
-                    command: destination.describe_retag(&cx.cfg.image, s.tag.as_str(), &digest),
-                });
-                destination.retag(s.tag.as_str(), &manifest)?;
-                cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                    tag: s.tag.to_string(),
-                    skipped: false,
-                }));
-                written.push(s.tag.to_string());
-            }
-        }
+        let lagging: Vec<Tag> = lagging.into_iter().map(|s| s.tag.clone()).collect();
+        cx.destination()?
+            .retag_all(cx.reporter(), &pushed, &lagging)?;
+        let mut written: Vec<String> = lagging.iter().map(|t| t.to_string()).collect();
         written.sort();
         let mut note = format!("{digest}: {}", pushed.how);
         if !written.is_empty() {

@@ -359,6 +359,40 @@ impl Destination {
         Ok(())
     }
 
+    /// Point each of `tags` at the image `pushed`, reporting each: a
+    /// manifest-only PUT of the same bytes (the registry checks that it has
+    /// every blob). One at a time: the registry's filesystem storage
+    /// rewrites the digest's revision link on every manifest PUT, and
+    /// concurrent writes race there.
+    pub fn retag_all(
+        &self,
+        reporter: &Reporter,
+        pushed: &Pushed,
+        tags: &[Tag],
+    ) -> miette::Result<()> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let digest = &pushed.digest;
+        let manifest = match &pushed.manifest {
+            Some(manifest) => manifest.clone(),
+            None => self.manifest(digest)?.ok_or(Missing {
+                what: "the pushed manifest",
+            })?,
+        };
+        for tag in tags {
+            reporter.emit(Event::Command {
+                command: self.describe_retag(&self.image(), tag.as_str(), digest),
+            });
+            self.retag(tag.as_str(), &manifest)?;
+            reporter.emit(Event::Push(PushEvent::TagWritten {
+                tag: tag.to_string(),
+                skipped: false,
+            }));
+        }
+        Ok(())
+    }
+
     /// Delete the manifest `digest` and every tag on it: a `DELETE` of the
     /// manifest at the registry, its index entries in a layout (the blobs
     /// stay until a garbage collection). `false`: it was not there.

@@ -194,3 +194,80 @@ fn layout_plan_names_every_tag() {
     );
     assert!(dest.plan("/nix/store/x-image", &[]).is_empty());
 }
+
+/// A registry that answers `GET /v2/` and deletes a manifest once; it
+/// records each request's method and path.
+fn fake_registry() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut deleted = false;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+                // A TLS handshake: this registry speaks plain HTTP.
+                if head.first() == Some(&0x16) {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let line: Vec<&str> = text.lines().next().unwrap_or("").split(' ').collect();
+            if line.len() < 2 || head.first() == Some(&0x16) {
+                continue;
+            }
+            let request = format!("{} {}", line[0], line[1]);
+            let status = match line[0] {
+                "DELETE" if !deleted => {
+                    deleted = true;
+                    "202 Accepted"
+                }
+                "DELETE" => "404 Not Found",
+                _ => "200 OK",
+            };
+            log.lock().unwrap().push(request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (host, seen)
+}
+
+#[test]
+fn registry_delete_is_a_delete_of_the_manifest() {
+    let (host, seen) = fake_registry();
+    let image: ImageRef = format!("docker://{host}/team/runner").parse().unwrap();
+    let client = RegistryClient::new(
+        &host,
+        "team/runner",
+        &Credentials::None,
+        false,
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    let dest = Destination::Registry(Registry::new(Arc::new(client), image, false));
+    let digest = format!("sha256:{}", "a".repeat(64));
+    assert!(dest.delete(&digest).unwrap());
+    // Gone already.
+    assert!(!dest.delete(&digest).unwrap());
+    let deletes: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("DELETE"))
+        .cloned()
+        .collect();
+    let expected = format!("DELETE /v2/team/runner/manifests/{digest}");
+    assert_eq!(deletes, vec![expected.clone(), expected]);
+}
