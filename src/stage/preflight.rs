@@ -8,7 +8,6 @@ use super::{Check, Done, Stage};
 use crate::auth;
 use crate::config::Mode;
 use crate::image::destination;
-use crate::image::reference::ImageRef;
 use crate::pipeline::Ctx;
 use crate::progress::Event;
 use crate::tool::git::Git;
@@ -172,10 +171,8 @@ impl Preflight {
                 ));
             }
         }
-        let authfile = match (&connected.login, &cx.cfg.image) {
-            (Some(login), ImageRef::Docker { registry, .. }) => {
-                Some(auth::auth_file(login, registry)?)
-            }
+        let authfile = match (&connected.login, cx.cfg.image.registry()) {
+            (Some(login), Some(registry)) => Some(auth::auth_file(login, registry)?),
             _ => None,
         };
         let skopeo = cx.skopeo()?.clone();
