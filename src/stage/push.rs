@@ -119,7 +119,11 @@ impl Stage for Push {
         // From here on the destination changes: ask again next time.
         cx.tag_states = None;
         let known = tags::known(cx, &states)?;
-        let found = known.and_then(|d| states.iter().find(|s| s.digest == Some(d.clone())));
+        let found = known.and_then(|d| {
+            states
+                .iter()
+                .find(|s| s.digest.as_deref() == Some(d.as_str()))
+        });
 
         // 1. Get the image there once (or find it there already).
         let pushed = match found {
