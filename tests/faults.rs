@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -865,7 +867,7 @@ fn remote_changed_the_lock_stop_keep_the_local_commit_and_explain() {
     let mut w = World::new();
     let moved = w.repo.push_remote_lock_update();
     // Upstream moves again, so this bump's lock differs from the remote's.
-    let rev3 = w.nixpkgs.commit(w.new_time + DAY);
+    let rev3 = w.world.nixpkgs.commit(w.new_time + DAY);
     let subject = bump_subject(&date_tag(w.new_time + DAY));
     for attempt in 0..2 {
         let out = w.bump(&[]);

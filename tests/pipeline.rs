@@ -61,49 +61,34 @@ fn subject_for(secs: i64) -> String {
 // The world of one test
 // ---------------------------------------------------------------------------
 
-struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
-    shims: PathShims,
-    /// lastModified of the stand-in's first commit (what the initial lock has).
-    base: i64,
+/// The registry world of tests/common, with what these tests ask of it.
+struct World(common::World);
+
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl World {
     fn new() -> Self {
-        let base = common::fresh_time();
-        let nixpkgs = StandInNixpkgs::new_at(base);
-        let repo = RunnerRepo::new(&nixpkgs);
-        Self::assemble(nixpkgs, repo, base)
+        World(common::World::new())
     }
 
     fn assemble(nixpkgs: StandInNixpkgs, repo: RunnerRepo, base: i64) -> Self {
-        let registry = Registry::new();
-        let mut shims = PathShims::new();
-        shims.log_calls("nix").log_calls("skopeo");
-        World {
+        World(common::World::assemble(
             nixpkgs,
             repo,
-            registry,
-            shims,
             base,
-        }
-    }
-
-    /// A new stand-in nixpkgs commit `days` days after the base. Returns its
-    /// rev.
-    fn upstream_commit(&mut self, days: i64) -> String {
-        self.nixpkgs.commit(self.base + days * DAY)
-    }
-
-    /// `docker://127.0.0.1:PORT/infra/runners/nixos`
-    fn image(&self) -> String {
-        format!("docker://{}/{IMAGE_REPO}", self.registry.host())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.repo.path().join(".runnerctl")
+            Registry::new(),
+        ))
     }
 
     /// `runnerctl ARGS…` in the working clone, with the nix env, the shims
@@ -150,16 +135,8 @@ impl World {
         );
     }
 
-    fn nix_builds(&self) -> usize {
-        self.shims.count("nix", &["build"])
-    }
-
     fn nix_updates(&self) -> usize {
         self.shims.count("nix", &["flake", "update"]) + self.shims.count("nix", &["flake", "lock"])
-    }
-
-    fn skopeo_copies(&self) -> usize {
-        self.shims.count("skopeo", &["copy"])
     }
 
     /// Every tag of the image repository and its digest.
@@ -224,23 +201,6 @@ impl World {
             .lines()
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl Drop for World {
-    /// On a failed assertion, show what the registry saw.
-    fn drop(&mut self) {
-        if thread::panicking() {
-            let log = self.registry.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "--- registry log ({} lines, last {}) ---\n{}",
-                lines.len(),
-                tail.len(),
-                tail.join("\n")
-            );
-        }
     }
 }
 
@@ -519,7 +479,7 @@ fn rerun_after_a_bump_is_a_no_op() {
         w.nix_builds(),
         w.registry.blob_upload_count(),
         w.registry.manifest_put_count(),
-        w.skopeo_copies(),
+        w.skopeo_copies().len(),
     );
     assert_eq!(builds, 1);
     assert!(uploads > 0 && puts > 0 && copies > 0);
@@ -537,7 +497,7 @@ fn rerun_after_a_bump_is_a_no_op() {
         "blobs uploaded again"
     );
     assert_eq!(w.registry.manifest_put_count(), puts, "manifests PUT again");
-    assert_eq!(w.skopeo_copies(), copies, "skopeo copy ran again");
+    assert_eq!(w.skopeo_copies().len(), copies, "skopeo copy ran again");
     assert_eq!(w.registry_digests(), digests);
 }
 
@@ -648,7 +608,7 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
         w.shims.calls("nix")
     );
     assert_eq!(
-        w.skopeo_copies(),
+        w.skopeo_copies().len(),
         0,
         "a dry run copied: {:?}",
         w.shims.calls("skopeo")
@@ -1275,7 +1235,7 @@ fn verify_failure_stops_before_push_and_commit() {
         w.registry_digests()
     );
     assert_eq!(w.registry.blob_upload_count(), 0);
-    assert_eq!(w.skopeo_copies(), 0);
+    assert_eq!(w.skopeo_copies().len(), 0);
     assert_eq!(w.repo.head(), head, "committed an image that failed verify");
     assert_eq!(w.remote_refs(), remote_refs);
     let state = read_state(&w);

@@ -13,10 +13,10 @@ use common::{Run, RunOutput, IMAGE_REPO};
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The registry world of tests/common, with what these tests ask of it.
-struct World(common::RegistryWorld);
+struct World(common::World);
 
 impl std::ops::Deref for World {
-    type Target = common::RegistryWorld;
+    type Target = common::World;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -30,7 +30,7 @@ impl std::ops::DerefMut for World {
 
 impl World {
     fn new() -> Self {
-        World(common::RegistryWorld::new())
+        World(common::World::new())
     }
 
     /// A bump to a new nixpkgs commit `days` after the start; its date tag.
@@ -59,10 +59,6 @@ impl World {
         let mut tags = self.registry.tags(IMAGE_REPO);
         tags.sort();
         tags
-    }
-
-    fn nix_builds(&self) -> usize {
-        self.shims.count("nix", &["build"])
     }
 }
 
@@ -195,7 +191,7 @@ fn rollback_moves_latest_back_and_a_release_without_hold_does_not_undo_it() {
     let xdg = elsewhere.path().join("state");
     let blobs = w.registry.blob_upload_count();
     let out = w
-        .with_registry(
+        .prepare(
             Run::new([
                 "rollback",
                 first.as_str(),

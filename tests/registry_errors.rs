@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const RUN_AGAIN: &str = "run the same command again";
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 /// The world's environment without RUNNERCTL_REGISTRY_USER/PASSWORD, with
 /// HOME and XDG_RUNTIME_DIR in the test's temp dir (so only the logins the

@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const SECRET: &str = "Zx9-SECRET-pw-7781";
 const SECRET_USER: &str = "ci-secret";
@@ -158,7 +160,7 @@ fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
     let mut day = 1;
     let mut next_upstream = |w: &mut World| {
         day += 1;
-        w.nixpkgs.commit(w.new_time + day * DAY);
+        w.world.nixpkgs.commit(w.new_time + day * DAY);
     };
 
     // Success, human.
@@ -276,11 +278,11 @@ fn promote_and_rollback_never_leak_the_registry_password() {
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
-    w.nixpkgs.commit(w.new_time + DAY);
+    w.world.nixpkgs.commit(w.new_time + DAY);
     let first = w.bump(&["--json"]);
     first.assert_success();
     let date = first.json()["date"].as_str().expect("date").to_string();
-    w.nixpkgs.commit(w.new_time + 2 * DAY);
+    w.world.nixpkgs.commit(w.new_time + 2 * DAY);
     w.bump(&["--hold"]).assert_success();
 
     // `COMMAND… --image … --tls-verify=false [--json]`.

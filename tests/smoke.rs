@@ -16,37 +16,40 @@ use engine_support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A runnable-fixture repo, a registry and an empty podman storage.
+/// The common world around a runnable-fixture repo, with an empty podman
+/// storage.
 struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
+    world: common::World,
     podman: Podman,
+}
+
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &Self::Target {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.world
+    }
 }
 
 impl World {
     fn new() -> Self {
         let nixpkgs = StandInNixpkgs::new();
         let repo = runnable_repo(&nixpkgs, None);
-        let registry = Registry::new();
-        let podman = Podman::new(&[registry.host()]);
-        World {
-            nixpkgs,
-            repo,
-            registry,
-            podman,
-        }
-    }
-
-    fn destination(&self) -> String {
-        format!("docker://{}/{IMAGE_REPO}", self.registry.host())
+        let world = common::World::assemble(nixpkgs, repo, T0, Registry::new());
+        let podman = Podman::new(&[world.registry.host()]);
+        World { world, podman }
     }
 
     /// `runnerctl MODE --json --image … --tls-verify false ARGS…` in the
     /// repo, with the registry's credentials, the test's podman and
     /// `RUNNERCTL_SMOKE=auto`.
     fn runnerctl(&self, mode: &str, args: &[&str]) -> Run {
-        let dest = self.destination();
+        let dest = self.image();
         let mut all = vec![mode, "--json", "--image", &dest, "--tls-verify", "false"];
         all.extend_from_slice(args);
         Run::new(all)
@@ -320,7 +323,7 @@ fn a_dry_run_names_the_engine_and_every_check_and_runs_none() {
             "--smoke-cmd",
             "jq --version",
             "--image",
-            &w.destination(),
+            &w.image(),
             "--tls-verify",
             "false",
         ])

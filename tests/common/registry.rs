@@ -101,48 +101,58 @@ pub struct Registry {
     port: u16,
     user: String,
     password: String,
+    auth: RegistryAuth,
     child: Option<ServerProcess>,
 }
 
+/// How a [`Registry`] authenticates its clients.
+#[derive(Debug, Clone)]
+pub enum RegistryAuth {
+    /// htpasswd (bcrypt) with the registry's user and password.
+    Htpasswd,
+    /// Bearer tokens: `401` with a `WWW-Authenticate: Bearer realm=…,
+    /// service=…` challenge; tokens are JWTs by `issuer`, signed with the
+    /// key of a certificate in `rootcertbundle`.
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        rootcertbundle: PathBuf,
+    },
+}
+
 impl Registry {
-    /// Starts a registry on a free port. Panics with the log if it does not
-    /// come up.
+    /// Starts a registry with htpasswd auth on a free port. Panics with the
+    /// log if it does not come up.
     pub fn new() -> Self {
         let dir = new_tempdir("registry");
         let user = "runner".to_string();
         let password = "s3cret-runner-pw".to_string();
-        let htpasswd = dir.path().join("htpasswd");
-        let mut child = Command::new("htpasswd")
-            .args(["-iBc"])
-            .arg(&htpasswd)
-            .arg(&user)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start htpasswd (apache2-utils): {e}"));
-        child
-            .stdin
-            .take()
-            .map(|mut s| s.write_all(password.as_bytes()))
-            .transpose()
-            .unwrap_or_else(|e| panic!("could not send the password to htpasswd: {e}"));
-        let out = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("htpasswd did not finish: {e}"));
-        assert!(
-            out.status.success(),
-            "htpasswd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        write_htpasswd(&dir.path().join("htpasswd"), &user, &password);
+        Self::start_new(dir, user, password, RegistryAuth::Htpasswd)
+    }
+
+    /// Starts a registry with token auth ([`RegistryAuth::Token`]) on a
+    /// free port; `user` and `password` are what the token server takes
+    /// (the registry itself knows no password).
+    pub fn with_token_auth(user: &str, password: &str, auth: RegistryAuth) -> Self {
+        Self::start_new(
+            new_tempdir("token-registry"),
+            user.to_string(),
+            password.to_string(),
+            auth,
+        )
+    }
+
+    fn start_new(dir: TempDir, user: String, password: String, auth: RegistryAuth) -> Self {
         fs::create_dir_all(dir.path().join("storage"))
             .unwrap_or_else(|e| panic!("could not create registry storage: {e}"));
-
         let mut registry = Registry {
             dir,
             port: 0,
             user,
             password,
+            auth,
             child: None,
         };
         // Another process may grab the port between probing and binding.
@@ -160,19 +170,32 @@ impl Registry {
 
     fn write_config(&self) {
         let d = self.dir.path();
+        let auth = match &self.auth {
+            RegistryAuth::Htpasswd => format!(
+                "auth:\n  htpasswd:\n    realm: runnerctl-tests\n    path: {}\n",
+                d.join("htpasswd").display()
+            ),
+            RegistryAuth::Token {
+                realm,
+                service,
+                issuer,
+                rootcertbundle,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                rootcertbundle.display()
+            ),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n  fields:\n    service: registry\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: runnerctl-tests\n\
-             auth:\n  htpasswd:\n    realm: runnerctl-tests\n    path: {htpasswd}\n",
+             {auth}",
             storage = d.join("storage").display(),
             port = self.port,
-            htpasswd = d.join("htpasswd").display(),
         );
         write_file(&d.join("config.yml"), config);
     }
-
     fn pid_file(&self) -> PathBuf {
         self.dir.path().join("registry.pid")
     }
@@ -374,18 +397,36 @@ impl Registry {
     /// `Docker-Content-Digest` of `repo:tag` (HEAD, accepting docker v2
     /// schema2, OCI manifests and indexes), or `None` if the tag is unknown.
     pub fn digest(&self, repo: &str, tag: &str) -> Option<String> {
+        self.head_digest(repo, tag, &[], true)
+    }
+
+    /// [`digest`](Self::digest) asked with `authorization` (e.g. `Bearer
+    /// <token>` for a registry with token auth) instead of Basic auth.
+    pub fn digest_authorized(&self, repo: &str, tag: &str, authorization: &str) -> Option<String> {
+        self.head_digest(repo, tag, &[("Authorization", authorization)], false)
+    }
+
+    fn head_digest(
+        &self,
+        repo: &str,
+        tag: &str,
+        headers: &[(&str, &str)],
+        basic_auth: bool,
+    ) -> Option<String> {
         let accept = "application/vnd.docker.distribution.manifest.v2+json, \
              application/vnd.docker.distribution.manifest.list.v2+json, \
              application/vnd.oci.image.manifest.v1+json, \
              application/vnd.oci.image.index.v1+json";
+        let mut headers = headers.to_vec();
+        headers.push(("Accept", accept));
         let HttpResponse {
             status, headers, ..
         } = self
             .request(
                 "HEAD",
                 &format!("/v2/{repo}/manifests/{tag}"),
-                &[("Accept", accept)],
-                true,
+                &headers,
+                basic_auth,
             )
             .unwrap_or_else(|e| panic!("HEAD manifest {repo}:{tag} on {}: {e}", self.host()));
         match status {
@@ -396,7 +437,10 @@ impl Registry {
                     .cloned()
                     .unwrap_or_else(|| panic!("HEAD {repo}:{tag} has no Docker-Content-Digest")),
             ),
-            s => panic!("HEAD /v2/{repo}/manifests/{tag} answered {s}"),
+            s => panic!(
+                "HEAD /v2/{repo}/manifests/{tag} answered {s}; registry log:\n{}",
+                self.log()
+            ),
         }
     }
 
@@ -488,6 +532,33 @@ pub struct HttpResponse {
     /// Header names lower-cased.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+}
+
+/// Writes an htpasswd file (bcrypt) with one user.
+fn write_htpasswd(htpasswd: &Path, user: &str, password: &str) {
+    let mut child = Command::new("htpasswd")
+        .args(["-iBc"])
+        .arg(htpasswd)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start htpasswd (apache2-utils): {e}"));
+    child
+        .stdin
+        .take()
+        .map(|mut s| s.write_all(password.as_bytes()))
+        .transpose()
+        .unwrap_or_else(|e| panic!("could not send the password to htpasswd: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("htpasswd did not finish: {e}"));
+    assert!(
+        out.status.success(),
+        "htpasswd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Default for Registry {

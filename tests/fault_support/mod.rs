@@ -46,13 +46,6 @@ pub fn bump_subject(date: &str) -> String {
     format!("chore(ci): Update nixos to {date}")
 }
 
-/// A commit time that, with high probability, no other test (in this or an
-/// earlier run of the suite) uses, so that the fixture image's out path is
-/// new to the Nix store and `nix build` really has to run.
-pub fn unique_time() -> i64 {
-    fresh_time()
-}
-
 fn write_executable(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
@@ -137,6 +130,8 @@ pub use spawned::*;
 mod world;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use world::*;
+// This World, not common's (which it holds).
+pub use world::World;
 mod proxy;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use proxy::*;
