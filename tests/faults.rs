@@ -758,12 +758,8 @@ fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
     // `nix-<hash>` tag (never a floating tag alone on a new image: issue
     // 10, finding 1); nothing committed or pushed to git.
     let out_path = w.expected_out_path();
-    let hash = out_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('-').next())
-        .expect("store path hash");
-    assert_eq!(w.registry.tags(IMAGE_REPO), vec![format!("nix-{hash}")]);
+    let tag = nix_tag(&out_path.display().to_string());
+    assert_eq!(w.registry.tags(IMAGE_REPO), vec![tag]);
     assert_eq!(w.repo.head(), w.initial_remote_head);
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
     assert_eq!(w.stage_status("push").as_deref(), Some("failed"));

@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,8 +24,6 @@ use common::*;
 
 /// Generous: the tests run in parallel on two cores.
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-const DEFAULT_SUBJECT_PREFIX: &str = "chore(ci): Update nixos to ";
 
 const STAGES: [&str; 7] = [
     "preflight",
@@ -41,12 +39,6 @@ const STAGES: [&str; 7] = [
 // Times and dates
 // ---------------------------------------------------------------------------
 
-fn utc_date(secs: i64) -> time::Date {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
-        .date()
-}
-
 /// `YYYY-MM-DD` (UTC): the date in the commit body.
 fn date_dashed(secs: i64) -> String {
     let d = utc_date(secs);
@@ -54,7 +46,7 @@ fn date_dashed(secs: i64) -> String {
 }
 
 fn subject_for(secs: i64) -> String {
-    format!("{DEFAULT_SUBJECT_PREFIX}{}", date_tag(secs))
+    bump_subject(&date_tag(secs))
 }
 
 // ---------------------------------------------------------------------------
@@ -64,18 +56,7 @@ fn subject_for(secs: i64) -> String {
 /// The registry world of tests/common, with what these tests ask of it.
 struct World(common::World);
 
-impl std::ops::Deref for World {
-    type Target = common::World;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::deref_to_world!(World, 0);
 
 impl World {
     fn new() -> Self {
@@ -314,26 +295,6 @@ fn oci_index_tags(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                todo.push(e.path());
-            } else if ft.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn assert_secret_absent(secret: &str, out: &RunOutput) {
     assert!(
         !out.stdout.contains(secret) && !out.stderr.contains(secret),
@@ -342,7 +303,7 @@ fn assert_secret_absent(secret: &str, out: &RunOutput) {
 }
 
 fn assert_secret_absent_from_dir(secret: &str, dir: &Path) {
-    for file in files_under(dir) {
+    for file in files_below(dir) {
         let bytes = fs::read(&file).unwrap_or_default();
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -350,14 +311,6 @@ fn assert_secret_absent_from_dir(secret: &str, dir: &Path) {
             file.display()
         );
     }
-}
-
-fn read_state(world: &World) -> serde_json::Value {
-    let path = world.state_dir().join("state.json");
-    let text = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no state file {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
 }
 
 // ---------------------------------------------------------------------------
@@ -776,7 +729,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
 
     // What the killed run left behind: a readable state, the push unfinished,
     // nothing committed or tagged.
-    let state = read_state(&w);
+    let state = w.state();
     assert_eq!(state["command"], "bump", "{state:#}");
     assert!(
         state.get("outcome").is_none_or(|o| o.is_null()),
@@ -805,7 +758,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
         w.subject(&w.repo.head()),
         format!("{DEFAULT_SUBJECT_PREFIX}{date}")
     );
-    assert_eq!(read_state(&w)["outcome"], "success");
+    assert_eq!(w.state()["outcome"], "success");
 }
 
 // ---------------------------------------------------------------------------
@@ -1238,7 +1191,7 @@ fn verify_failure_stops_before_push_and_commit() {
     assert_eq!(w.skopeo_copies().len(), 0);
     assert_eq!(w.repo.head(), head, "committed an image that failed verify");
     assert_eq!(w.remote_refs(), remote_refs);
-    let state = read_state(&w);
+    let state = w.state();
     assert_eq!(state["stages"]["verify"]["status"], "failed", "{state:#}");
     assert!(state["stages"]
         .get("push")

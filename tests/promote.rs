@@ -15,18 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// The registry world of tests/common, with what these tests ask of it.
 struct World(common::World);
 
-impl std::ops::Deref for World {
-    type Target = common::World;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::deref_to_world!(World, 0);
 
 impl World {
     fn new() -> Self {

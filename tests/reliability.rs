@@ -8,7 +8,7 @@ mod fault_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -37,31 +37,21 @@ fn env_without_runnerctl_credentials(w: &World) -> (Vec<(String, String)>, PathB
 /// `skopeo login` as a user would run it (it writes
 /// `$XDG_RUNTIME_DIR/containers/auth.json`).
 fn skopeo_login(w: &World, env: &[(String, String)], password: &str) {
-    let mut child = Command::new("skopeo")
-        .args([
-            "login",
-            "--tls-verify=false",
-            "--username",
-            &w.user,
-            "--password-stdin",
-            &w.registry.host(),
-        ])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("skopeo login");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("skopeo login");
+    let out = output_with_input(
+        Command::new("skopeo")
+            .args([
+                "login",
+                "--tls-verify=false",
+                "--username",
+                &w.user,
+                "--password-stdin",
+                &w.registry.host(),
+            ])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", std::env::var("PATH").unwrap_or_default()),
+        password.as_bytes(),
+    );
     // A wrong password: skopeo login refuses it, so write the file as a
     // stale login would have left it.
     if !out.status.success() {

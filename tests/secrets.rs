@@ -11,9 +11,7 @@ mod common;
 mod fault_support;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use common::*;
@@ -23,35 +21,6 @@ use fault_support::World;
 
 const SECRET: &str = "Zx9-SECRET-pw-7781";
 const SECRET_USER: &str = "ci-secret";
-
-/// Adds `user` with `password` to the registry's htpasswd and restarts it
-/// (docker-registry reads the file at start).
-fn add_registry_user(registry: &mut Registry, user: &str, password: &str) {
-    let htpasswd = registry
-        .log_path()
-        .parent()
-        .expect("registry dir")
-        .join("htpasswd");
-    assert!(htpasswd.is_file(), "{} is missing", htpasswd.display());
-    let mut child = Command::new("htpasswd")
-        .arg("-iB")
-        .arg(&htpasswd)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("htpasswd");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("send the password");
-    assert!(child.wait().expect("htpasswd").success());
-    registry.stop();
-    registry.start();
-}
 
 /// What must never appear anywhere: the password, and the auth token made
 /// from it (base64 of `user:password`).
@@ -153,7 +122,7 @@ fn reject_next_push(remote: &Path) {
 #[test]
 fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
@@ -246,7 +215,7 @@ fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
 #[test]
 fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
@@ -274,7 +243,7 @@ fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
 #[test]
 fn promote_and_rollback_never_leak_the_registry_password() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);

@@ -23,18 +23,7 @@ struct World {
     podman: Podman,
 }
 
-impl std::ops::Deref for World {
-    type Target = common::World;
-    fn deref(&self) -> &Self::Target {
-        &self.world
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.world
-    }
-}
+common::deref_to_world!(World, world);
 
 impl World {
     fn new() -> Self {

@@ -15,10 +15,10 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -115,21 +115,12 @@ impl SigningKey {
 
     /// RS256: a PKCS#1 v1.5 signature over SHA-256 of `data`.
     fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(&self.key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start openssl dgst");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(data)
-            .expect("write to openssl");
-        let out = child.wait_with_output().expect("openssl dgst");
+        let out = output_with_input(
+            Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(&self.key),
+            data,
+        );
         assert!(
             out.status.success(),
             "openssl dgst -sign failed: {}",
@@ -200,58 +191,30 @@ struct TokenRequest {
 }
 
 struct TokenServer {
-    port: u16,
     log: Arc<Mutex<Vec<TokenRequest>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    service: TcpService,
 }
 
 impl TokenServer {
     fn start(key: Arc<SigningKey>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
-        let port = listener.local_addr().expect("token server address").port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let service = {
             let log = log.clone();
-            let stop = stop.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let key = key.clone();
-                    let log = log.clone();
-                    thread::spawn(move || serve_token(stream, &key, &log));
-                }
+            TcpService::start(move |stream| {
+                let key = key.clone();
+                let log = log.clone();
+                thread::spawn(move || serve_token(stream, &key, &log));
             })
         };
-        TokenServer {
-            port,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        TokenServer { log, service }
     }
 
     fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://{}/token", self.service.host())
     }
 
     fn requests(&self) -> Vec<TokenRequest> {
         self.log.lock().expect("token log").clone()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

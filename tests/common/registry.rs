@@ -128,7 +128,7 @@ impl Registry {
         let dir = new_tempdir("registry");
         let user = "runner".to_string();
         let password = "s3cret-runner-pw".to_string();
-        write_htpasswd(&dir.path().join("htpasswd"), &user, &password);
+        htpasswd_add(&dir.path().join("htpasswd"), &user, &password, true);
         Self::start_new(dir, user, password, RegistryAuth::Htpasswd)
     }
 
@@ -240,6 +240,16 @@ impl Registry {
         }
     }
 
+    /// Adds a user to the htpasswd file and restarts the registry (it reads
+    /// the file at start). Only for [`RegistryAuth::Htpasswd`].
+    pub fn add_user(&mut self, user: &str, password: &str) {
+        let htpasswd = self.dir.path().join("htpasswd");
+        assert!(htpasswd.is_file(), "{} is missing", htpasswd.display());
+        htpasswd_add(&htpasswd, user, password, false);
+        self.stop();
+        self.start();
+    }
+
     /// Stops the registry and waits until the port refuses connections.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -250,10 +260,6 @@ impl Registry {
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// `kill -STOP` the registry: it keeps its port, the kernel still
@@ -323,15 +329,7 @@ impl Registry {
     pub fn blob_upload_count(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| is_blob_upload_line(l, None))
-            .count()
-    }
-
-    /// Blob uploads started in `repo`.
-    pub fn blob_upload_count_for(&self, repo: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| is_blob_upload_line(l, Some(repo)))
+            .filter(|l| is_blob_upload_line(l))
             .count()
     }
 
@@ -534,29 +532,19 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// Writes an htpasswd file (bcrypt) with one user.
-fn write_htpasswd(htpasswd: &Path, user: &str, password: &str) {
-    let mut child = Command::new("htpasswd")
-        .args(["-iBc"])
-        .arg(htpasswd)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start htpasswd (apache2-utils): {e}"));
-    child
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(password.as_bytes()))
-        .transpose()
-        .unwrap_or_else(|e| panic!("could not send the password to htpasswd: {e}"));
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("htpasswd did not finish: {e}"));
+/// Adds `user` with `password` (bcrypt) to the htpasswd file at `path`,
+/// creating the file if `create`.
+fn htpasswd_add(path: &Path, user: &str, password: &str, create: bool) {
+    let out = output_with_input(
+        Command::new("htpasswd")
+            .arg(if create { "-iBc" } else { "-iB" })
+            .arg(path)
+            .arg(user),
+        password.as_bytes(),
+    );
     assert!(
         out.status.success(),
-        "htpasswd failed: {}",
+        "htpasswd (apache2-utils) failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -573,7 +561,8 @@ impl Drop for Registry {
     }
 }
 
-pub fn is_blob_upload_line(line: &str, repo: Option<&str>) -> bool {
+/// An access-log line of a blob upload started (in any repository).
+pub fn is_blob_upload_line(line: &str) -> bool {
     // Access log: 127.0.0.1 - - [date] "POST /v2/infra/runners/nixos/blobs/uploads/ HTTP/1.1" 202 0 "" "skopeo/1.9.3"
     let Some(start) = line.find("\"POST /v2/") else {
         return false;
@@ -582,14 +571,8 @@ pub fn is_blob_upload_line(line: &str, repo: Option<&str>) -> bool {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    let Some(name) = uri
-        .strip_prefix("/v2/")
-        .and_then(|rest| rest.split_once("/blobs/uploads/"))
-        .map(|(name, _)| name)
-    else {
-        return false;
-    };
-    repo.is_none_or(|r| r == name)
+    uri.strip_prefix("/v2/")
+        .is_some_and(|rest| rest.contains("/blobs/uploads/"))
 }
 
 /// SIGKILLs process `pid` (or its whole process group) with bash's builtin

@@ -3,8 +3,9 @@
 //! skopeo; runnerctl runs in the repository against the registry.
 //!
 //! pipeline, push/verify, promote, token_auth and the fault tests build on
-//! this one [`World`]; a test file that needs more (hooks, engines) holds a
-//! `World` next to its extras and derefs to it.
+//! this one [`World`]; a test file that needs more (hooks, engines, its own
+//! helpers) holds a `World` next to its extras and derefs to it
+//! ([`deref_to_world!`](crate::common::deref_to_world)).
 
 use super::*;
 
@@ -69,6 +70,23 @@ impl World {
         self.repo.path().join(".runnerctl")
     }
 
+    /// runnerctl's state file.
+    pub fn state_path(&self) -> PathBuf {
+        self.state_dir().join("state.json")
+    }
+
+    /// state.json parsed with serde_json (panics with its text if it does
+    /// not parse or is not version 1).
+    pub fn state(&self) -> serde_json::Value {
+        let path = self.state_path();
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("state.json does not parse ({e}):\n{text}"));
+        assert_eq!(value["version"], 1, "state.json has no version 1:\n{text}");
+        value
+    }
+
     /// `run` with the shims, the registry's credentials and a timeout.
     pub fn prepare(&self, run: Run) -> Run {
         run.shims(&self.shims)
@@ -122,3 +140,25 @@ impl Drop for World {
         }
     }
 }
+
+/// `Deref` and `DerefMut` to the common [`World`] for a test file's world
+/// that holds one in `$field`: `deref_to_world!(World, world);`.
+#[allow(unused_macros)] // not every test binary has a world of its own
+macro_rules! deref_to_world {
+    ($ty:ty, $field:tt) => {
+        impl std::ops::Deref for $ty {
+            type Target = $crate::common::World;
+            fn deref(&self) -> &Self::Target {
+                &self.$field
+            }
+        }
+
+        impl std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.$field
+            }
+        }
+    };
+}
+#[allow(unused_imports)] // not every test binary has a world of its own
+pub(crate) use deref_to_world;

@@ -12,18 +12,22 @@
 //! - [`Spawned`]: runnerctl started in its own process group, to be killed
 //!   with SIGKILL as a whole.
 //! - [`FaultProxy`]: an HTTP proxy in front of the registry that answers
-//!   500 to chosen manifest writes, or holds one until released.
+//!   500 to chosen manifest writes, or holds one until it is dropped.
 //! - Snapshots of everything a failed run must leave alone.
 //!
 //! One file per topic: `hooks.rs`, `spawned.rs`, `world.rs` (with the
 //! snapshots), `proxy.rs`, `files.rs`.
+// Each test binary that declares this module uses a different part of it:
+// with the module split by topic, every file still has items that some of
+// those binaries leave unused, so the lint is off here (items that no
+// binary uses are removed by hand).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,11 +43,6 @@ use crate::common::*;
 /// Where the tests push: `docker://HOST/infra/runners/nixos`.
 pub fn image_arg(host: &str) -> String {
     format!("docker://{host}/{IMAGE_REPO}")
-}
-
-/// The default commit subject for a date tag.
-pub fn bump_subject(date: &str) -> String {
-    format!("chore(ci): Update nixos to {date}")
 }
 
 fn write_executable(path: &Path, text: &str) {

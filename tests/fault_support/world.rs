@@ -25,18 +25,7 @@ pub struct World {
     pub expect_clean_tree: bool,
 }
 
-impl std::ops::Deref for World {
-    type Target = crate::common::World;
-    fn deref(&self) -> &Self::Target {
-        &self.world
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.world
-    }
-}
+crate::common::deref_to_world!(World, world);
 
 impl World {
     pub fn new() -> World {
@@ -117,22 +106,6 @@ impl World {
 
     pub fn spawn_bump(&self, extra: &[&str]) -> Spawned {
         Spawned::start(&self.bump_args(extra), self.repo.path(), &self.env())
-    }
-
-    pub fn state_path(&self) -> PathBuf {
-        self.state_dir().join("state.json")
-    }
-
-    /// state.json parsed with serde_json (panics with its text if it does
-    /// not parse).
-    pub fn state(&self) -> serde_json::Value {
-        let path = self.state_path();
-        let text =
-            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("state.json does not parse ({e}):\n{text}"));
-        assert_eq!(value["version"], 1, "state.json has no version 1:\n{text}");
-        value
     }
 
     /// The status of a stage in state.json, if recorded.
@@ -266,13 +239,7 @@ impl World {
         }
 
         let out = self.expected_out_path();
-        let hash = out
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.split('-').next())
-            .expect("store path hash")
-            .to_string();
-        let nix_tag = format!("nix-{hash}");
+        let nix_tag = nix_tag(&out.display().to_string());
         let mut expected_tags = vec![
             "latest".to_string(),
             "unstable".to_string(),
