@@ -904,16 +904,13 @@ fn push_rejected_by_a_hook_clear_error_then_resume_repeats_only_the_push() {
     let w = World::new();
     let marker = w.repo.remote_path().join("rejected-once");
     let hook = w.repo.remote_path().join("hooks/pre-receive");
-    fs::write(
+    write_executable(
         &hook,
         format!(
             "#!/bin/sh\nif [ ! -e '{m}' ]; then : >'{m}'; echo 'policy: main is frozen (injected rejection)' >&2; exit 1; fi\nexit 0\n",
             m = marker.display()
         ),
-    )
-    .expect("write pre-receive hook");
-    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod hook");
+    );
 
     let out = w.bump(&[]);
     assert_diagnostic(&out, "runnerctl::tool::failed");

@@ -13,7 +13,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -643,9 +642,7 @@ fn sleepy_skopeo(dir: &Path, real: &Path) {
         marker = marker.display(),
         real = real.display(),
     );
-    let path = dir.join("skopeo");
-    fs::write(&path, script).expect("write the skopeo wrapper");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    write_executable(&dir.join("skopeo"), script);
 }
 
 #[test]
@@ -869,9 +866,7 @@ fn git_moving_remote_on_commit(dir: &Path, other: &Path) {
         real = real.display(),
         other = other.display(),
     );
-    let path = dir.join("git");
-    fs::write(&path, script).expect("write the git wrapper");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    write_executable(&dir.join("git"), script);
 }
 
 #[test]

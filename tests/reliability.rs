@@ -813,9 +813,7 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
 fn huge_nix_version_output(repo: &RunnerRepo, script: &str, quoted: bool) {
     let bin = tempfile::tempdir().expect("bin");
     let nix = bin.path().join("nix");
-    fs::write(&nix, script).expect("nix");
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&nix, fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_executable(&nix, script);
     let path = format!(
         "{}:{}",
         bin.path().display(),

@@ -107,16 +107,13 @@ fn reject_next_push(remote: &Path) {
     let marker = remote.join("rejected-once");
     let _ = fs::remove_file(&marker);
     let hook = remote.join("hooks/pre-receive");
-    fs::write(
+    write_executable(
         &hook,
         format!(
             "#!/bin/sh\nif [ ! -e '{m}' ]; then : >'{m}'; echo 'policy: rejected (injected)' >&2; exit 1; fi\nexit 0\n",
             m = marker.display()
         ),
-    )
-    .expect("write hook");
-    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod hook");
+    );
 }
 
 #[test]

@@ -380,13 +380,10 @@ fn an_engine_that_does_not_work_is_skipped_under_auto_and_an_error_under_always(
     // A docker CLI without a daemon: its `info` fails as docker's does.
     let bin = path_without_engines();
     let docker = bin.path().join("docker");
-    std::fs::write(
+    write_executable(
         &docker,
         "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n",
-    )
-    .expect("write docker");
-    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod docker");
+    );
     let path = bin.path().display().to_string();
 
     let out = timed(&["--smoke", "always", "(docker without a daemon)"], || {

@@ -186,7 +186,9 @@ fn read_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("could not read {}: {e}", path.display()))
 }
 
-fn make_executable(path: &Path) {
+/// Writes a script (or any program) to `path`, mode 755.
+pub fn write_executable(path: &Path, contents: impl AsRef<[u8]>) {
+    write_file(path, contents);
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("could not chmod {}: {e}", path.display()));
 }

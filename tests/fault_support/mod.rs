@@ -28,7 +28,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,12 +42,6 @@ use crate::common::*;
 /// Where the tests push: `docker://HOST/infra/runners/nixos`.
 pub fn image_arg(host: &str) -> String {
     format!("docker://{host}/{IMAGE_REPO}")
-}
-
-fn write_executable(path: &Path, text: &str) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// `text` with miette's gutters (`|`, `│`) removed and its line wrapping
