@@ -4,12 +4,13 @@
 //! (the upload) and runnerctl's own registry client (the extra tags) must
 //! fetch a JWT from the realm with Basic credentials.
 //!
-//! The realm is a tiny token server run by the test itself: a std
-//! `TcpListener` thread answering `GET /token?service=…&scope=…` with
+//! The realm is a tiny token server run by the test itself (on common's
+//! `TcpService`) answering `GET /token?service=…&scope=…` with
 //! `{"token": "<JWT>"}` when the request carries the right Basic
 //! credentials, `401` otherwise. Tokens are RS256 JWTs signed with
 //! `openssl dgst -sha256 -sign`, with the signing certificate in the `x5c`
-//! header; the registry trusts that certificate (`rootcertbundle`).
+//! header; the registry (common's `Registry` with `RegistryAuth::Token`, in
+//! the common `World`) trusts that certificate (`rootcertbundle`).
 
 mod common;
 

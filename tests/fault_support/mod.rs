@@ -1,9 +1,10 @@
 //! Helpers for the reliability suite (tests/faults.rs, tests/bad_input.rs,
 //! tests/secrets.rs), on top of tests/common:
 //!
-//! - [`World`]: a stand-in nixpkgs with one new commit to bump to, the
-//!   runner repository with its bare remote, a private registry, logging
-//!   shims for nix, skopeo and git, and [`Hooks`] in front of them.
+//! - [`World`]: the common `World` (stand-in nixpkgs, runner repository
+//!   with its bare remote, private registry, logging shims) with one new
+//!   nixpkgs commit to bump to, git calls logged too, and [`Hooks`] in
+//!   front of the shims.
 //! - [`Hooks`]: PATH shims that *hold* a chosen call (the Nth call of a tool
 //!   whose argv starts with given words) before, during or after the real
 //!   tool runs, signal that they got there, and wait to be released or killed;
