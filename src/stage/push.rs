@@ -444,8 +444,8 @@ impl Push<'_, '_> {
         // (the retags need its bytes anyway).
         let (manifest, blobs, bytes) = match (manifest, &cx.cfg.image) {
             (Some(bytes), _) => {
-                let config = serde_json::from_slice::<layout::Manifest>(&bytes)
-                    .map(|m| m.config.size)
+                let config = serde_json::from_slice::<oci_spec::image::ImageManifest>(&bytes)
+                    .map(|m| m.config().size())
                     .unwrap_or(0);
                 let new = written_new.unwrap_or((0, 0));
                 (
@@ -458,10 +458,10 @@ impl Push<'_, '_> {
                 let fetched = client.manifest(&digest)?.map(|(b, _)| b);
                 let (blobs, bytes) = fetched
                     .as_deref()
-                    .and_then(|b| serde_json::from_slice::<layout::Manifest>(b).ok())
+                    .and_then(|b| serde_json::from_slice::<oci_spec::image::ImageManifest>(b).ok())
                     .map(|m| {
-                        let layers: u64 = m.layers.iter().map(|l| l.size).sum();
-                        (m.layers.len() + 1, layers + m.config.size)
+                        let layers: u64 = m.layers().iter().map(|l| l.size()).sum();
+                        (m.layers().len() + 1, layers + m.config().size())
                     })
                     .unwrap_or((0, 0));
                 let total = bytes + fetched.as_ref().map(|b| b.len() as u64).unwrap_or(0);
