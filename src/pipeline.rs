@@ -13,9 +13,9 @@ use crate::stage::commit::Commit;
 use crate::stage::git_push::GitPush;
 use crate::stage::preflight::{Preflight, Prepared};
 use crate::stage::promote::Promote;
-use crate::stage::push::{Push, Survey};
+use crate::stage::push::Push;
 use crate::stage::smoke::Smoke;
-use crate::stage::target::Target;
+use crate::stage::tags::Survey;
 use crate::stage::update::Update;
 use crate::stage::verify::Verify;
 use crate::stage::{self, Check, Ctx, Stage};
@@ -373,7 +373,7 @@ async fn stages(cx: &mut Ctx) -> miette::Result<Outcome> {
         None => (&prepared.target, checkout.as_path()),
     };
     let mut survey = Survey::new(&prepared, target);
-    let published = publish(cx, &prepared, flake, target, &mut survey).await;
+    let published = publish(cx, &prepared, flake, &mut survey).await;
     // Tags a rollback holds were not written.
     let held = survey.held_back();
     cx.report
@@ -420,7 +420,6 @@ async fn publish(
     cx: &mut Ctx,
     prepared: &Prepared,
     flake: &std::path::Path,
-    target: &Target,
     survey: &mut Survey<'_>,
 ) -> miette::Result<Option<String>> {
     let mut built: Built = run_stage(
@@ -462,7 +461,6 @@ async fn publish(
         cx,
         Push {
             prepared,
-            target,
             built: &mut built,
             survey,
         },

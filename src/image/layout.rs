@@ -478,7 +478,12 @@ fn set_tags(dir: &Path, manifest: &Descriptor, tags: &[String]) -> std::io::Resu
         manifests.push(desc);
     }
     index.set_manifests(manifests);
-    let bytes = to_json(&index)?;
+    write_index(dir, &index)
+}
+
+/// Replace the layout's index.json atomically.
+fn write_index(dir: &Path, index: &ImageIndex) -> std::io::Result<()> {
+    let bytes = to_json(index)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".index-")
         .tempfile_in(dir)?;
@@ -507,6 +512,24 @@ pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutE
         })?;
     desc.set_annotations(None);
     set_tags(dir, &desc, tags).map_err(werr)
+}
+
+/// Drop every index entry for the manifest `digest` (its tags and an
+/// untagged entry alike); the blobs stay. Returns how many entries went.
+pub fn remove_manifest(dir: &Path, digest: &str) -> Result<usize, LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut index = read_index(dir).map_err(werr)?;
+    let mut manifests = index.manifests().clone();
+    manifests.retain(|d| d.digest().as_ref() != digest);
+    let removed = index.manifests().len() - manifests.len();
+    if removed > 0 {
+        index.set_manifests(manifests);
+        write_index(dir, &index).map_err(werr)?;
+    }
+    Ok(removed)
 }
 
 /// Whether the layout's index lists a manifest with this digest.

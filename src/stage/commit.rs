@@ -18,6 +18,17 @@ pub struct Committed {
     pub commit: Option<String>,
 }
 
+impl Committed {
+    /// The stage's result: the note, and the commit for the state too.
+    fn done(note: String, commit: Option<String>) -> Done<Committed> {
+        let outputs = Outputs {
+            commit: commit.clone(),
+            ..Outputs::default()
+        };
+        Done::new(note, Committed { commit }).with(outputs)
+    }
+}
+
 impl Commit<'_> {
     fn message(&self, cx: &Ctx) -> (String, String) {
         let subject = cx.cfg.subject(self.updated.target.date.as_str());
@@ -66,18 +77,7 @@ impl Stage for Commit<'_> {
                 "flake.lock at HEAD already matches: nothing to commit".to_string()
             };
             let commit = commit.filter(|c| Some(c) == ours.as_ref());
-            return Ok(Check::Done(
-                Done::new(
-                    note,
-                    Committed {
-                        commit: commit.clone(),
-                    },
-                )
-                .with(Outputs {
-                    commit,
-                    ..Outputs::default()
-                }),
-            ));
+            return Ok(Check::Done(Committed::done(note, commit)));
         }
         Ok(Check::Todo("flake.lock changed".into(), ()))
     }
@@ -121,15 +121,6 @@ impl Stage for Commit<'_> {
                 .map(|c| &c[..c.len().min(12)])
                 .unwrap_or("?")
         );
-        Ok(Done::new(
-            note,
-            Committed {
-                commit: commit.clone(),
-            },
-        )
-        .with(Outputs {
-            commit,
-            ..Outputs::default()
-        }))
+        Ok(Committed::done(note, commit))
     }
 }
