@@ -110,6 +110,15 @@ pub struct RunArgs {
     )]
     pub attr: String,
 
+    /// Build for these systems (repeatable; RUNNERCTL_SYSTEMS comma-separated): DIR#packages.SYSTEM.NAME each, pushed under one OCI image index [default: this machine's system only, DIR#NAME].
+    #[arg(
+        long = "system",
+        env = "RUNNERCTL_SYSTEMS",
+        value_delimiter = ',',
+        value_name = "SYSTEM"
+    )]
+    pub systems: Vec<String>,
+
     /// The root input whose lastModified gives {date}.
     #[arg(
         long,

@@ -24,4 +24,5 @@ pub mod stage;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod system;
 pub mod tool;

@@ -7,7 +7,7 @@ use miette::IntoDiagnostic;
 
 use crate::config::{Config, Mode};
 use crate::progress::{Event, Reporter};
-use crate::report::{ErrorReport, Outcome, Report, StageReport};
+use crate::report::{ErrorReport, Outcome, Report, StageReport, SystemReport};
 use crate::stage::build::{Build, Built};
 use crate::stage::commit::Commit;
 use crate::stage::git_push::GitPush;
@@ -425,7 +425,7 @@ async fn publish(
         },
     )
     .await?;
-    report_eval(&mut cx.report, &built.eval);
+    report_built(&mut cx.report, &built);
     if cx.cfg.verify.enabled {
         run_stage(
             cx,
@@ -461,7 +461,29 @@ async fn publish(
     )
     .await?;
     cx.report.digest = pushed.digest.clone();
+    for (system, digest) in pushed.systems {
+        if let Some(entry) = cx.report.systems.iter_mut().find(|s| s.system == system) {
+            entry.digest = Some(digest);
+        }
+    }
     Ok(pushed.digest)
+}
+
+fn report_built(report: &mut Report, built: &Built) {
+    match built.images.as_slice() {
+        [single] => report_eval(report, &single.eval),
+        images => {
+            report.systems = images
+                .iter()
+                .map(|i| SystemReport {
+                    system: i.system.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    drv_path: i.eval.drv_path.to_string(),
+                    out_path: i.eval.out_path.to_string(),
+                    digest: None,
+                })
+                .collect()
+        }
+    }
 }
 
 fn report_eval(report: &mut Report, eval: &Evaluated) {

@@ -60,6 +60,16 @@ impl Outcome {
     }
 }
 
+/// One system's image in a multi-system run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemReport {
+    pub system: String,
+    pub drv_path: String,
+    pub out_path: String,
+    /// Its manifest's digest, once pushed.
+    pub digest: Option<String>,
+}
+
 /// One document per run. Every field is always present (null or empty when
 /// unknown), so success, no-op and failure have the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +86,9 @@ pub struct Report {
     pub digest: Option<String>,
     pub drv_path: Option<String>,
     pub out_path: Option<String>,
+    /// With several `--system`s: each system's image (`digest` is then
+    /// the index's); empty otherwise.
+    pub systems: Vec<SystemReport>,
     pub commit: Option<String>,
     pub commit_message: Option<String>,
     pub changes: Vec<String>,
@@ -100,6 +113,7 @@ impl Report {
             digest: None,
             drv_path: None,
             out_path: None,
+            systems: Vec::new(),
             commit: None,
             commit_message: None,
             changes: Vec::new(),
@@ -208,6 +222,7 @@ mod tests {
                 "digest",
                 "drv_path",
                 "out_path",
+                "systems",
                 "commit",
                 "commit_message",
                 "changes",

@@ -493,6 +493,25 @@ fn write_index(dir: &Path, index: &ImageIndex) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Store a manifest or an index the layout may not hold yet, and point
+/// `tags` at it.
+pub fn put_manifest(
+    dir: &Path,
+    bytes: &[u8],
+    media_type: &str,
+    tags: &[String],
+) -> Result<(), LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let digest = write_blob(&dir.join("blobs/sha256"), bytes).map_err(werr)?;
+    let digest = oci_spec::image::Digest::try_from(digest.as_str())
+        .map_err(|e| werr(std::io::Error::other(e)))?;
+    let desc = Descriptor::new(MediaType::from(media_type), bytes.len() as u64, digest);
+    set_tags(dir, &desc, tags).map_err(werr)
+}
+
 /// Add `tags` for a manifest the layout already holds (by digest).
 pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutError> {
     let werr = |source: std::io::Error| LayoutError::Write {

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
+use crate::system::System;
+
 use miette::Diagnostic;
 use thiserror::Error;
 
@@ -115,8 +117,14 @@ fn wanted(cfg: &VerifyConfig, cert: Option<&str>) -> Vec<String> {
     paths
 }
 
-/// Verify an image archive (tar or gzip) against the configured checks.
-pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
+/// Verify an image archive (tar or gzip) against the configured checks;
+/// with `system`, its config must declare that system's platform too (an image
+/// built for aarch64-linux that says amd64 would be pulled by amd64 hosts).
+pub fn verify(
+    path: &Path,
+    cfg: &VerifyConfig,
+    system: Option<&System>,
+) -> Result<Summary, VerifyError> {
     let format = |reason: String| VerifyError::Format {
         path: path.to_path_buf(),
         reason,
@@ -150,6 +158,32 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
 
     let mut problems = Vec::new();
     let mut checks = 0;
+    if let Some(system) = system {
+        let platform = system.platform();
+        checks += 1;
+        let declared = (
+            contents.config.os().to_string(),
+            contents.config.architecture().to_string(),
+            contents.config.variant().clone(),
+        );
+        let expected = (
+            platform.os.to_string(),
+            platform.architecture.to_string(),
+            platform.variant.map(str::to_string),
+        );
+        // A variant the config leaves out is not a mismatch (arm64 images
+        // often omit `v8`); a different one is.
+        let variant_ok = declared.2.is_none() || declared.2 == expected.2;
+        if declared.0 != expected.0 || declared.1 != expected.1 || !variant_ok {
+            let mut said = format!("{}/{}", declared.0, declared.1);
+            if let Some(variant) = &declared.2 {
+                said.push_str(&format!("/{variant}"));
+            }
+            problems.push(format!(
+                "config: the image declares {said}, but it was built for {system}, which is {platform}"
+            ));
+        }
+    }
     let cert = env.get("SSL_CERT_FILE").cloned();
     if cfg.check_config {
         checks += 1;

@@ -66,6 +66,7 @@ impl Manifest {
     }
 }
 
+pub mod index;
 mod layout;
 mod registry;
 #[cfg(test)]
@@ -350,6 +351,22 @@ impl Destination {
             }
         }
         Ok(moves)
+    }
+
+    /// Store `index` (runnerctl's own bytes) under `tag`: a manifest PUT
+    /// at a registry, which checks that every manifest it lists is there;
+    /// a blob and an index entry in a layout.
+    pub fn put_index(&self, tag: &str, index: &Manifest) -> miette::Result<()> {
+        match self {
+            Destination::Registry(r) => {
+                r.client
+                    .put_manifest(tag, &index.bytes, &index.media_type)?;
+            }
+            Destination::Layout(l) => {
+                oci::put_manifest(&l.dir, &index.bytes, &index.media_type, &[tag.to_string()])?;
+            }
+        }
+        Ok(())
     }
 
     /// Point `tag` at `manifest`, which the destination already holds: the
