@@ -48,6 +48,11 @@ pub enum Command {
         after_help = "TARGET is a tag (a date tag such as 20260629, nix-<hash>, any tag) or a sha256: digest in the repository.\n\nExamples:\n  runnerctl rollback 20260629 --dry-run\n  runnerctl rollback 20260629 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl rollback sha256:… --tag latest"
     )]
     Rollback(RollbackArgs),
+    /// Delete old date tags and the content tags left with them; never what a floating, candidate, kept or unknown tag points to.
+    #[command(
+        after_help = "Deletes by digest (DELETE /v2/<name>/manifests/<digest>); the registry's garbage collection frees the blobs.\n\nExamples:\n  runnerctl prune --keep 30 --dry-run\n  runnerctl prune --keep 30 --keep-days 90 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl prune --keep 5 --image oci:/srv/oci/nixos --json"
+    )]
+    Prune(PruneArgs),
     /// Show the saved state, stage by stage.
     #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
     Status(StatusArgs),
@@ -284,6 +289,53 @@ pub struct RollbackArgs {
     pub destination: DestinationArgs,
 
     /// Show which tag would move from which digest to which, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only print errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N date tags (YYYYMMDD).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keep: u32,
+
+    /// Also keep every date tag at most D days old (a tag is kept if either rule keeps it).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP_DAYS", value_name = "D", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub keep_days: Option<u32>,
+
+    /// Floating tags, whose images are never deleted (repeatable) [default: latest, unstable].
+    #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// The tag `release --hold` pushes; its image is never deleted.
+    #[arg(
+        long,
+        env = "RUNNERCTL_CANDIDATE_TAG",
+        value_name = "TAG",
+        default_value = "candidate"
+    )]
+    pub candidate_tag: String,
+
+    /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
+    #[arg(short = 'C', long = "flake", value_name = "DIR")]
+    pub flake: Option<PathBuf>,
+
+    /// Where runnerctl keeps its state [default: DIR/.runnerctl with -C, else $XDG_STATE_HOME/runnerctl].
+    #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Print every tag and digest that would be deleted or kept, and why; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 

@@ -18,6 +18,7 @@ pub mod flake_lock;
 pub mod image;
 pub mod pipeline;
 pub mod progress;
+pub mod prune;
 pub mod report;
 pub mod rollback;
 pub mod stage;

@@ -64,7 +64,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             .find(|a| {
                 matches!(
                     a.as_str(),
-                    "bump" | "release" | "promote" | "rollback" | "status"
+                    "bump" | "release" | "promote" | "rollback" | "prune" | "status"
                 )
             })
             .cloned()
@@ -135,6 +135,21 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Rollback(args) => {
             let (report, err) = runnerctl::rollback::rollback(&args).await;
             finish(&report, err, args.json, args.quiet)
+        }
+        Command::Prune(args) => {
+            let (report, err) = runnerctl::prune::prune(&args).await;
+            if args.json {
+                print_json(&report);
+            } else if !args.quiet || args.dry_run {
+                print_out(&report.render());
+            }
+            match err {
+                None => ExitCode::SUCCESS,
+                Some(err) => {
+                    print_error(err);
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status(args) => {
             let out = config::output(&args.common);

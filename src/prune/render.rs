@@ -1,0 +1,92 @@
+//! The human summary of a prune: every delete and keep with its reason
+//! (at most [`MAX_LINES`] of each; `--json` has them all).
+
+use super::PruneReport;
+
+/// Lines listed per section before "… and N more".
+pub const MAX_LINES: usize = 200;
+
+fn short(digest: &str) -> &str {
+    let end = digest.len().min("sha256:".len() + 12);
+    digest.get(..end).unwrap_or(digest)
+}
+
+impl PruneReport {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let rules = format!(
+            "--keep {}{}",
+            self.keep,
+            self.keep_days
+                .map(|d| format!(" --keep-days {d}"))
+                .unwrap_or_default()
+        );
+        if self.dry_run {
+            out.push_str(&format!(
+                "Plan for `runnerctl prune {rules}` on {} (dry run: nothing is changed)\n",
+                self.image
+            ));
+        } else {
+            out.push_str(&format!(
+                "runnerctl prune {rules} on {}: {}\n",
+                self.image, self.outcome
+            ));
+        }
+        let listed = if self.pages > 0 {
+            format!("{} tags listed in {} pages", self.tags_listed, self.pages)
+        } else {
+            format!("{} tags listed", self.tags_listed)
+        };
+        out.push_str(&format!("{listed}\n\n"));
+        let verb = if self.dry_run {
+            "Would delete"
+        } else {
+            "Delete"
+        };
+        out.push_str(&format!(
+            "{verb} {} digests ({} tags):\n",
+            self.deletes.len(),
+            self.deletes.iter().map(|d| d.tags.len()).sum::<usize>()
+        ));
+        for d in self.deletes.iter().take(MAX_LINES) {
+            out.push_str(&format!(
+                "  - {} ({}): {}\n",
+                d.digest,
+                d.tags.join(", "),
+                d.reason
+            ));
+        }
+        if self.deletes.len() > MAX_LINES {
+            out.push_str(&format!(
+                "  … and {} more (see --json)\n",
+                self.deletes.len() - MAX_LINES
+            ));
+        }
+        out.push_str(&format!("Keep {} tags:\n", self.keeps.len()));
+        for k in self.keeps.iter().take(MAX_LINES) {
+            let tag = if k.tag.is_empty() {
+                "(untagged)"
+            } else {
+                k.tag.as_str()
+            };
+            out.push_str(&format!("  = {tag} → {}: {}\n", short(&k.digest), k.reason));
+        }
+        if self.keeps.len() > MAX_LINES {
+            out.push_str(&format!(
+                "  … and {} more (see --json)\n",
+                self.keeps.len() - MAX_LINES
+            ));
+        }
+        if !self.dry_run && self.error.is_none() {
+            out.push_str(&format!("\nDeleted {} digests.", self.deleted));
+            if let Some(n) = self.blobs_removed {
+                out.push_str(&format!(" Removed {n} unreferenced blobs."));
+            }
+            out.push('\n');
+        }
+        if !self.note.is_empty() {
+            out.push_str(&format!("Note: {}.\n", self.note));
+        }
+        out
+    }
+}
