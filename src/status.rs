@@ -107,6 +107,9 @@ impl StatusDoc {
                 r.image,
             ));
         }
+        if let Some(p) = &s.prune {
+            out.push_str(&format!("\n{}\n", p.summary()));
+        }
         if !s.images.is_empty() {
             out.push_str("\nImages pushed:\n");
             for (out_path, image) in &s.images {
