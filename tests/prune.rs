@@ -4,6 +4,7 @@
 //! (index.json, blobs) and state.json. Issue 14.
 
 mod common;
+mod prune_support;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -173,7 +174,12 @@ fn days_ago(days: i64) -> String {
 
 /// runnerctl prune (or any command) with the registry's credentials.
 fn runnerctl(registry: &Registry, state: &Path, args: &[&str]) -> RunOutput {
-    let image = format!("docker://{}/{IMAGE_REPO}", registry.host());
+    runnerctl_via(&registry.host(), registry, state, args)
+}
+
+/// The same, through `host` (a proxy in front of the registry).
+fn runnerctl_via(host: &str, registry: &Registry, state: &Path, args: &[&str]) -> RunOutput {
+    let image = format!("docker://{host}/{IMAGE_REPO}");
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--image", &image, "--tls-verify", "false", "--state-dir"]);
     let state = state.display().to_string();
@@ -392,4 +398,483 @@ fn five_bumps_then_prune_keeps_floating_tags_and_the_newest_two_dates() {
     );
     assert_eq!(w.registry.digest(IMAGE_REPO, &dates[3]), Some(target));
     assert_eq!(delete_requests(&w.registry).len(), 3, "no further DELETE");
+}
+
+// ---------------------------------------------------------------------------
+// Repositories set up without builds: small images pushed directly.
+
+/// One image per date (oldest first), each under its date tag and a
+/// content tag; latest and unstable on the newest. Returns (date, content
+/// tag, digest) per image.
+fn seed(pusher: &Pusher, dates: &[String]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (i, date) in dates.iter().enumerate() {
+        let image = Image::new(&format!("seed-{date}"), "2026-01-01T00:00:00Z");
+        let content = content_tag(date);
+        let mut tags = vec![date.as_str(), content.as_str()];
+        if i + 1 == dates.len() {
+            tags.extend(["latest", "unstable"]);
+        }
+        pusher.push(&image, &tags);
+        out.push((date.clone(), content, image.digest));
+    }
+    out
+}
+
+#[test]
+fn a_registry_without_delete_support_fails_clearly_and_deletes_nothing() {
+    let mut registry = Registry::new();
+    registry.stop();
+    let config = registry
+        .log_path()
+        .parent()
+        .expect("registry dir")
+        .join("config.yml");
+    let text = fs::read_to_string(&config).expect("registry config");
+    let off = text.replace(
+        "  delete:\n    enabled: true\n",
+        "  delete:\n    enabled: false\n",
+    );
+    assert_ne!(off, text, "the config enables deletes: {text}");
+    fs::write(&config, off).expect("write registry config");
+    registry.start();
+
+    let pusher = Pusher::new(&registry);
+    let dates: Vec<String> = [30, 20, 10].iter().map(|d| days_ago(*d)).collect();
+    seed(&pusher, &dates);
+    let before = tags(&registry);
+    let state = new_tempdir("prune-state");
+
+    let out = runnerctl(&registry, state.path(), &["prune", "--keep", "1", "--json"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("runnerctl::prune::delete_unsupported")
+            && out.stderr.contains("HTTP 405")
+            && out.stderr.contains("enabled: true")
+            && out.stderr.contains("Forgejo"),
+        "{out}"
+    );
+    let report = out.json();
+    assert_eq!(report["outcome"], "failure");
+    assert!(
+        report["error"]["help"]
+            .as_str()
+            .unwrap()
+            .contains("cleanup rules"),
+        "{out}"
+    );
+    assert_eq!(tags(&registry), before, "nothing deleted");
+    let deletes = delete_requests(&registry);
+    assert_eq!(
+        deletes.len(),
+        1,
+        "it stops at the first refusal: {deletes:#?}"
+    );
+    assert!(deletes[0].contains("\" 405 "), "{}", deletes[0]);
+    let recorded = recorded_deletes(state.path());
+    assert_eq!(recorded[0].1, "failed");
+    assert!(
+        recorded[1..].iter().all(|(_, s)| s == "planned"),
+        "{recorded:?}"
+    );
+    assert_eq!(state_json(state.path())["prune"]["outcome"], "failure");
+    assert!(!out.stderr.contains(registry.password()) && !out.stdout.contains(registry.password()));
+}
+
+#[test]
+fn tags_are_listed_page_by_page_from_a_registry_with_1200_tags() {
+    let registry = Registry::new();
+    let pusher = Pusher::new(&registry);
+    let builds = Image::new("builds", "2026-01-01T00:00:00Z");
+    pusher.blob(&builds.layer);
+    pusher.blob(&builds.config);
+    for i in 0..1200 {
+        pusher.manifest(
+            &format!("build-{i:04}"),
+            &builds.manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+    }
+    let dates: Vec<String> = [30, 20, 10].iter().map(|d| days_ago(*d)).collect();
+    let seeded = seed(&pusher, &dates);
+    assert_eq!(tags(&registry).len(), 1208);
+    let state = new_tempdir("prune-state");
+
+    // docker-registry 2.8 answers every tag at once; the proxy pages
+    // tags/list as distribution 3 and Forgejo do.
+    let lists_in_log = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET /v2/{IMAGE_REPO}/tags/list ")))
+            .count()
+    };
+    let lists_before = lists_in_log();
+    let proxy = prune_support::PagingProxy::start(registry.port());
+    let out = runnerctl_via(
+        &proxy.host(),
+        &registry,
+        state.path(),
+        &["prune", "--keep", "1", "--json"],
+    );
+    out.assert_success();
+    assert_eq!(
+        lists_in_log() - lists_before,
+        13,
+        "each page was read from the real registry"
+    );
+    let report = out.json();
+    assert_eq!(report["tags_listed"], 1208, "{}", out.stderr);
+    assert_eq!(report["pages"], 13, "100 tags a page");
+    assert_eq!(report["deleted"], 2);
+    let left = tags(&registry);
+    assert_eq!(
+        left.len(),
+        1204,
+        "1200 builds, the newest date and content tag, latest, unstable"
+    );
+    for (date, content, _) in &seeded[..2] {
+        assert!(
+            !left.contains(date) && !left.contains(content),
+            "{date} {content}"
+        );
+    }
+    assert!(left.contains("build-0000") && left.contains("build-1199"));
+    // The proxy's log: the first page asked with n=100, then the 12 pages
+    // the Link headers named (`last=`), the last one without a Link.
+    let pages = proxy.log();
+    assert_eq!(pages.len(), 13, "{pages:#?}");
+    assert!(
+        pages[0].starts_with(&format!(
+            "GET /v2/{IMAGE_REPO}/tags/list?n=100 -> 200, 100 tags, Link: "
+        )),
+        "{pages:#?}"
+    );
+    for (i, line) in pages.iter().enumerate().skip(1) {
+        let asked = pages[i - 1]
+            .split("Link: <")
+            .nth(1)
+            .and_then(|l| l.split('>').next())
+            .unwrap();
+        assert!(
+            line.starts_with(&format!("GET {asked} -> 200")),
+            "page {i} follows the Link before it: {pages:#?}"
+        );
+    }
+    assert!(pages[12].ends_with("-> 200, 8 tags"), "{pages:#?}");
+    // Human output is bounded.
+    let dry = runnerctl(
+        &registry,
+        state.path(),
+        &["prune", "--keep", "1", "--dry-run"],
+    );
+    dry.assert_success();
+    assert!(
+        dry.stdout.contains("… and 1004 more (see --json)"),
+        "{}",
+        &dry.stdout[..dry.stdout.len().min(2000)]
+    );
+    assert!(
+        dry.stdout.lines().count() < 450,
+        "{} lines",
+        dry.stdout.lines().count()
+    );
+}
+
+/// Spawn runnerctl prune with a hold inside its `nth` state save, wait for
+/// the hold, kill -9 its process group.
+fn prune_killed_at_save(registry: &Registry, state: &Path, nth: u32, args: &[&str]) {
+    let image = format!("docker://{}/{IMAGE_REPO}", registry.host());
+    let paused = state.with_extension("paused");
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--image".into(),
+        image,
+        "--tls-verify".into(),
+        "false".into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ]);
+    let mut cmd = Run::new(all)
+        .env("RUNNERCTL_REGISTRY_USER", registry.user())
+        .env("RUNNERCTL_REGISTRY_PASSWORD", registry.password())
+        .env(
+            "RUNNERCTL_TEST_PAUSE_SAVE",
+            format!("{nth}:{}", paused.display()),
+        )
+        .command();
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn runnerctl prune");
+    let _guard = KillGroupOnDrop(child.id());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !paused.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("prune ended ({status}) before save {nth}");
+        }
+        assert!(Instant::now() < deadline, "prune did not reach save {nth}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(&child.id().to_string(), true);
+    let _ = child.wait();
+}
+
+#[test]
+fn kill_9_during_prune_then_rerun_leaves_what_an_uninterrupted_prune_leaves() {
+    let dates: Vec<String> = [50, 40, 30, 20, 10].iter().map(|d| days_ago(*d)).collect();
+    let newer = days_ago(5);
+
+    // The reference: an uninterrupted prune, then a bump's new date.
+    let reference = Registry::new();
+    let reference_pusher = Pusher::new(&reference);
+    seed(&reference_pusher, &dates);
+    let state_ref = new_tempdir("prune-state");
+    runnerctl(&reference, state_ref.path(), &["prune", "--keep", "2"]).assert_success();
+    seed(&reference_pusher, std::slice::from_ref(&newer));
+
+    let registry = Registry::new();
+    let pusher = Pusher::new(&registry);
+    let seeded = seed(&pusher, &dates);
+    let dir = new_tempdir("prune-state");
+    let state = dir.path().join("state");
+    // Saves: 1 the plan, 2 before the first DELETE, 3 after it: killed
+    // there, the first DELETE was sent and state.json still says sending.
+    prune_killed_at_save(&registry, &state, 3, &["prune", "--keep", "2"]);
+    assert_eq!(delete_requests(&registry).len(), 1);
+    let recorded = recorded_deletes(&state);
+    let statuses: Vec<&str> = recorded.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["sending", "planned", "planned"]);
+    assert!(state_json(&state)["prune"]["outcome"].is_null());
+
+    // A bump lands in between: a fresh plan would now also delete the
+    // then-third-newest date. The rerun only finishes the killed plan.
+    seed(&pusher, std::slice::from_ref(&newer));
+    let out = runnerctl(&registry, &state, &["prune", "--keep", "2", "--json"]);
+    out.assert_success();
+    assert_eq!(out.json()["deleted"], 2, "{out}");
+    assert_eq!(tags(&registry), tags(&reference), "{out}");
+    let left_for_later = out.json()["keeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["tag"] == dates[3].as_str())
+        .cloned()
+        .expect("the fourth date is kept");
+    assert!(
+        left_for_later["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{left_for_later}"
+    );
+    let recorded = recorded_deletes(&state);
+    let expect: Vec<(String, String)> = seeded[..3]
+        .iter()
+        .zip(["gone", "deleted", "deleted"])
+        .map(|((_, _, d), s)| (d.clone(), s.to_string()))
+        .collect();
+    assert_eq!(recorded, expect);
+    assert_eq!(state_json(&state)["prune"]["outcome"], "success");
+
+    // The next prune applies the rules afresh.
+    let out = runnerctl(&registry, &state, &["prune", "--keep", "2", "--json"]);
+    out.assert_success();
+    assert_eq!(out.json()["deleted"], 1, "{out}");
+    assert!(!tags(&registry).contains(&dates[3]));
+}
+
+#[test]
+fn a_kept_index_protects_the_manifests_it_references() {
+    let registry = Registry::new();
+    let pusher = Pusher::new(&registry);
+    let amd64 = Image::new("amd64", "2026-01-01T00:00:00Z");
+    let arm64 = Image::new("arm64", "2026-01-01T00:00:00Z");
+    let old = Image::new("old", "2026-01-01T00:00:00Z");
+    pusher.push(&amd64, &[&amd64.digest]);
+    pusher.push(&arm64, &[&arm64.digest]);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64.digest, "size": amd64.manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm64.digest, "size": arm64.manifest.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+        ],
+    })
+    .to_string();
+    let index_digest = sha256(index.as_bytes());
+    let today = days_ago(0);
+    for tag in ["latest", "unstable", today.as_str()] {
+        pusher.manifest(
+            tag,
+            index.as_bytes(),
+            "application/vnd.oci.image.index.v1+json",
+        );
+    }
+    // An older date tag on the amd64 manifest alone, and one on an old image.
+    let (on_amd64, on_old) = (days_ago(30), days_ago(40));
+    pusher.manifest(
+        &on_amd64,
+        &amd64.manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    pusher.push(&old, &[&on_old, &content_tag("old")]);
+    let state = new_tempdir("prune-state");
+
+    let out = runnerctl(&registry, state.path(), &["prune", "--keep", "1", "--json"]);
+    out.assert_success();
+    let report = out.json();
+    let deleted: Vec<&str> = report["deletes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, [old.digest.as_str()], "{out}");
+    let kept = report["keeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["tag"] == on_amd64.as_str())
+        .cloned()
+        .expect("the amd64 date tag is kept");
+    assert!(
+        kept["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the kept index {index_digest}")),
+        "{kept}"
+    );
+    assert_eq!(
+        tags(&registry),
+        set(&["latest", "unstable", &today, &on_amd64])
+    );
+    for digest in [&amd64.digest, &arm64.digest, &index_digest] {
+        assert!(
+            registry.digest(IMAGE_REPO, digest).is_some(),
+            "{digest} is still there"
+        );
+    }
+    skopeo_pull(&registry, "latest", true);
+}
+
+// ---------------------------------------------------------------------------
+// oci: layouts
+
+/// Write `images` into an OCI layout at `dir`, each under its tags.
+fn write_layout(dir: &Path, images: &[(&Image, Vec<String>)]) {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    for (image, tags) in images {
+        for bytes in [&image.layer, &image.config, &image.manifest] {
+            fs::write(blobs.join(&sha256(bytes)[7..]), bytes).unwrap();
+        }
+        for tag in tags {
+            manifests.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": image.digest,
+                "size": image.manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }));
+        }
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+    fs::write(dir.join("index.json"), index.to_string()).unwrap();
+}
+
+fn layout_tags(dir: &Path) -> BTreeSet<String> {
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn blob_exists(dir: &Path, bytes: &[u8]) -> bool {
+    dir.join("blobs/sha256").join(&sha256(bytes)[7..]).is_file()
+}
+
+#[test]
+fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
+    let tmp = new_tempdir("prune-oci");
+    let dir: PathBuf = tmp.path().join("oci");
+    let (d1, d2, d3) = (days_ago(30), days_ago(20), days_ago(10));
+    let (x, y, z) = (
+        Image::new("x", "2026-01-01T00:00:00Z"),
+        Image::new("y", "2026-01-01T00:00:00Z"),
+        Image::new("z", "2026-01-01T00:00:00Z"),
+    );
+    write_layout(
+        &dir,
+        &[
+            (&x, vec![d1.clone(), content_tag("x")]),
+            (&y, vec![d2.clone(), content_tag("y"), "rolled-back".into()]),
+            (
+                &z,
+                vec![
+                    d3.clone(),
+                    content_tag("z"),
+                    "latest".into(),
+                    "unstable".into(),
+                ],
+            ),
+        ],
+    );
+    let state = tmp.path().join("state");
+    let image = format!("oci:{}", dir.display());
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["prune", "--keep", "1", "--image", &image, "--state-dir"];
+        let state = state.display().to_string();
+        args.push(&state);
+        args.extend(extra);
+        Run::new(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .timeout(TIMEOUT)
+            .run()
+    };
+    let index_before = fs::read(dir.join("index.json")).unwrap();
+    let dry = prune(&["--dry-run"]);
+    dry.assert_success();
+    assert!(
+        dry.stdout.contains(&d1) && dry.stdout.contains("rolled-back"),
+        "{dry}"
+    );
+    assert_eq!(fs::read(dir.join("index.json")).unwrap(), index_before);
+    assert!(blob_exists(&dir, &x.layer));
+
+    let out = prune(&["--json"]);
+    out.assert_success();
+    let report = out.json();
+    assert_eq!(report["deleted"], 1, "{out}");
+    assert_eq!(report["blobs_removed"], 3, "x's manifest, config and layer");
+    let mut expected = set(&[&d2, "rolled-back", &d3, "latest", "unstable"]);
+    expected.insert(content_tag("y"));
+    expected.insert(content_tag("z"));
+    assert_eq!(layout_tags(&dir), expected);
+    for bytes in [&x.layer, &x.config, &x.manifest] {
+        assert!(!blob_exists(&dir, bytes));
+    }
+    for image in [&y, &z] {
+        for bytes in [&image.layer, &image.config, &image.manifest] {
+            assert!(blob_exists(&dir, bytes));
+        }
+    }
+    common::run_checked(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:latest", dir.display())),
+    );
+    assert_eq!(
+        recorded_deletes(&state),
+        vec![(x.digest.clone(), "deleted".to_string())]
+    );
+    assert_eq!(state_json(&state)["prune"]["blobs_removed"], 3);
 }

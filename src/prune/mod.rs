@@ -210,6 +210,14 @@ impl Target {
         }
     }
 
+    /// Whether the destination still has a manifest with this digest.
+    fn has(&self, digest: &str) -> miette::Result<bool> {
+        match self {
+            Target::Layout(dir) => Ok(oci::tags(dir)?.iter().any(|(_, d)| d == digest)),
+            Target::Registry(client) => Ok(client.digest_of(digest)?.is_some()),
+        }
+    }
+
     /// Delete by digest; false when it was gone already.
     fn delete(&self, image: &str, digest: &str) -> miette::Result<bool> {
         match self {
@@ -344,6 +352,28 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     }
     report.deletes = plan.deletes.clone();
     report.keeps = plan.keeps.clone();
+    // What the interrupted prune already did stays on record: a delete
+    // that was being sent when it died is "gone" if the destination no
+    // longer has it.
+    let mut carried = Vec::new();
+    if let Some(previous) = saved.prune.as_ref().filter(|p| {
+        p.unfinished_plan(&image_text, rules.keep, rules.keep_days)
+            .is_some()
+    }) {
+        for d in &previous.deletes {
+            if plan.deletes.iter().any(|p| p.digest == d.digest) {
+                continue;
+            }
+            match d.status {
+                DeleteStatus::Deleted | DeleteStatus::Gone => carried.push(d.clone()),
+                DeleteStatus::Sending if !target.has(&d.digest)? => carried.push(DeleteRecord {
+                    status: DeleteStatus::Gone,
+                    ..d.clone()
+                }),
+                _ => {}
+            }
+        }
+    }
     let mut record = PruneRecord {
         image: image_text.clone(),
         keep: rules.keep,
@@ -364,6 +394,7 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
             .collect(),
         blobs_removed: None,
     };
+    record.deletes.splice(0..0, carried);
     let mut save = |record: &PruneRecord| -> miette::Result<()> {
         saved.prune = Some(record.clone());
         state::save(&state_dir, &saved)?;
@@ -371,6 +402,9 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     };
     save(&record)?;
     for i in 0..record.deletes.len() {
+        if record.deletes[i].status != DeleteStatus::Planned {
+            continue;
+        }
         let digest = record.deletes[i].digest.clone();
         record.deletes[i].status = DeleteStatus::Sending;
         record.deletes[i].at = Some(state::now());
