@@ -53,8 +53,10 @@ pub enum Command {
         after_help = "Deletes by digest (DELETE /v2/<name>/manifests/<digest>); the registry's garbage collection frees the blobs.\n\nExamples:\n  runnerctl prune --keep 30 --dry-run\n  runnerctl prune --keep 30 --keep-days 90 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl prune --keep 5 --image oci:/srv/oci/nixos --json"
     )]
     Prune(PruneArgs),
-    /// Show the saved state, stage by stage.
-    #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
+    /// Show the saved state, stage by stage; with --max-age, fail when the published image is too old.
+    #[command(
+        after_help = "Examples:\n  runnerctl status\n  runnerctl status --json\n  runnerctl status --max-age 14 --image docker://registry.example.org/infra/runners/nixos"
+    )]
     Status(StatusArgs),
     /// Run a real bump end to end in a throwaway workspace (stand-in nixpkgs, fixture flake, local OCI layout, bare remote).
     Demo(DemoArgs),
@@ -352,6 +354,26 @@ pub struct PruneArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub common: Common,
+
+    /// Exit 1 when the published image is older than DAYS (from its config with --image, else from the last push's date tag).
+    #[arg(long, env = "RUNNERCTL_MAX_AGE", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_age: Option<u32>,
+
+    /// The floating tag whose image --max-age checks [default: latest].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// The root input the image is built from, for the message.
+    #[arg(
+        long,
+        env = "RUNNERCTL_INPUT",
+        value_name = "NAME",
+        default_value = "nixpkgs"
+    )]
+    pub input: String,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
 }
 
 #[derive(Debug, Clone, Args)]

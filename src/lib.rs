@@ -15,6 +15,7 @@ pub mod demo;
 pub mod diagnostic;
 pub mod digest;
 pub mod flake_lock;
+pub mod freshness;
 pub mod image;
 pub mod pipeline;
 pub mod progress;

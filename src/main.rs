@@ -154,13 +154,42 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => {
             let out = config::output(&args.common);
             match status::status(&args.common).await {
-                Ok(doc) => {
+                Ok(mut doc) => {
+                    let mut failure = None;
+                    if let Some(max_age) = args.max_age {
+                        match runnerctl::freshness::check(
+                            &args,
+                            max_age,
+                            &doc.state,
+                            &doc.state_file,
+                        ) {
+                            Ok(f) => {
+                                if !f.fresh {
+                                    failure = Some(runnerctl::freshness::stale_error(&f));
+                                }
+                                doc.freshness = Some(f);
+                            }
+                            Err(err) => failure = Some(err),
+                        }
+                    }
+                    if let Some(err) = &failure {
+                        doc.error = Some(runnerctl::report::ErrorReport {
+                            message: runnerctl::diagnostic::message(err),
+                            help: err.help().map(|h| h.to_string()),
+                        });
+                    }
                     if out.json {
                         print_json(&doc);
                     } else {
                         print_out(&doc.render());
                     }
-                    ExitCode::SUCCESS
+                    match failure {
+                        None => ExitCode::SUCCESS,
+                        Some(err) => {
+                            print_error(err);
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(err) => {
                     if out.json {

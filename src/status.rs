@@ -25,11 +25,24 @@ pub struct StatusDoc {
     /// False when no run has saved state yet.
     pub exists: bool,
     pub state: State,
+    /// With --max-age: how old the published image is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<crate::freshness::Freshness>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::report::ErrorReport>,
 }
 
 impl StatusDoc {
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if let Some(f) = &self.freshness {
+            out.push_str(&format!(
+                "Freshness: {} ({}): {}\n\n",
+                f.message,
+                f.source,
+                if f.fresh { "fresh" } else { "TOO OLD" }
+            ));
+        }
         if !self.exists {
             out.push_str(&format!(
                 "No saved state at {}: runnerctl has not run here yet.\n",
@@ -133,5 +146,7 @@ pub async fn status(common: &Common) -> miette::Result<StatusDoc> {
         state_file: path.display().to_string(),
         exists,
         state,
+        freshness: None,
+        error: None,
     })
 }

@@ -7,6 +7,9 @@
 //! answered.
 #![allow(dead_code)]
 
+mod images;
+pub use images::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
