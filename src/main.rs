@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> ExitCode {
             let (report, err) = runnerctl::prune::prune(&args).await;
             if args.json {
                 print_json(&report);
-            } else if !args.quiet || args.dry_run {
+            } else if !args.quiet {
                 print_out(&report.render());
             }
             match err {

@@ -152,3 +152,42 @@ fn without_image_the_last_recorded_push_gives_the_date() {
     assert_eq!(out.json()["freshness"]["age_days"], 16);
     assert_ne!(old_iso, new_iso);
 }
+
+#[test]
+fn max_age_reads_an_oci_layout_too() {
+    let dir = new_tempdir("freshness");
+    let layout = dir.path().join("oci");
+    let (created, _) = day(30);
+    let image = Image::new("layout", &format!("{created}T00:00:00Z"));
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    for bytes in [&image.layer, &image.config, &image.manifest] {
+        fs::write(blobs.join(&prune_support::sha256(bytes)[7..]), bytes).unwrap();
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": image.digest, "size": image.manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let image_ref = format!("oci:{}", layout.display());
+    let out = status(dir.path(), None, &["--max-age", "7", "--image", &image_ref]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "latest was built from nixpkgs of {created}, 30 days ago (limit 7)"
+        )),
+        "{out}"
+    );
+    let out = status(
+        dir.path(),
+        None,
+        &["--max-age", "30", "--image", &image_ref, "--json"],
+    );
+    out.assert_success();
+    assert_eq!(out.json()["freshness"]["age_days"], 30);
+}

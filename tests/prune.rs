@@ -735,3 +735,62 @@ fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
     );
     assert_eq!(state_json(&state)["prune"]["blobs_removed"], 3);
 }
+
+#[test]
+fn bad_input_is_refused_before_anything_changes() {
+    let tmp = new_tempdir("prune-bad");
+    let dir = tmp.path().join("oci");
+    let old = Image::new("old", "2026-01-01T00:00:00Z");
+    write_layout(&dir, &[(&old, vec![days_ago(400)])]);
+    let index = fs::read(dir.join("index.json")).unwrap();
+    let state = tmp.path().join("state").display().to_string();
+    let image = format!("oci:{}", dir.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["prune", "--image", &image, "--state-dir", &state];
+        all.extend(args);
+        Run::new(all.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .timeout(TIMEOUT)
+            .run()
+    };
+    // Usage errors: exit 2, with --json a failure document too.
+    let out = run(&[]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--keep"), "{out}");
+    let out = run(&["--keep", "0", "--json"]);
+    out.assert_code(2);
+    assert_eq!(out.json()["command"], "prune");
+    assert_eq!(out.json()["outcome"], "failure");
+    // A {date} template is no floating tag.
+    let out = run(&["--keep", "1", "--tag", "nightly-{date}", "--json"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("runnerctl::prune::bad_tag"), "{out}");
+    assert!(out.json()["error"]["help"]
+        .as_str()
+        .unwrap()
+        .contains("--tag"));
+    // Not an OCI layout.
+    let not_layout = tmp.path().join("notes");
+    fs::create_dir_all(&not_layout).unwrap();
+    fs::write(not_layout.join("todo.txt"), "mine").unwrap();
+    let out = Run::new([
+        "prune",
+        "--keep",
+        "1",
+        "--image",
+        &format!("oci:{}", not_layout.display()),
+        "--state-dir",
+        &state,
+    ])
+    .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("runnerctl::layout::not_a_layout"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read(dir.join("index.json")).unwrap(),
+        index,
+        "nothing changed"
+    );
+    assert!(!Path::new(&state).join("state.json").exists());
+}
