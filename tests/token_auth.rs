@@ -665,3 +665,67 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         "{refused:#?}"
     );
 }
+
+/// `runnerctl prune` through Bearer tokens: its DELETE is answered with a
+/// token for the `delete` action (the registry's challenge names it), and
+/// only the older bump's digest goes.
+#[test]
+fn prune_deletes_through_a_registry_with_token_auth() {
+    let key_dir = tempfile::Builder::new()
+        .prefix("runnerctl-token-key-")
+        .tempdir()
+        .expect("tempdir");
+    let key = Arc::new(SigningKey::generate(key_dir.path()));
+    let tokens = TokenServer::start(key.clone());
+    let registry = TokenRegistry::start(&tokens.realm(), &key.cert);
+    let base = fresh_time();
+    let mut nixpkgs = StandInNixpkgs::new_at(base);
+    let repo = RunnerRepo::new(&nixpkgs);
+    let image = format!("docker://127.0.0.1:{}/{IMAGE_REPO}", registry.port);
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--image", image.as_str(), "--tls-verify", "false", "--json"]);
+        Run::new(all)
+            .in_repo(&repo)
+            .env("RUNNERCTL_REGISTRY_USER", USER)
+            .env("RUNNERCTL_REGISTRY_PASSWORD", PASSWORD)
+            .timeout(TIMEOUT)
+            .run()
+    };
+    let mut dates = Vec::new();
+    for days in [1, 2] {
+        nixpkgs.commit(base + days * DAY);
+        let out = run(&["bump", "--no-git-push"]);
+        assert!(out.success(), "bump failed\n{out}\n{}", registry.log());
+        dates.push(out.json()["date"].as_str().expect("date").to_string());
+    }
+    let old = digest(&registry, &key, IMAGE_REPO, &dates[0]).expect("old digest");
+    let before = tokens.requests().len();
+
+    let out = run(&["prune", "-C", ".", "--keep", "1"]);
+    assert!(out.success(), "prune failed\n{out}\n{}", registry.log());
+    assert_eq!(out.json()["deleted"], 1, "{out}");
+    assert_eq!(digest(&registry, &key, IMAGE_REPO, &dates[0]), None);
+    assert!(
+        digest(&registry, &key, IMAGE_REPO, &old).is_none(),
+        "{old} is gone"
+    );
+    assert!(digest(&registry, &key, IMAGE_REPO, &dates[1]).is_some());
+    assert!(digest(&registry, &key, IMAGE_REPO, "latest").is_some());
+    let log = registry.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("\"DELETE /v2/{IMAGE_REPO}/manifests/{old} "))
+                && l.contains("\" 202 ")
+        ),
+        "{log}"
+    );
+    let requests = tokens.requests()[before..].to_vec();
+    assert!(
+        requests.iter().any(|r| r.user_agent.starts_with("ureq")
+            && r.scopes.iter().any(|s| s.ends_with(":delete"))
+            && r.issued),
+        "runnerctl asked for a delete token: {requests:#?}"
+    );
+    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
+}
