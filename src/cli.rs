@@ -372,8 +372,23 @@ pub struct StatusArgs {
     )]
     pub input: String,
 
-    #[command(flatten)]
-    pub destination: DestinationArgs,
+    /// With --max-age: read the date from this image (docker://HOST[:PORT]/PATH or oci:DIR) instead of the state's last push.
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_verify: bool,
+
+    /// Seconds the registry may take to answer one request.
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -180,7 +180,7 @@ pub fn check(
 ) -> miette::Result<Freshness> {
     let tag = args.tag.clone().unwrap_or_else(|| "latest".into());
     let today = time::OffsetDateTime::now_utc().date();
-    let (shown_tag, date, source, image) = match &args.destination.image {
+    let (shown_tag, date, source, image) = match &args.image {
         Some(text) => {
             let image = text.parse::<ImageRef>()?;
             let credentials = Credentials::from_env()?;
@@ -188,8 +188,8 @@ pub fn check(
                 &image,
                 &Access {
                     credentials: &credentials,
-                    tls_verify: args.destination.tls_verify,
-                    timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
+                    tls_verify: args.tls_verify,
+                    timeout: std::time::Duration::from_secs(args.registry_timeout),
                 },
             )?;
             let config = config_of(&connected.destination, &tag)?.ok_or_else(|| {
