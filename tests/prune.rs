@@ -794,3 +794,82 @@ fn bad_input_is_refused_before_anything_changes() {
     );
     assert!(!Path::new(&state).join("state.json").exists());
 }
+
+/// A rollback (or promote) that moves latest to a digest between the plan
+/// and its DELETE: prune checks the moving tags again before each delete
+/// and leaves that digest.
+#[test]
+fn a_tag_moved_onto_a_planned_digest_during_the_prune_keeps_it() {
+    let registry = Registry::new();
+    let pusher = Pusher::new(&registry);
+    let dates: Vec<String> = [30, 20, 10].iter().map(|d| days_ago(*d)).collect();
+    let seeded = seed(&pusher, &dates);
+    let state = new_tempdir("prune-state");
+    let paused = state.path().join("paused");
+    let image = format!("docker://{}/{IMAGE_REPO}", registry.host());
+    let state_dir = state.path().join("state").display().to_string();
+    let mut cmd = Run::new([
+        "prune",
+        "--keep",
+        "1",
+        "--json",
+        "--image",
+        &image,
+        "--tls-verify",
+        "false",
+        "--state-dir",
+        &state_dir,
+    ])
+    .env("RUNNERCTL_REGISTRY_USER", registry.user())
+    .env("RUNNERCTL_REGISTRY_PASSWORD", registry.password())
+    .env("RUNNERCTL_TEST_PRUNE_PAUSE", paused.display().to_string())
+    .command();
+    let child = cmd.spawn().expect("spawn prune");
+    let _guard = KillGroupOnDrop(child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "prune did not record its plan");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both older digests are planned; latest now moves to the oldest.
+    let planned = recorded_deletes(&state.path().join("state"));
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    let oldest = Image::new(&format!("seed-{}", dates[0]), "2026-01-01T00:00:00Z");
+    assert_eq!(oldest.digest, seeded[0].2);
+    pusher.manifest(
+        "latest",
+        &oldest.manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    fs::remove_file(&paused).unwrap();
+    let output = child.wait_with_output().expect("prune ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["deleted"], 1, "{report:#}");
+    assert_eq!(
+        registry.digest(IMAGE_REPO, &dates[0]),
+        Some(seeded[0].2.clone())
+    );
+    assert_eq!(registry.digest(IMAGE_REPO, &dates[1]), None);
+    let kept = report["keeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["digest"] == seeded[0].2.as_str() && k["tag"] == "latest")
+        .cloned()
+        .expect("latest's new digest is kept");
+    assert!(kept["reason"].as_str().unwrap().contains("moved"), "{kept}");
+    let recorded = recorded_deletes(&state.path().join("state"));
+    assert_eq!(
+        recorded,
+        vec![
+            (seeded[0].2.clone(), "skipped".to_string()),
+            (seeded[1].2.clone(), "deleted".to_string())
+        ]
+    );
+}

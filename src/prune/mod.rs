@@ -218,6 +218,24 @@ impl Target {
         }
     }
 
+    /// Of `tags`, the first that points at `digest` now.
+    fn moved_here(&self, digest: &str, tags: &[String]) -> miette::Result<Option<String>> {
+        match self {
+            Target::Layout(dir) => Ok(oci::tags(dir)?
+                .into_iter()
+                .find(|(t, d)| d == digest && tags.contains(t))
+                .map(|(t, _)| t)),
+            Target::Registry(client) => {
+                for tag in tags {
+                    if client.digest_of(tag)?.as_deref() == Some(digest) {
+                        return Ok(Some(tag.clone()));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
     /// Delete by digest; false when it was gone already.
     fn delete(&self, image: &str, digest: &str) -> miette::Result<bool> {
         match self {
@@ -320,6 +338,10 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
         candidate,
     };
     let mut plan = plan::plan(&tags, &rules, &mut |d| target.children(d))?;
+    // The tags that move: checked again before each delete.
+    let mut watched = rules.floating.clone();
+    watched.push(rules.candidate.clone());
+    watched.push(crate::rollback::ROLLED_BACK.to_string());
 
     if args.dry_run {
         report.deletes = plan.deletes;
@@ -401,11 +423,26 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
         Ok(())
     };
     save(&record)?;
+    pause_after_plan_for_tests();
     for i in 0..record.deletes.len() {
         if record.deletes[i].status != DeleteStatus::Planned {
             continue;
         }
         let digest = record.deletes[i].digest.clone();
+        // A tag that moves (a promote or rollback in between) may have
+        // moved here since the plan: then this digest is in use again.
+        if let Some(tag) = target.moved_here(&digest, &watched)? {
+            record.deletes[i].status = DeleteStatus::Skipped;
+            record.deletes[i].at = Some(state::now());
+            save(&record)?;
+            report.deletes.retain(|d| d.digest != digest);
+            report.keeps.push(Keep {
+                tag,
+                digest: digest.clone(),
+                reason: "moved to this digest during the prune, so it was not deleted".into(),
+            });
+            continue;
+        }
         record.deletes[i].status = DeleteStatus::Sending;
         record.deletes[i].at = Some(state::now());
         save(&record)?;
@@ -441,4 +478,22 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     save(&record)?;
     drop(lock);
     Ok(())
+}
+
+/// Test-only hook: with `RUNNERCTL_TEST_PRUNE_PAUSE=FILE`, a prune creates
+/// FILE once its plan is recorded and waits (up to 120 s) until FILE is
+/// removed, so tests/prune.rs can move a tag between the plan and the
+/// deletes. Unset, it costs one env lookup.
+fn pause_after_plan_for_tests() {
+    let Some(file) = std::env::var_os("RUNNERCTL_TEST_PRUNE_PAUSE") else {
+        return;
+    };
+    let file = PathBuf::from(file);
+    if std::fs::write(&file, "paused").is_err() {
+        return;
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while file.exists() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -17,6 +17,8 @@ pub enum DeleteStatus {
     Gone,
     /// The destination refused it.
     Failed,
+    /// Not sent: a floating or candidate tag moved to it during the prune.
+    Skipped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
