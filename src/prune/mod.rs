@@ -343,12 +343,8 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     watched.push(rules.candidate.clone());
     watched.push(crate::rollback::ROLLED_BACK.to_string());
 
-    if args.dry_run {
-        report.deletes = plan.deletes;
-        report.keeps = plan.keeps;
-        return Ok(());
-    }
-
+    // A dry run reads the state too (without the lock): it shows what
+    // the real run would do, which finishes an interrupted plan first.
     let mut saved = state::load(&state_dir)?;
     // An interrupted prune with the same rules: finish its plan, delete
     // nothing it did not plan (one uninterrupted prune's worth at most).
@@ -374,6 +370,9 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     }
     report.deletes = plan.deletes.clone();
     report.keeps = plan.keeps.clone();
+    if args.dry_run {
+        return Ok(());
+    }
     // What the interrupted prune already did stays on record: a delete
     // that was being sent when it died is "gone" if the destination no
     // longer has it.

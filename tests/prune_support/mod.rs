@@ -7,7 +7,11 @@
 //! answered.
 #![allow(dead_code)]
 
+mod helpers;
 mod images;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use helpers::*;
+#[allow(unused_imports)]
 pub use images::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
