@@ -51,15 +51,18 @@ impl StatusDoc {
             return out;
         }
         let s = &self.state;
-        out.push_str(&format!(
-            "Last run: {} — {} (started {}, finished {})\n\n",
-            s.command.as_deref().unwrap_or("?"),
-            s.outcome
-                .as_deref()
-                .unwrap_or("unfinished (interrupted; the next run resumes it)"),
-            s.started_at.as_deref().unwrap_or("?"),
-            s.finished_at.as_deref().unwrap_or("-"),
-        ));
+        // A state dir that only prune or rollback wrote has no run to show.
+        if s.command.is_some() || !s.stages.is_empty() {
+            out.push_str(&format!(
+                "Last run: {} — {} (started {}, finished {})\n\n",
+                s.command.as_deref().unwrap_or("?"),
+                s.outcome
+                    .as_deref()
+                    .unwrap_or("unfinished (interrupted; the next run resumes it)"),
+                s.started_at.as_deref().unwrap_or("?"),
+                s.finished_at.as_deref().unwrap_or("-"),
+            ));
+        }
         let mut names: Vec<&String> = s.stages.keys().collect();
         names.sort_by_key(|n| {
             STAGE_ORDER

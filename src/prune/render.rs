@@ -33,15 +33,22 @@ impl PruneReport {
             ));
         }
         let listed = if self.pages > 0 {
-            format!("{} tags listed in {} pages", self.tags_listed, self.pages)
+            format!(
+                "{} tags listed in {} page{}",
+                self.tags_listed,
+                self.pages,
+                if self.pages == 1 { "" } else { "s" }
+            )
         } else {
             format!("{} tags listed", self.tags_listed)
         };
         out.push_str(&format!("{listed}\n\n"));
         let verb = if self.dry_run {
             "Would delete"
+        } else if self.error.is_some() {
+            "Planned to delete (stopped by the error below)"
         } else {
-            "Delete"
+            "Deleted"
         };
         out.push_str(&format!(
             "{verb} {} digests ({} tags):\n",
@@ -78,7 +85,14 @@ impl PruneReport {
             ));
         }
         if !self.dry_run && self.error.is_none() {
-            out.push_str(&format!("\nDeleted {} digests.", self.deleted));
+            let gone = self.deletes.len().saturating_sub(self.deleted);
+            out.push_str(&format!("\n{} deleted now", self.deleted));
+            if gone > 0 {
+                out.push_str(&format!(
+                    ", {gone} gone already (an interrupted prune sent them)"
+                ));
+            }
+            out.push('.');
             if let Some(n) = self.blobs_removed {
                 out.push_str(&format!(" Removed {n} unreferenced blobs."));
             }
