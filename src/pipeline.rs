@@ -1,247 +1,52 @@
 //! Runs the stages in order: check → act → record. Resumes an interrupted
 //! run, and in a dry run collects the plan instead of acting.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use miette::{Diagnostic, IntoDiagnostic};
-use thiserror::Error;
+use miette::IntoDiagnostic;
 
-use crate::auth::AuthFile;
 use crate::config::{Config, Mode};
-use crate::flake_lock::{DateTag, FlakeLock};
-use crate::image::destination::Destination;
-use crate::image::reference::{ImageRef, Tag};
 use crate::progress::{Event, Reporter};
 use crate::report::{ErrorReport, Outcome, Report, StageReport};
-use crate::stage::{self, Check, Stage};
+use crate::stage::build::{Build, Built};
+use crate::stage::commit::Commit;
+use crate::stage::git_push::GitPush;
+use crate::stage::preflight::{Preflight, Prepared};
+use crate::stage::promote::Promote;
+use crate::stage::push::Push;
+use crate::stage::smoke::Smoke;
+use crate::stage::tags::Survey;
+use crate::stage::update::Update;
+use crate::stage::verify::Verify;
+use crate::stage::{self, Check, Ctx, Stage};
 use crate::state::{self, Outputs, StageRecord, StageStatus, State};
-use crate::tool::git::{Git, Upstream};
-use crate::tool::nix::{Evaluated, Nix};
-use crate::tool::skopeo::Skopeo;
+use crate::tool::nix::Evaluated;
 use crate::tool::Runner;
 
-/// Everything the stages share during one run.
-pub struct Ctx {
-    pub cfg: Config,
-    pub runner: Runner,
-    pub state: State,
-    /// The previous run of the same command did not finish: stages whose
-    /// recorded inputs are unchanged are not redone.
-    pub resume: bool,
-    pub nix: Option<Nix>,
-    pub skopeo: Option<Skopeo>,
-    pub git: Option<Git>,
-    pub branch: Option<String>,
-    pub upstream: Option<Upstream>,
-    /// The working flake.lock as last read, and its parse.
-    pub lock_text: String,
-    pub lock: Option<FlakeLock>,
-    /// bump: nothing new upstream, and flake.lock at HEAD is on the remote.
-    pub up_to_date: bool,
-    pub changes: Vec<String>,
-    pub date: Option<DateTag>,
-    pub tags: Vec<Tag>,
-    pub eval: Option<Evaluated>,
-    /// The uncompressed docker-archive to verify and push.
-    pub archive: Option<PathBuf>,
-    pub digest: Option<String>,
-    pub commit: Option<String>,
-    pub authfile: Option<AuthFile>,
-    /// The registry login preflight resolved (skopeo gets it as `authfile`).
-    pub login: Option<crate::auth::Login>,
-    /// The registry client preflight checked the login with; the push
-    /// reuses it (and its token).
-    pub registry: Option<std::sync::Arc<crate::image::registry::Registry>>,
-    /// Dry-run bump: the throwaway copy of the flake with the new lock.
-    pub dry_flake: Option<tempfile::TempDir>,
-    /// Where each tag points, as last asked.
-    pub tag_states: Option<Vec<stage::push::TagState>>,
-    /// Floating tags a rollback holds where they are (see `push`).
-    pub held_back: Vec<Tag>,
-    pub report: Report,
-}
-
-#[derive(Debug, Error, Diagnostic)]
-#[error("runnerctl could not prepare {what}")]
-#[diagnostic(
-    code(runnerctl::internal),
-    help("this is a bug in runnerctl; please report it with the output above")
-)]
-pub struct Missing {
-    pub what: &'static str,
-}
-
-impl Ctx {
-    pub fn nix(&self) -> miette::Result<&Nix> {
-        self.nix
-            .as_ref()
-            .ok_or_else(|| Missing { what: "nix" }.into())
-    }
-    pub fn skopeo(&self) -> miette::Result<&Skopeo> {
-        self.skopeo
-            .as_ref()
-            .ok_or_else(|| Missing { what: "skopeo" }.into())
-    }
-    pub fn git(&self) -> miette::Result<&Git> {
-        self.git
-            .as_ref()
-            .ok_or_else(|| Missing { what: "git" }.into())
-    }
-    /// A dry-run bump whose throwaway update changed the lock: the commit
-    /// and push stages would run.
-    pub fn dry_run_changes(&self) -> bool {
-        self.dry_flake.is_some() && !self.changes.is_empty()
-    }
-
-    /// The flake to evaluate: the dry-run copy with the new lock, if any.
-    pub fn eval_flake(&self) -> PathBuf {
-        match &self.dry_flake {
-            Some(dir) => dir.path().to_path_buf(),
-            None => self.cfg.flake.clone(),
-        }
-    }
-
-    /// The destination the run's preflight connected to.
-    pub fn destination(&self) -> miette::Result<Destination> {
-        match &self.cfg.image {
-            ImageRef::Oci { dir } => Ok(Destination::Layout { dir: dir.clone() }),
-            ImageRef::Docker { .. } => Ok(Destination::Registry {
-                client: self.registry.clone().ok_or(Missing {
-                    what: "the registry client",
-                })?,
-            }),
-        }
-    }
-
-    /// The built image as an archive that can be read in place: a tar or a
-    /// gzip archive is the out path itself; a stream script is run into a
-    /// file first (once per run: kept in `archive`).
-    pub async fn readable_archive(&mut self) -> miette::Result<PathBuf> {
-        if let Some(archive) = &self.archive {
-            return Ok(archive.clone());
-        }
-        let eval = self.eval.clone().ok_or(Missing {
-            what: "the out path",
-        })?;
-        let out = std::path::Path::new(eval.out_path.as_str());
-        if crate::image::archive::detect(out)? != crate::image::archive::ArchiveKind::Script {
-            return Ok(out.to_path_buf());
-        }
-        let file = crate::image::archive::prepare(
-            &self.runner,
-            out,
-            &eval.out_path.hash_part(),
-            &self.cfg.cache_dir(),
-        )
-        .await?;
-        self.archive = Some(file.clone());
-        Ok(file)
-    }
-
-    pub fn reporter(&self) -> &Reporter {
-        self.runner.reporter()
-    }
-    pub fn lock(&self) -> miette::Result<&FlakeLock> {
-        self.lock
-            .as_ref()
-            .ok_or_else(|| Missing { what: "flake.lock" }.into())
-    }
-
-    /// Read and parse the working flake.lock.
-    pub fn reload_lock(&mut self) -> miette::Result<()> {
-        let path = self.cfg.lock_path();
-        // A symlink is refused before it is read: its target may be any
-        // file (a diagnostic would quote it).
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(LockSymlink { path }.into());
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| LockRead {
-            path: path.clone(),
-            source,
-        })?;
-        let lock = crate::flake_lock::parse(&text, &path)?;
-        self.lock_text = text;
-        self.lock = Some(lock);
-        Ok(())
-    }
-
-    /// Compute the date tag and the tags from the current lock.
-    pub fn resolve_tags(&mut self) -> miette::Result<()> {
-        let date = self.lock()?.date_tag(&self.cfg.input)?;
-        let mut tags = Vec::new();
-        for template in &self.cfg.tag_templates {
-            let tag = template.expand(date.as_str())?;
-            if !tags.contains(&tag) {
-                tags.push(tag);
-            }
-        }
-        self.report.date = Some(date.to_string());
-        // What this run points at the image (besides nix-<hash>).
-        self.report.tags = if self.cfg.hold {
-            vec![self.cfg.candidate_tag.to_string()]
-        } else {
-            tags.iter().map(|t| t.to_string()).collect()
-        };
-        self.report.commit_message =
-            (self.cfg.mode == Mode::Bump).then(|| self.cfg.subject(date.as_str()));
-        self.date = Some(date);
-        self.tags = tags;
-        Ok(())
-    }
-
-    /// Write the state now (stages call this before a step whose effect a
-    /// kill could otherwise leave unrecorded).
-    pub fn save(&self) -> miette::Result<()> {
-        if !self.cfg.dry_run {
-            state::save(&self.cfg.state_dir, &self.state)?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Error, Diagnostic)]
-#[error("{} is a symbolic link", path.display())]
-#[diagnostic(
-    code(runnerctl::lock::symlink),
-    help("runnerctl updates and commits flake.lock itself: replace the link by the lock file (`cp --remove-destination \"$(readlink -f flake.lock)\" flake.lock`)")
-)]
-pub struct LockSymlink {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Error, Diagnostic)]
-#[error("could not read {}", path.display())]
-#[diagnostic(
-    code(runnerctl::lock::read),
-    help("run runnerctl in a flake that has a flake.lock (create one with `nix flake lock`)")
-)]
-pub struct LockRead {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
+/// Run one stage: check, then act (or plan, in a dry run), and record how
+/// it ended. Returns what it produced; None for a planned stage whose
+/// output is not known in a dry run is not a thing: `dry_run` says what
+/// the stage would produce.
+async fn run_stage<S: Stage>(cx: &mut Ctx, mut stage: S) -> miette::Result<S::Output> {
     let name = stage.name();
     let started = Instant::now();
     let started_at = state::now();
     cx.reporter().emit(Event::StageStarted { stage: name });
     let fingerprint = stage.fingerprint(cx);
 
-    let result: miette::Result<(StageStatus, stage::Done, Vec<String>)> = async {
+    let result: miette::Result<(StageStatus, stage::Done<S::Output>, Vec<String>)> = async {
         match stage.check(cx).await? {
             Check::Done(done) => Ok((StageStatus::Skipped, done, Vec::new())),
-            Check::Todo(_) if cx.cfg.dry_run && stage.read_only() => {
-                let done = stage.run(cx).await?;
+            Check::Todo(_, found) if cx.cfg.dry_run && stage.read_only() => {
+                let done = stage.run(cx, found).await?;
                 Ok((StageStatus::Done, done, Vec::new()))
             }
-            Check::Todo(_) if cx.cfg.dry_run => {
-                let plan = stage.plan(cx);
-                let note = stage.dry_run(cx).await?;
-                Ok((StageStatus::Planned, stage::Done::new(note), plan))
+            Check::Todo(_, found) if cx.cfg.dry_run => {
+                let plan = stage.plan(cx, &found);
+                let done = stage.dry_run(cx, found).await?;
+                Ok((StageStatus::Planned, done, plan))
             }
-            Check::Todo(_) => {
+            Check::Todo(_, found) => {
                 cx.state.stages.insert(
                     name.to_string(),
                     StageRecord {
@@ -255,39 +60,36 @@ async fn run_stage<S: Stage>(cx: &mut Ctx, stage: &S) -> miette::Result<()> {
                     },
                 );
                 cx.save()?;
-                let done = stage.run(cx).await?;
+                let done = stage.run(cx, found).await?;
                 Ok((StageStatus::Done, done, Vec::new()))
             }
         }
     }
     .await;
 
-    let (status, note, outputs, commands, error) = match result {
-        Ok((status, done, commands)) => (status, done.note, done.outputs, commands, None),
-        Err(err) => (
-            StageStatus::Failed,
-            err.to_string(),
-            Outputs::default(),
-            Vec::new(),
-            Some(err),
-        ),
+    let finished = |status, note: &str, outputs, commands| Finished {
+        name,
+        status,
+        note: first_line(note),
+        outputs,
+        commands,
+        fingerprint: fingerprint.clone(),
+        started_at: started_at.clone(),
+        duration: started.elapsed(),
     };
-    finish_stage(
-        cx,
-        Finished {
-            name,
-            status,
-            note: first_line(&note),
-            outputs,
-            commands,
-            fingerprint,
-            started_at,
-            duration: started.elapsed(),
-        },
-    )?;
-    match error {
-        Some(err) => Err(err),
-        None => Ok(()),
+    match result {
+        Ok((status, done, commands)) => {
+            finish_stage(cx, finished(status, &done.note, done.outputs, commands))?;
+            Ok(done.value)
+        }
+        Err(err) => {
+            let note = err.to_string();
+            finish_stage(
+                cx,
+                finished(StageStatus::Failed, &note, Outputs::default(), Vec::new()),
+            )?;
+            Err(err)
+        }
     }
 }
 
@@ -446,28 +248,6 @@ async fn run_inner(
         cfg,
         runner,
         state: saved,
-        resume,
-        nix: None,
-        skopeo: None,
-        git: None,
-        branch: None,
-        upstream: None,
-        lock_text: String::new(),
-        lock: None,
-        up_to_date: false,
-        changes: Vec::new(),
-        date: None,
-        tags: Vec::new(),
-        eval: None,
-        archive: None,
-        digest: None,
-        commit: None,
-        authfile: None,
-        login: None,
-        registry: None,
-        dry_flake: None,
-        tag_states: None,
-        held_back: Vec::new(),
         report: std::mem::replace(report, Report::new(mode.as_str(), false)),
     };
     cx.save()?;
@@ -483,8 +263,7 @@ async fn run_inner(
     let interrupted = crate::tool::children::interrupted();
     let outcome = match &result {
         Ok(_) if cx.cfg.dry_run => Outcome::DryRun,
-        Ok(_) if cx.up_to_date => Outcome::UpToDate,
-        Ok(_) => Outcome::Success,
+        Ok(outcome) => *outcome,
         Err(_) => Outcome::Failure,
     };
     if !cx.cfg.dry_run {
@@ -517,18 +296,6 @@ async fn run_inner(
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
-    // Tags a rollback holds were not written.
-    let held = std::mem::take(&mut cx.held_back);
-    cx.report
-        .tags
-        .retain(|t| !held.iter().any(|h| h.as_str() == t));
-    cx.report.digest = cx.digest.clone();
-    cx.report.commit = cx.commit.clone();
-    cx.report.changes = cx.changes.clone();
-    if let Some(eval) = &cx.eval {
-        cx.report.drv_path = Some(eval.drv_path.to_string());
-        cx.report.out_path = Some(eval.out_path.to_string());
-    }
     *report = std::mem::replace(&mut cx.report, Report::new(mode.as_str(), false));
     result.map(|_| outcome)
 }
@@ -540,7 +307,7 @@ async fn run_inner(
 async fn stages_until_interrupted(
     cx: &mut Ctx,
     mut signals: crate::tool::children::Signals,
-) -> miette::Result<()> {
+) -> miette::Result<Outcome> {
     use crate::tool::children;
     let work = stages(cx);
     tokio::pin!(work);
@@ -560,39 +327,150 @@ async fn stages_until_interrupted(
     Err(children::Interrupted { signal }.into())
 }
 
-async fn stages(cx: &mut Ctx) -> miette::Result<()> {
-    run_stage(cx, &stage::preflight::Preflight).await?;
+/// The stages, each taking what the ones before it produced. What the
+/// report shows is filled in as it becomes known, so a failed run reports
+/// what it got to.
+async fn stages(cx: &mut Ctx) -> miette::Result<Outcome> {
+    let prepared = run_stage(cx, Preflight).await?;
+    let checkout = cx.cfg.flake.clone();
     if cx.cfg.mode == Mode::Promote {
-        return run_stage(cx, &stage::promote::Promote::default()).await;
+        let promoted = run_stage(
+            cx,
+            Promote {
+                prepared: &prepared,
+                target: &prepared.target,
+                flake: &checkout,
+            },
+        )
+        .await?;
+        report_eval(&mut cx.report, &promoted.eval);
+        cx.report.digest = Some(promoted.digest);
+        return Ok(Outcome::Success);
     }
-    if cx.cfg.mode == Mode::Bump {
-        run_stage(cx, &stage::update::Update).await?;
-        if cx.up_to_date {
+    let updated = match cx.cfg.mode {
+        Mode::Bump => Some(
+            run_stage(
+                cx,
+                Update {
+                    prepared: &prepared,
+                },
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    if let Some(updated) = &updated {
+        cx.report.changes = updated.changes.clone();
+        if updated.up_to_date {
             for name in ["build", "verify", "smoke", "push", "commit", "git-push"] {
                 skip_stage(cx, name, UP_TO_DATE)?;
             }
-            return Ok(());
+            return Ok(Outcome::UpToDate);
         }
     }
-    run_stage(cx, &stage::build::Build).await?;
+    let (target, flake) = match &updated {
+        Some(updated) => (&updated.target, updated.flake(&checkout)),
+        None => (&prepared.target, checkout.as_path()),
+    };
+    let mut survey = Survey::new(&prepared, target);
+    let published = publish(cx, &prepared, flake, &mut survey).await;
+    // Tags a rollback holds were not written.
+    let held = survey.held_back();
+    cx.report
+        .tags
+        .retain(|t| !held.iter().any(|h| h.as_str() == t));
+    let digest = published?;
+    let Some(updated) = &updated else {
+        return Ok(Outcome::Success);
+    };
+    let committed = run_stage(
+        cx,
+        Commit {
+            git: &prepared.git,
+            updated,
+            digest: digest.as_deref(),
+        },
+    )
+    .await?;
+    cx.report.commit = committed.commit.clone();
+    match &prepared.upstream {
+        Some(upstream) => {
+            let pushed = run_stage(
+                cx,
+                GitPush {
+                    git: &prepared.git,
+                    upstream,
+                    commit: committed.commit.as_deref(),
+                    would_change: updated.would_change(),
+                },
+            )
+            .await?;
+            if let Some(commit) = pushed.commit {
+                cx.report.commit = Some(commit);
+            }
+        }
+        None => skip_stage(cx, "git-push", "disabled by --no-git-push")?,
+    }
+    Ok(Outcome::Success)
+}
+
+/// build → verify → smoke → push: the image, from the flake to the
+/// destination. Returns the digest the tags point at (none in a dry run).
+async fn publish(
+    cx: &mut Ctx,
+    prepared: &Prepared,
+    flake: &std::path::Path,
+    survey: &mut Survey<'_>,
+) -> miette::Result<Option<String>> {
+    let mut built: Built = run_stage(
+        cx,
+        Build {
+            prepared,
+            flake,
+            survey,
+        },
+    )
+    .await?;
+    report_eval(&mut cx.report, &built.eval);
     if cx.cfg.verify.enabled {
-        run_stage(cx, &stage::verify::Verify).await?;
+        run_stage(
+            cx,
+            Verify {
+                prepared,
+                built: &mut built,
+                survey,
+            },
+        )
+        .await?;
     } else {
         skip_stage(cx, "verify", "disabled by --no-verify")?;
     }
     if cx.cfg.smoke.mode == crate::cli::SmokeMode::Never {
         skip_stage(cx, "smoke", "disabled by --smoke never")?;
     } else {
-        run_stage(cx, &stage::smoke::Smoke::default()).await?;
+        run_stage(
+            cx,
+            Smoke {
+                built: &mut built,
+                survey,
+            },
+        )
+        .await?;
     }
-    run_stage(cx, &stage::push::Push).await?;
-    if cx.cfg.mode == Mode::Bump {
-        run_stage(cx, &stage::commit::Commit).await?;
-        if cx.cfg.git_push {
-            run_stage(cx, &stage::git_push::GitPush).await?;
-        } else {
-            skip_stage(cx, "git-push", "disabled by --no-git-push")?;
-        }
-    }
-    Ok(())
+    let pushed = run_stage(
+        cx,
+        Push {
+            prepared,
+            built: &mut built,
+            survey,
+        },
+    )
+    .await?;
+    cx.report.digest = pushed.digest.clone();
+    Ok(pushed.digest)
+}
+
+fn report_eval(report: &mut Report, eval: &Evaluated) {
+    report.drv_path = Some(eval.drv_path.to_string());
+    report.out_path = Some(eval.out_path.to_string());
 }

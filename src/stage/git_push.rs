@@ -5,12 +5,24 @@
 use miette::Diagnostic;
 use thiserror::Error;
 
-use super::{Check, Done, Stage};
-use crate::pipeline::{Ctx, Missing};
+use super::{Check, Ctx, Done, Stage};
 use crate::state::Outputs;
-use crate::tool::git::{fetch_args, push_args, rebase_args, Upstream};
+use crate::tool::git::{Git, Upstream};
 
-pub struct GitPush;
+/// The stage: the bump commit (none in a dry run) and where it goes.
+pub struct GitPush<'a> {
+    pub git: &'a Git,
+    pub upstream: &'a Upstream,
+    pub commit: Option<&'a str>,
+    /// A dry run whose update would make a new commit.
+    pub would_change: bool,
+}
+
+/// The commit the remote has now (a rebase may have changed it); none in
+/// a dry run.
+pub struct GitPushed {
+    pub commit: Option<String>,
+}
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum GitPushError {
@@ -36,44 +48,38 @@ pub enum GitPushError {
     Rebase { upstream: String },
 }
 
-impl GitPush {
-    fn upstream(cx: &Ctx) -> miette::Result<Upstream> {
-        cx.upstream.clone().ok_or_else(|| {
-            Missing {
-                what: "the upstream branch",
-            }
-            .into()
-        })
-    }
-}
+impl Stage for GitPush<'_> {
+    type Output = GitPushed;
+    type Found = ();
 
-impl Stage for GitPush {
     fn name(&self) -> &'static str {
         "git-push"
     }
 
-    fn fingerprint(&self, cx: &Ctx) -> Option<String> {
-        cx.commit.clone()
+    fn fingerprint(&self, _cx: &Ctx) -> Option<String> {
+        self.commit.map(str::to_string)
     }
 
-    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        if cx.dry_run_changes() {
-            return Ok(Check::Todo("the bump commit would be new".into()));
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<GitPushed, ()>> {
+        if self.would_change {
+            return Ok(Check::Todo("the bump commit would be new".into(), ()));
         }
-        let git = cx.git()?.clone();
-        let up = Self::upstream(cx)?;
+        let git = self.git;
+        let up = self.upstream;
         let head = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
         // Read-only look at the remote.
-        let remote = git.ls_remote(&cx.runner, &up).await?;
+        let remote = git.ls_remote(&cx.runner, up).await?;
         if let Some(remote) = &remote {
             if *remote == head || git.is_ancestor(&cx.runner, &head, remote).await? {
+                let note = format!(
+                    "{} already contains {}",
+                    up.display(),
+                    &head[..head.len().min(12)]
+                );
                 return Ok(Check::Done(
-                    Done::new(format!(
-                        "{} already contains {}",
-                        up.display(),
-                        &head[..head.len().min(12)]
-                    ))
-                    .with(Outputs {
+                    // Nothing pushed now: the commit the report shows stays
+                    // the commit stage's.
+                    Done::new(note, GitPushed { commit: None }).with(Outputs {
                         remote: Some(remote.clone()),
                         commit: Some(head),
                         ..Outputs::default()
@@ -81,33 +87,32 @@ impl Stage for GitPush {
                 ));
             }
         }
-        Ok(Check::Todo(format!(
-            "{} does not have HEAD yet",
-            up.display()
-        )))
-    }
-
-    fn plan(&self, cx: &Ctx) -> Vec<String> {
-        match (&cx.git, &cx.upstream) {
-            (Some(git), Some(up)) => vec![
-                git.cmd(fetch_args(&up.remote, &up.branch)).display(),
-                git.cmd(push_args(&up.remote, &up.branch)).display(),
-            ],
-            _ => Vec::new(),
-        }
-    }
-
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let up = Self::upstream(cx)?;
-        Ok(format!(
-            "would push the bump commit to {} (rebasing it if the remote moved; never forced)",
-            up.display()
+        Ok(Check::Todo(
+            format!("{} does not have HEAD yet", up.display()),
+            (),
         ))
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let git = cx.git()?.clone();
-        let up = Self::upstream(cx)?;
+    fn plan(&self, _cx: &Ctx, _: &()) -> Vec<String> {
+        vec![
+            self.git.fetch_cmd(self.upstream).display(),
+            self.git.push_cmd(self.upstream).display(),
+        ]
+    }
+
+    async fn dry_run(&mut self, _cx: &mut Ctx, _: ()) -> miette::Result<Done<GitPushed>> {
+        Ok(Done::new(
+            format!(
+                "would push the bump commit to {} (rebasing it if the remote moved; never forced)",
+                self.upstream.display()
+            ),
+            GitPushed { commit: None },
+        ))
+    }
+
+    async fn run(&mut self, cx: &mut Ctx, _: ()) -> miette::Result<Done<GitPushed>> {
+        let git = self.git;
+        let up = self.upstream;
         let tracking = up.tracking_ref();
         let help = "the image is pushed and the commit is made; fix the problem and run again: only the git push is repeated";
         // Two attempts: the remote may move between fetch and push.
@@ -115,7 +120,7 @@ impl Stage for GitPush {
         loop {
             attempt += 1;
             cx.runner
-                .run(&git.cmd(fetch_args(&up.remote, &up.branch)))
+                .run(&git.fetch_cmd(up))
                 .await
                 .map_err(|e| e.with_help(help))?;
             let ahead = git.count(&cx.runner, &format!("{tracking}..HEAD")).await?;
@@ -128,8 +133,7 @@ impl Stage for GitPush {
             }
             let mut rebased = false;
             if !git.is_ancestor(&cx.runner, &tracking, "HEAD").await? {
-                let base = git.cmd(["merge-base", "HEAD", tracking.as_str()]);
-                let base = cx.runner.run(&base).await?.stdout.trim().to_string();
+                let base = git.merge_base(&cx.runner, "HEAD", &tracking).await?;
                 if git
                     .changed(&cx.runner, &base, &tracking, "flake.lock")
                     .await?
@@ -141,16 +145,8 @@ impl Stage for GitPush {
                     }
                     .into());
                 }
-                if cx
-                    .runner
-                    .run(&git.cmd(rebase_args(&tracking)))
-                    .await
-                    .is_err()
-                {
-                    let _ = cx
-                        .runner
-                        .run_unchecked(&git.cmd(["rebase", "--abort"]))
-                        .await;
+                if cx.runner.run(&git.rebase_cmd(&tracking)).await.is_err() {
+                    let _ = cx.runner.run_unchecked(&git.rebase_abort_cmd()).await;
                     return Err(GitPushError::Rebase {
                         upstream: up.display(),
                     }
@@ -167,12 +163,11 @@ impl Stage for GitPush {
                     record.outputs.commit = head;
                 }
             }
-            let push_cmd = git.cmd(push_args(&up.remote, &up.branch));
+            let push_cmd = git.push_cmd(up);
             let push = cx.runner.run_unchecked(&push_cmd).await?;
             match push.success() {
                 true => {
                     let head = git.rev_parse(&cx.runner, "HEAD").await?.unwrap_or_default();
-                    cx.commit = Some(head.clone());
                     if let Some(record) = cx.state.stages.get_mut("commit") {
                         record.outputs.commit = Some(head.clone());
                     }
@@ -186,11 +181,12 @@ impl Stage for GitPush {
                             ""
                         }
                     );
-                    return Ok(Done::new(note).with(Outputs {
+                    let outputs = Outputs {
                         commit: Some(head.clone()),
-                        remote: Some(head),
+                        remote: Some(head.clone()),
                         ..Outputs::default()
-                    }));
+                    };
+                    return Ok(Done::new(note, GitPushed { commit: Some(head) }).with(outputs));
                 }
                 false => {
                     // `--porcelain` reports a rejected ref on stdout

@@ -4,19 +4,34 @@
 use miette::Diagnostic;
 use thiserror::Error;
 
-use super::{Check, Done, Stage};
-use crate::auth;
+use super::target::Target;
+use super::{Check, Ctx, Done, Stage};
+use crate::auth::{self, AuthFile};
 use crate::config::Mode;
-use crate::image::destination::{self, Destination};
-use crate::image::reference::ImageRef;
-use crate::pipeline::Ctx;
+use crate::image::destination::{self, Destination, Tools};
 use crate::progress::Event;
-use crate::tool::git::Git;
+use crate::tool::git::{Git, Upstream};
 use crate::tool::install_hint;
 use crate::tool::nix::Nix;
 use crate::tool::skopeo::{self, Skopeo};
 
 pub struct Preflight;
+
+/// What preflight found and prepared: the tools, the destination it
+/// connected to, the working flake.lock, and where git pushes to.
+pub struct Prepared {
+    pub nix: Nix,
+    pub git: Git,
+    pub destination: Destination,
+    /// What the destination's tag states and uploads need: skopeo, the
+    /// registry login written for it, the cache.
+    pub tools: Tools,
+    /// The working flake.lock and its tags.
+    pub target: Target,
+    /// Where a bump's commit goes: None with --no-git-push (and in a
+    /// release).
+    pub upstream: Option<Upstream>,
+}
 
 /// Files whose uncommitted changes would make the result untraceable:
 /// every tracked file in the flake's tree (Nix builds from all of them).
@@ -135,12 +150,8 @@ impl Preflight {
         {
             return Ok(false);
         }
-        let files = cx
-            .runner
-            .run(&git.cmd(["diff", "--name-only", &parent, head, "--"]))
-            .await?
-            .stdout;
-        let only_lock = files.lines().filter(|l| !l.is_empty()).eq(["flake.lock"]);
+        let files = git.changed_files(&cx.runner, &parent, head).await?;
+        let only_lock = files == ["flake.lock"];
         if only_lock {
             if let Some(p) = &mut cx.state.pending_bump {
                 p.commit = Some(head.to_string());
@@ -153,8 +164,9 @@ impl Preflight {
 impl Preflight {
     /// Resolve the registry login once (for skopeo and runnerctl's own
     /// client alike) and check it against the registry before anything
-    /// changes. Returns the login used, if any.
-    fn login(cx: &mut Ctx) -> miette::Result<Option<&auth::Login>> {
+    /// changes. Returns the destination, the auth file for skopeo, and
+    /// where the login came from.
+    fn connect(cx: &Ctx) -> miette::Result<(Destination, Option<AuthFile>, Option<String>)> {
         let connected = destination::connect(
             &cx.cfg.image,
             &destination::Access {
@@ -172,15 +184,12 @@ impl Preflight {
                 ));
             }
         }
-        if let (Some(login), ImageRef::Docker { registry, .. }) = (&connected.login, &cx.cfg.image)
-        {
-            cx.authfile = Some(auth::auth_file(login, registry)?);
-        }
-        if let Destination::Registry { client } = connected.destination {
-            cx.registry = Some(client);
-        }
-        cx.login = connected.login;
-        Ok(cx.login.as_ref())
+        let authfile = match (&connected.login, cx.cfg.image.registry()) {
+            (Some(login), Some(registry)) => Some(auth::auth_file(login, registry)?),
+            _ => None,
+        };
+        let source = connected.login.map(|l| l.source);
+        Ok((connected.destination, authfile, source))
     }
 }
 
@@ -189,25 +198,32 @@ impl Stage for Preflight {
         "preflight"
     }
 
+    type Output = Prepared;
+    type Found = ();
+
     fn read_only(&self) -> bool {
         true
     }
 
-    async fn check(&self, _cx: &mut Ctx) -> miette::Result<Check> {
-        Ok(Check::Todo("always runs".into()))
+    async fn check(&mut self, _cx: &mut Ctx) -> miette::Result<Check<Prepared, ()>> {
+        Ok(Check::Todo("always runs".into(), ()))
     }
 
-    fn plan(&self, _cx: &Ctx) -> Vec<String> {
+    fn plan(&self, _cx: &Ctx, _: &()) -> Vec<String> {
         Vec::new()
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
+    async fn dry_run(&mut self, cx: &mut Ctx, _: ()) -> miette::Result<Done<Prepared>> {
+        self.run(cx, ()).await
+    }
+
+    async fn run(&mut self, cx: &mut Ctx, _: ()) -> miette::Result<Done<Prepared>> {
         // Locate every tool before anything changes.
         let nix_path = locate("nix")?;
         let git_path = locate("git")?;
         let skopeo_path = locate("skopeo")?;
         // --smoke always without an engine fails now, not after the build.
-        crate::stage::smoke::Smoke::engines(cx)?;
+        crate::stage::smoke::engines(&cx.cfg)?;
         let detected = Nix::detect(&cx.runner, nix_path).await?;
         if let Some(group) = &detected.missing_build_group {
             cx.runner.reporter().emit(Event::Warning(format!(
@@ -233,12 +249,12 @@ impl Stage for Preflight {
                 false,
             ),
         };
-        cx.skopeo = Some(Skopeo {
+        let skopeo = Skopeo {
             path: skopeo_path,
             policy,
             user_policy,
             timeout: cx.cfg.registry_timeout,
-        });
+        };
 
         if git.toplevel(&cx.runner).await.is_err() {
             return Err(PreflightError::NotGit {
@@ -247,12 +263,12 @@ impl Stage for Preflight {
             .into());
         }
 
-        cx.reload_lock()?;
-        cx.resolve_tags()?;
+        let target = Target::read(&cx.cfg)?;
+        target.report(&cx.cfg, &mut cx.report);
         // nix only warns about an input it does not know and then reports
         // nothing to update: a typo would pass as "up to date".
-        let inputs: Vec<String> = cx
-            .lock()?
+        let inputs: Vec<String> = target
+            .lock
             .root_inputs()
             .into_iter()
             .map(|i| i.input)
@@ -272,7 +288,7 @@ impl Stage for Preflight {
         // flake.lock this tool updated in an interrupted run.
         let mut dirty = git.dirty(&cx.runner, GUARDED_PATHS).await?;
         if cx.cfg.mode == Mode::Bump {
-            let current = crate::digest::sha256_hex(cx.lock_text.as_bytes());
+            let current = crate::digest::sha256_hex(target.lock_text.as_bytes());
             // Ours: the lock an unfinished bump recorded before it wrote it.
             // A pending bump without a hash adopts nothing.
             let ours = cx
@@ -305,6 +321,7 @@ impl Stage for Preflight {
         }
 
         let mut note = format!("nix {}, skopeo, git", nix.version);
+        let mut upstream_to_push = None;
         if cx.cfg.mode == Mode::Bump {
             let branch = git.branch(&cx.runner).await?;
             match (&branch, cx.cfg.git_push) {
@@ -344,12 +361,11 @@ impl Stage for Preflight {
                         .into());
                     }
                     note.push_str(&format!("; branch {branch} → {}", upstream.display()));
-                    cx.upstream = Some(upstream);
+                    upstream_to_push = Some(upstream);
                 }
                 (Some(branch), false) => note.push_str(&format!("; branch {branch} (no git push)")),
                 (None, false) => note.push_str("; detached HEAD (no git push)"),
             }
-            cx.branch = branch;
         }
 
         // The attr exists (a cheap evaluation, before anything changes).
@@ -363,11 +379,25 @@ impl Stage for Preflight {
             }
             .into());
         }
-        if let Some(login) = Self::login(cx)? {
-            note.push_str(&format!("; registry login: {}", login.source));
+        let (destination, authfile, login) = Self::connect(cx)?;
+        if let Some(source) = login {
+            note.push_str(&format!("; registry login: {source}"));
         }
-        cx.nix = Some(nix);
-        cx.git = Some(git);
-        Ok(Done::new(note))
+        Ok(Done::new(
+            note,
+            Prepared {
+                nix,
+                git,
+                destination,
+                tools: Tools {
+                    skopeo,
+                    authfile,
+                    cache_dir: cx.cfg.cache_dir(),
+                    state_dir: cx.cfg.state_dir.clone(),
+                },
+                target,
+                upstream: upstream_to_push,
+            },
+        ))
     }
 }

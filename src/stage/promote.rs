@@ -7,17 +7,27 @@
 use miette::Diagnostic;
 use thiserror::Error;
 
-use super::{Check, Done, Stage};
+use std::path::Path;
+
+use super::preflight::Prepared;
+use super::target::Target;
+use super::{Check, Ctx, Done, Stage};
 use crate::image::destination::{describe_moves, Manifest, TagMove};
-use crate::pipeline::{Ctx, Missing};
 use crate::progress::{Event, PushEvent};
 use crate::state::Outputs;
+use crate::tool::nix::Evaluated;
 
-/// The stage; it keeps what its check found at the destination, so the
-/// move asks the registry no second time.
-#[derive(Default)]
-pub struct Promote {
-    surveyed: std::cell::RefCell<Option<Survey>>,
+/// The stage: the checkout's flake.lock and its tags.
+pub struct Promote<'a> {
+    pub prepared: &'a Prepared,
+    pub target: &'a Target,
+    pub flake: &'a Path,
+}
+
+/// The image the floating tags point at now.
+pub struct Promoted {
+    pub digest: String,
+    pub eval: Evaluated,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -32,8 +42,8 @@ pub struct NotHeld {
 }
 
 /// What promote found at the destination.
-#[derive(Clone)]
-struct Survey {
+pub struct Survey {
+    eval: Evaluated,
     /// The image held for this flake.lock (its `nix-<hash>` tag).
     held: Manifest,
     /// The floating tags not at it yet.
@@ -42,20 +52,16 @@ struct Survey {
     stray: Option<String>,
 }
 
-impl Promote {
+impl Promote<'_> {
     /// The held image and the tags that do not point at it yet.
-    async fn survey(cx: &mut Ctx) -> miette::Result<Survey> {
-        if cx.eval.is_none() {
-            let nix = cx.nix()?.clone();
-            let flake = cx.eval_flake();
-            let eval = nix.eval(&cx.runner, &flake, &cx.cfg.attr).await?;
-            cx.eval = Some(eval);
-        }
-        let eval = cx.eval.as_ref().ok_or(Missing {
-            what: "the out path",
-        })?;
+    async fn survey(&self, cx: &Ctx) -> miette::Result<Survey> {
+        let eval = self
+            .prepared
+            .nix
+            .eval(&cx.runner, self.flake, &cx.cfg.attr)
+            .await?;
         let nix_tag = format!("nix-{}", eval.out_path.hash_part());
-        let destination = cx.destination()?;
+        let destination = &self.prepared.destination;
         let held = destination.manifest(&nix_tag)?.ok_or_else(|| NotHeld {
             tag: nix_tag.clone(),
             image: cx.cfg.image.to_string(),
@@ -66,77 +72,89 @@ impl Promote {
             .manifest(cx.cfg.candidate_tag.as_str())?
             .map(|m| m.digest);
         let stray = candidate.filter(|d| *d != held.digest);
-        let moves = destination.moves(cx.tags.iter().map(|t| t.as_str()), &held.digest)?;
-        Ok(Survey { held, moves, stray })
+        let moves = destination.moves(self.target.tags.iter().map(|t| t.as_str()), &held.digest)?;
+        Ok(Survey {
+            eval,
+            held,
+            moves,
+            stray,
+        })
     }
 
-    /// What the check found (or survey now).
-    async fn surveyed(&self, cx: &mut Ctx) -> miette::Result<Survey> {
-        let found = self.surveyed.borrow_mut().take();
-        match found {
-            Some(survey) => Ok(survey),
-            None => Self::survey(cx).await,
-        }
-    }
-
-    fn outputs(cx: &Ctx, digest: &str) -> Outputs {
-        Outputs {
-            digest: Some(digest.to_string()),
-            tags: cx.tags.iter().map(|t| t.to_string()).collect(),
-            out_path: cx.eval.as_ref().map(|e| e.out_path.to_string()),
+    fn done(&self, note: String, held: &Manifest, eval: Evaluated) -> Done<Promoted> {
+        let outputs = Outputs {
+            digest: Some(held.digest.clone()),
+            tags: self.target.tags.iter().map(|t| t.to_string()).collect(),
+            out_path: Some(eval.out_path.to_string()),
             ..Outputs::default()
-        }
+        };
+        Done::new(
+            note,
+            Promoted {
+                digest: held.digest.clone(),
+                eval,
+            },
+        )
+        .with(outputs)
     }
 }
 
-impl Stage for Promote {
+impl Stage for Promote<'_> {
+    type Output = Promoted;
+    type Found = Survey;
+
     fn name(&self) -> &'static str {
         "promote"
     }
 
-    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
-        let survey = Self::survey(cx).await?;
-        *self.surveyed.borrow_mut() = Some(survey.clone());
-        let Survey { held, moves, stray } = survey;
-        if let Some(candidate) = stray {
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Promoted, Survey>> {
+        let survey = self.survey(cx).await?;
+        if let Some(candidate) = &survey.stray {
             cx.reporter().emit(Event::Warning(format!(
                 "{} points at {candidate}, not at this flake.lock's image {}: \
                  a job that tested the candidate tested another image",
-                cx.cfg.candidate_tag, held.digest
+                cx.cfg.candidate_tag, survey.held.digest
             )));
         }
-        if moves.is_empty() {
-            cx.digest = Some(held.digest.clone());
-            let tags: Vec<String> = cx.tags.iter().map(|t| t.to_string()).collect();
-            return Ok(Check::Done(
-                Done::new(format!("{} already at {}", tags.join(", "), held.digest))
-                    .with(Self::outputs(cx, &held.digest)),
-            ));
+        if survey.moves.is_empty() {
+            let tags: Vec<String> = self.target.tags.iter().map(|t| t.to_string()).collect();
+            let note = format!("{} already at {}", tags.join(", "), survey.held.digest);
+            return Ok(Check::Done(self.done(note, &survey.held, survey.eval)));
         }
-        Ok(Check::Todo(describe_moves(&moves, &held.digest)))
+        Ok(Check::Todo(
+            describe_moves(&survey.moves, &survey.held.digest),
+            survey,
+        ))
     }
 
-    fn plan(&self, cx: &Ctx) -> Vec<String> {
-        let Ok(destination) = cx.destination() else {
-            return Vec::new();
-        };
-        cx.tags
+    fn plan(&self, cx: &Ctx, _: &Survey) -> Vec<String> {
+        let destination = &self.prepared.destination;
+        self.target
+            .tags
             .iter()
             .map(|tag| destination.describe_retag(&cx.cfg.image, tag.as_str(), "nix-<hash>"))
             .collect()
     }
 
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let Survey { held, moves, .. } = self.surveyed(cx).await?;
-        Ok(format!(
+    async fn dry_run(&mut self, _cx: &mut Ctx, survey: Survey) -> miette::Result<Done<Promoted>> {
+        let note = format!(
             "would move {}",
-            describe_moves(&moves, &held.digest)
+            describe_moves(&survey.moves, &survey.held.digest)
+        );
+        Ok(Done::new(
+            note,
+            Promoted {
+                digest: survey.held.digest,
+                eval: survey.eval,
+            },
         ))
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let Survey { held, moves, .. } = self.surveyed(cx).await?;
-        let destination = cx.destination()?;
+    async fn run(&mut self, cx: &mut Ctx, survey: Survey) -> miette::Result<Done<Promoted>> {
+        let Survey {
+            eval, held, moves, ..
+        } = survey;
+        let destination = &self.prepared.destination;
         for m in &moves {
             cx.reporter().emit(Event::Command {
                 command: destination.describe_retag(&cx.cfg.image, &m.tag, &held.digest),
@@ -147,12 +165,9 @@ impl Stage for Promote {
                 skipped: false,
             }));
         }
-        cx.digest = Some(held.digest.clone());
         // The floating tags follow flake.lock again.
         cx.state.rollback = None;
-        Ok(
-            Done::new(format!("moved {}", describe_moves(&moves, &held.digest)))
-                .with(Self::outputs(cx, &held.digest)),
-        )
+        let note = format!("moved {}", describe_moves(&moves, &held.digest));
+        Ok(self.done(note, &held, eval))
     }
 }

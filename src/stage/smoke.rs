@@ -6,17 +6,18 @@ use std::path::PathBuf;
 use miette::Diagnostic;
 use thiserror::Error;
 
-use super::{Check, Done, Stage};
+use super::build::Built;
+use super::tags::Survey;
+use super::{Check, Ctx, Done, Stage};
 use crate::cli::SmokeMode;
+use crate::config::Config;
 use crate::image::{archive, smoke};
-use crate::pipeline::Ctx;
 use crate::tool::engine::Engine;
 
-/// The stage; it remembers the engine its check picked, so `info` runs
-/// once per run.
-#[derive(Default)]
-pub struct Smoke {
-    picked: std::cell::RefCell<Option<Pick>>,
+/// The stage, on the built image.
+pub struct Smoke<'a, 'b> {
+    pub built: &'a mut Built,
+    pub survey: &'a mut Survey<'b>,
 }
 
 const NO_ENGINE: &str =
@@ -41,39 +42,28 @@ pub struct EngineUnusable {
 }
 
 /// Which engine a smoke run uses, or why it skips.
-#[derive(Clone)]
 enum Pick {
     Use(Engine),
     Skip(String),
 }
 
-impl Smoke {
-    /// The engines this run may use: none with `--smoke never`; an error
-    /// with `--smoke always` and none on PATH (preflight calls this, so
-    /// that fails before the build).
-    pub fn engines(cx: &Ctx) -> Result<Vec<Engine>, NoEngine> {
-        let found = Engine::on_path();
-        match cx.cfg.smoke.mode {
-            SmokeMode::Never => Ok(Vec::new()),
-            SmokeMode::Always if found.is_empty() => Err(NoEngine),
-            _ => Ok(found),
-        }
+/// The engines this run may use: none with `--smoke never`; an error with
+/// `--smoke always` and none on PATH (preflight calls this, so that fails
+/// before the build).
+pub fn engines(cfg: &Config) -> Result<Vec<Engine>, NoEngine> {
+    let found = Engine::on_path();
+    match cfg.smoke.mode {
+        SmokeMode::Never => Ok(Vec::new()),
+        SmokeMode::Always if found.is_empty() => Err(NoEngine),
+        _ => Ok(found),
     }
+}
 
-    /// The engine the check picked (or pick now).
-    async fn picked(&self, cx: &Ctx) -> miette::Result<Pick> {
-        if let Some(pick) = self.picked.borrow().clone() {
-            return Ok(pick);
-        }
-        let pick = Self::pick(cx).await?;
-        *self.picked.borrow_mut() = Some(pick.clone());
-        Ok(pick)
-    }
-
+impl Smoke<'_, '_> {
     /// The first engine on PATH that works (`info` succeeds). With
     /// `--smoke auto` none means a skip, with a note that says why.
     async fn pick(cx: &Ctx) -> miette::Result<Pick> {
-        let engines = Self::engines(cx)?;
+        let engines = engines(&cx.cfg)?;
         if engines.is_empty() {
             return Ok(Pick::Skip(NO_ENGINE.to_string()));
         }
@@ -102,59 +92,57 @@ impl Smoke {
     }
 }
 
-impl Stage for Smoke {
+impl Stage for Smoke<'_, '_> {
+    type Output = ();
+    /// The engine to run the image in.
+    type Found = Engine;
+
     fn name(&self) -> &'static str {
         "smoke"
     }
 
-    fn fingerprint(&self, cx: &Ctx) -> Option<String> {
-        cx.eval.as_ref().map(|e| e.out_path.to_string())
+    fn fingerprint(&self, _cx: &Ctx) -> Option<String> {
+        Some(self.built.eval.out_path.to_string())
     }
 
-    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<(), Engine>> {
         // An image already published passed before it left: no engine is
         // asked.
-        if let Some(digest) = super::push::Push::published(cx).await? {
-            return Ok(Check::Done(Done::new(format!(
-                "already published as {digest}"
-            ))));
+        if let Some(digest) = self.survey.published(cx, &self.built.eval).await? {
+            return Ok(Check::Done(Done::new(
+                format!("already published as {digest}"),
+                (),
+            )));
         }
-        if let Pick::Skip(why) = self.picked(cx).await? {
-            return Ok(Check::Done(Done::new(why)));
-        }
-        Ok(Check::Todo("run the image as a job container".into()))
-    }
-
-    fn plan(&self, cx: &Ctx) -> Vec<String> {
-        let archive = match &cx.eval {
-            Some(eval) => PathBuf::from(eval.out_path.as_str()),
-            None => PathBuf::from("ARCHIVE"),
-        };
-        match self.picked.borrow().as_ref() {
-            Some(Pick::Use(engine)) => smoke::plan(engine, &archive, &cx.cfg.smoke.checks),
-            _ => Vec::new(),
+        match Self::pick(cx).await? {
+            Pick::Skip(why) => Ok(Check::Done(Done::new(why, ()))),
+            Pick::Use(engine) => Ok(Check::Todo(
+                "run the image as a job container".into(),
+                engine,
+            )),
         }
     }
 
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        Ok(match self.picked(cx).await? {
-            Pick::Use(engine) => format!(
+    fn plan(&self, cx: &Ctx, engine: &Engine) -> Vec<String> {
+        let archive = PathBuf::from(self.built.eval.out_path.as_str());
+        smoke::plan(engine, &archive, &cx.cfg.smoke.checks)
+    }
+
+    async fn dry_run(&mut self, cx: &mut Ctx, engine: Engine) -> miette::Result<Done<()>> {
+        Ok(Done::new(
+            format!(
                 "would run {} check(s) in {}: {}",
                 cx.cfg.smoke.checks.len(),
                 engine.name(),
                 cx.cfg.smoke.checks.join("; ")
             ),
-            Pick::Skip(why) => why,
-        })
+            (),
+        ))
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
-        let engine = match self.picked(cx).await? {
-            Pick::Use(engine) => engine,
-            Pick::Skip(why) => return Ok(Done::new(why)),
-        };
+    async fn run(&mut self, cx: &mut Ctx, engine: Engine) -> miette::Result<Done<()>> {
         // podman and docker read gzip too.
-        let archive = cx.readable_archive().await?;
+        let archive = self.built.readable_archive(cx).await?;
         // The name the archive carries (dockerTools: `nixos:DATE`) is left
         // in the engine as it was before.
         let names = archive::repo_tags(&archive)?;
@@ -166,9 +154,12 @@ impl Stage for Smoke {
             &cx.cfg.smoke.checks,
         )
         .await?;
-        Ok(Done::new(format!(
-            "{} check(s) passed in a {} job container",
-            passed.checks, passed.engine
-        )))
+        Ok(Done::new(
+            format!(
+                "{} check(s) passed in a {} job container",
+                passed.checks, passed.engine
+            ),
+            (),
+        ))
     }
 }

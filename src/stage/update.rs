@@ -10,13 +10,45 @@ use std::path::Path;
 use miette::{Diagnostic, IntoDiagnostic};
 use thiserror::Error;
 
-use super::{Check, Done, Stage};
+use super::preflight::Prepared;
+use super::target::Target;
+use super::{Check, Ctx, Done, Stage};
 use crate::digest::sha256_hex as hash_hex;
 use crate::flake_lock::{self, diff_inputs};
-use crate::pipeline::Ctx;
 use crate::state::{Outputs, PendingBump};
 
-pub struct Update;
+/// The stage, on what preflight prepared.
+pub struct Update<'a> {
+    pub prepared: &'a Prepared,
+}
+
+/// What the update produced: the lock to build from.
+pub struct Updated {
+    pub target: Target,
+    /// The input changes against HEAD's flake.lock.
+    pub changes: Vec<String>,
+    /// Nothing new upstream, and flake.lock at HEAD is on the remote.
+    pub up_to_date: bool,
+    /// A dry run's throwaway copy of the flake with the new lock (it is
+    /// what the dry run evaluates).
+    pub dry_flake: Option<tempfile::TempDir>,
+}
+
+impl Updated {
+    /// A dry run whose throwaway update changed the lock: the commit and
+    /// push stages would run.
+    pub fn would_change(&self) -> bool {
+        self.dry_flake.is_some() && !self.changes.is_empty()
+    }
+
+    /// The flake to evaluate: the dry-run copy with the new lock, if any.
+    pub fn flake<'b>(&'b self, checkout: &'b Path) -> &'b Path {
+        match &self.dry_flake {
+            Some(dir) => dir.path(),
+            None => checkout,
+        }
+    }
+}
 
 #[derive(Debug, Error, Diagnostic)]
 #[error("could not copy the flake to a temporary directory for the dry run")]
@@ -38,17 +70,16 @@ struct WriteError {
     source: std::io::Error,
 }
 
-impl Update {
+impl Update<'_> {
     /// Run `nix flake update` in a throwaway copy of the flake's tracked
     /// files; the working flake.lock is never touched. Returns the copy
     /// (the dry run evaluates it) and its new lock.
-    async fn update_copy(cx: &Ctx) -> miette::Result<(tempfile::TempDir, String)> {
+    async fn update_copy(&self, cx: &Ctx) -> miette::Result<(tempfile::TempDir, String)> {
         let tmp = tempfile::Builder::new()
             .prefix("runnerctl-update-")
             .tempdir()
             .map_err(CopyError)?;
-        let git = cx.git()?.clone();
-        let files = git.ls_files(&cx.runner).await?;
+        let files = self.prepared.git.ls_files(&cx.runner).await?;
         for file in files {
             match copy_file(&cx.cfg.flake.join(&file), &tmp.path().join(&file)) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -58,8 +89,10 @@ impl Update {
         // A plain directory is a `path:` flake: no git needed in the copy.
         // Relative `path:./sub` inputs resolve inside the copy as they do in
         // the checkout (Nix refuses `../` ones in both).
-        let nix = cx.nix()?.clone();
-        let cmd = nix.update_cmd(tmp.path(), &cx.cfg.update_inputs);
+        let cmd = self
+            .prepared
+            .nix
+            .update_cmd(tmp.path(), &cx.cfg.update_inputs);
         cx.runner.run(&cmd).await.map_err(|err| {
             err.with_help("nix could not update the inputs (network, or an input that no longer exists?); flake.lock is unchanged, and a rerun starts the update again")
         })?;
@@ -68,8 +101,8 @@ impl Update {
     }
 
     /// Compare the working lock with HEAD's and record what changed.
-    async fn changes(cx: &mut Ctx, new_text: &str) -> miette::Result<Vec<String>> {
-        let git = cx.git()?.clone();
+    async fn changes(&self, cx: &Ctx, new_text: &str) -> miette::Result<Vec<String>> {
+        let git = &self.prepared.git;
         let head_text = git.show(&cx.runner, "HEAD", "flake.lock").await?;
         let path = cx.cfg.lock_path();
         let new = flake_lock::parse(new_text, &path)?;
@@ -84,14 +117,14 @@ impl Update {
     }
 
     /// Is the working lock what HEAD has, and is HEAD's lock on the remote?
-    async fn up_to_date(cx: &Ctx) -> miette::Result<bool> {
-        let git = cx.git()?;
+    async fn up_to_date(&self, cx: &Ctx) -> miette::Result<bool> {
+        let git = &self.prepared.git;
         let working = git.hash_object(&cx.runner, "flake.lock").await?;
         let head = git.blob(&cx.runner, "HEAD", "flake.lock").await?;
         if head.as_deref() != Some(working.as_str()) {
             return Ok(false);
         }
-        match &cx.upstream {
+        match &self.prepared.upstream {
             Some(up) => Ok(git
                 .blob(&cx.runner, &up.tracking_ref(), "flake.lock")
                 .await?
@@ -109,7 +142,10 @@ impl Update {
     }
 }
 
-impl Stage for Update {
+impl Stage for Update<'_> {
+    type Output = Updated;
+    type Found = ();
+
     fn name(&self) -> &'static str {
         "update"
     }
@@ -121,69 +157,81 @@ impl Stage for Update {
         Some(hash_hex(&data))
     }
 
-    async fn check(&self, cx: &mut Ctx) -> miette::Result<Check> {
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Updated, ()>> {
         // Resume: an unfinished bump already updated the lock, flake.nix is
         // unchanged, and flake.lock is still what it wrote.
-        let current = hash_hex(cx.lock_text.as_bytes());
+        let target = &self.prepared.target;
+        let current = hash_hex(target.lock_text.as_bytes());
         let fingerprint = self.fingerprint(cx);
         let done = cx.state.pending_bump.as_ref().is_some_and(|p| {
             p.fingerprint == fingerprint && p.lock_hash.as_deref() == Some(current.as_str())
         });
         if !done {
-            return Ok(Check::Todo("check upstream for new input revisions".into()));
+            return Ok(Check::Todo(
+                "check upstream for new input revisions".into(),
+                (),
+            ));
         }
-        let lock_text = cx.lock_text.clone();
-        cx.changes = Self::changes(cx, &lock_text).await?;
-        cx.up_to_date = Self::up_to_date(cx).await?;
+        let changes = self.changes(cx, &target.lock_text).await?;
+        let up_to_date = self.up_to_date(cx).await?;
+        let outputs = Outputs {
+            lock_hash: Some(current),
+            changes: changes.clone(),
+            date: Some(target.date.to_string()),
+            ..Outputs::default()
+        };
         Ok(Check::Done(
-            Done::new(format!(
-                "flake.lock was already updated by the interrupted run ({})",
-                Self::note(&cx.changes)
-            ))
-            .with(Outputs {
-                lock_hash: Some(current),
-                changes: cx.changes.clone(),
-                date: cx.date.as_ref().map(|d| d.to_string()),
-                ..Outputs::default()
-            }),
+            Done::new(
+                format!(
+                    "flake.lock was already updated by the interrupted run ({})",
+                    Self::note(&changes)
+                ),
+                Updated {
+                    target: target.clone(),
+                    changes,
+                    up_to_date,
+                    dry_flake: None,
+                },
+            )
+            .with(outputs),
         ))
     }
 
-    fn plan(&self, cx: &Ctx) -> Vec<String> {
-        match &cx.nix {
-            Some(nix) => vec![format!(
-                "(cd {} && {})",
-                crate::tool::shell_quote(&cx.cfg.flake.display().to_string()),
-                nix.update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs)
-                    .display()
-            )],
-            None => Vec::new(),
-        }
+    fn plan(&self, cx: &Ctx, _: &()) -> Vec<String> {
+        vec![format!(
+            "(cd {} && {})",
+            crate::tool::shell_quote(&cx.cfg.flake.display().to_string()),
+            self.prepared
+                .nix
+                .update_cmd(&cx.cfg.flake, &cx.cfg.update_inputs)
+                .display()
+        )]
     }
 
-    async fn dry_run(&self, cx: &mut Ctx) -> miette::Result<String> {
-        let (tmp, new_text) = Self::update_copy(cx).await?;
-        cx.changes = Self::changes(cx, &new_text).await?;
-        let path = cx.cfg.lock_path();
-        let new = flake_lock::parse(&new_text, &path)?;
-        cx.lock = Some(new);
-        cx.lock_text = new_text;
-        cx.resolve_tags()?;
-        cx.up_to_date = cx.changes.is_empty() && Self::up_to_date(cx).await.unwrap_or(false);
-        cx.dry_flake = Some(tmp);
-        Ok(format!(
-            "would update flake.lock: {}",
-            Self::note(&cx.changes)
+    async fn dry_run(&mut self, cx: &mut Ctx, _: ()) -> miette::Result<Done<Updated>> {
+        let (tmp, new_text) = self.update_copy(cx).await?;
+        let changes = self.changes(cx, &new_text).await?;
+        let target = Target::parse(&cx.cfg, new_text, &cx.cfg.lock_path())?;
+        target.report(&cx.cfg, &mut cx.report);
+        let up_to_date = changes.is_empty() && self.up_to_date(cx).await.unwrap_or(false);
+        Ok(Done::new(
+            format!("would update flake.lock: {}", Self::note(&changes)),
+            Updated {
+                target,
+                changes,
+                up_to_date,
+                dry_flake: Some(tmp),
+            },
         ))
     }
 
-    async fn run(&self, cx: &mut Ctx) -> miette::Result<Done> {
+    async fn run(&mut self, cx: &mut Ctx, _: ()) -> miette::Result<Done<Updated>> {
         // nix never writes the working flake.lock: it updates a throwaway
         // copy, and the new lock's hash is saved before the lock replaces
         // flake.lock. A run killed at any point leaves either the old lock
         // or the recorded one, never a lock nobody recorded.
         remove_stale_temp_locks(&cx.cfg.flake);
-        let (_tmp, new_text) = match Self::update_copy(cx).await {
+        let (_tmp, new_text) = match self.update_copy(cx).await {
             Ok(updated) => updated,
             Err(err) => {
                 // flake.lock is untouched: no pending bump to resume.
@@ -192,7 +240,7 @@ impl Stage for Update {
                 return Err(err);
             }
         };
-        if new_text != cx.lock_text {
+        if new_text != self.prepared.target.lock_text {
             let path = cx.cfg.lock_path();
             flake_lock::parse(&new_text, &path)?;
             cx.state.pending_bump = Some(PendingBump {
@@ -207,24 +255,33 @@ impl Stage for Update {
                 source,
             })?;
         }
-        cx.reload_lock()?;
-        cx.resolve_tags()?;
-        let text = cx.lock_text.clone();
-        cx.changes = Self::changes(cx, &text).await?;
-        cx.up_to_date = Self::up_to_date(cx).await?;
-        let lock_hash = hash_hex(cx.lock_text.as_bytes());
-        cx.state.pending_bump = (!cx.up_to_date).then(|| PendingBump {
-            lock_hash: Some(lock_hash),
+        let target = Target::read(&cx.cfg)?;
+        target.report(&cx.cfg, &mut cx.report);
+        let changes = self.changes(cx, &target.lock_text).await?;
+        let up_to_date = self.up_to_date(cx).await?;
+        let lock_hash = hash_hex(target.lock_text.as_bytes());
+        cx.state.pending_bump = (!up_to_date).then(|| PendingBump {
+            lock_hash: Some(lock_hash.clone()),
             fingerprint: self.fingerprint(cx),
             commit: None,
             commit_parent: None,
         });
-        Ok(Done::new(Self::note(&cx.changes)).with(Outputs {
-            lock_hash: Some(hash_hex(cx.lock_text.as_bytes())),
-            changes: cx.changes.clone(),
-            date: cx.date.as_ref().map(|d| d.to_string()),
+        let outputs = Outputs {
+            lock_hash: Some(lock_hash),
+            changes: changes.clone(),
+            date: Some(target.date.to_string()),
             ..Outputs::default()
-        }))
+        };
+        Ok(Done::new(
+            Self::note(&changes),
+            Updated {
+                target,
+                changes,
+                up_to_date,
+                dry_flake: None,
+            },
+        )
+        .with(outputs))
     }
 }
 

@@ -1,12 +1,13 @@
-//! git: the few operations the pipeline needs, as pure argv builders plus
-//! thin async wrappers. Nothing here ever force-pushes.
+//! git: the few operations the pipeline needs, as methods that return the
+//! `Cmd` to run (for the plan and the runner alike) or run it and read the
+//! answer. Nothing here ever force-pushes.
 
 use std::path::PathBuf;
 
 use super::{Cmd, Output, Runner, ToolError};
 
 /// `git commit` of flake.lock only, whatever else is staged.
-pub fn commit_args(subject: &str, body: &str, path: &str) -> Vec<String> {
+fn commit_args(subject: &str, body: &str, path: &str) -> Vec<String> {
     let mut args = vec!["commit".to_string(), "-m".into(), subject.to_string()];
     if !body.is_empty() {
         args.push("-m".into());
@@ -20,7 +21,7 @@ pub fn commit_args(subject: &str, body: &str, path: &str) -> Vec<String> {
 }
 
 /// Push the current commit to the upstream branch. Never forced.
-pub fn push_args(remote: &str, branch: &str) -> Vec<String> {
+fn push_args(remote: &str, branch: &str) -> Vec<String> {
     vec![
         "push".to_string(),
         "--porcelain".into(),
@@ -29,7 +30,7 @@ pub fn push_args(remote: &str, branch: &str) -> Vec<String> {
     ]
 }
 
-pub fn fetch_args(remote: &str, branch: &str) -> Vec<String> {
+fn fetch_args(remote: &str, branch: &str) -> Vec<String> {
     vec![
         "fetch".to_string(),
         "--quiet".into(),
@@ -38,7 +39,7 @@ pub fn fetch_args(remote: &str, branch: &str) -> Vec<String> {
     ]
 }
 
-pub fn rebase_args(onto: &str) -> Vec<String> {
+fn rebase_args(onto: &str) -> Vec<String> {
     vec!["rebase".to_string(), onto.to_string()]
 }
 
@@ -75,6 +76,50 @@ impl Git {
         S: Into<std::ffi::OsString>,
     {
         Cmd::new(&self.path).cwd(&self.dir).args(args)
+    }
+
+    /// `git commit` of `path` only, whatever else is staged.
+    pub fn commit_cmd(&self, subject: &str, body: &str, path: &str) -> Cmd {
+        self.cmd(commit_args(subject, body, path))
+    }
+
+    /// Push HEAD to the upstream branch; never forced.
+    pub fn push_cmd(&self, up: &Upstream) -> Cmd {
+        self.cmd(push_args(&up.remote, &up.branch))
+    }
+
+    /// Fetch the upstream branch into its remote-tracking ref.
+    pub fn fetch_cmd(&self, up: &Upstream) -> Cmd {
+        self.cmd(fetch_args(&up.remote, &up.branch))
+    }
+
+    pub fn rebase_cmd(&self, onto: &str) -> Cmd {
+        self.cmd(rebase_args(onto))
+    }
+
+    pub fn rebase_abort_cmd(&self) -> Cmd {
+        self.cmd(["rebase", "--abort"])
+    }
+
+    /// The best common ancestor of two revisions.
+    pub async fn merge_base(&self, runner: &Runner, a: &str, b: &str) -> Result<String, ToolError> {
+        self.out(runner, &["merge-base", a, b]).await
+    }
+
+    /// The files that differ between two revisions.
+    pub async fn changed_files(
+        &self,
+        runner: &Runner,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, ToolError> {
+        Ok(self
+            .out(runner, &["diff", "--name-only", from, to, "--"])
+            .await?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
     }
 
     async fn out(&self, runner: &Runner, args: &[&str]) -> Result<String, ToolError> {
