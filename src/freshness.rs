@@ -159,8 +159,9 @@ fn config_of(destination: &Destination, tag: &str) -> miette::Result<Option<Vec<
         return Ok(None);
     };
     match destination {
-        Destination::Registry { client } => Ok(client.blob(&config, 4 * 1024 * 1024)?),
-        Destination::Layout { dir } => {
+        Destination::Registry(registry) => Ok(registry.client().blob(&config, 4 * 1024 * 1024)?),
+        Destination::Layout(layout) => {
+            let dir = &layout.dir;
             let hex = config.trim_start_matches("sha256:");
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Ok(None);

@@ -18,7 +18,7 @@ use crate::auth::Credentials;
 use crate::cli::PruneArgs;
 use crate::image::destination::{self, Access, Destination};
 use crate::image::reference::{ImageRef, Tag};
-use crate::image::registry::{Deleted, Registry, RegistryError};
+use crate::image::registry::{Registry, RegistryError};
 use crate::report::{ErrorReport, Outcome, SCHEMA_VERSION};
 use crate::state;
 
@@ -239,10 +239,9 @@ impl Target {
     /// Delete by digest; false when it was gone already.
     fn delete(&self, image: &str, digest: &str) -> miette::Result<bool> {
         match self {
-            Target::Layout(dir) => Ok(oci::delete(dir, digest)?),
+            Target::Layout(dir) => Ok(crate::image::layout::remove_manifest(dir, digest)? > 0),
             Target::Registry(client) => match client.delete_manifest(digest) {
-                Ok(Deleted::Now) => Ok(true),
-                Ok(Deleted::AlreadyGone) => Ok(false),
+                Ok(deleted) => Ok(deleted),
                 Err(RegistryError::Http { status, body, .. })
                     if status == 405 || body.contains("UNSUPPORTED") =>
                 {
@@ -310,8 +309,8 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
         },
     )?;
     let target = match connected.destination {
-        Destination::Registry { client } => Target::Registry(client),
-        Destination::Layout { dir } => Target::Layout(dir),
+        Destination::Registry(registry) => Target::Registry(registry.client().clone()),
+        Destination::Layout(layout) => Target::Layout(layout.dir),
     };
     report.note = match &target {
         Target::Registry(_) => REGISTRY_GC_NOTE.to_string(),

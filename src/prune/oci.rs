@@ -1,10 +1,10 @@
 //! Prune on an `oci:` layout: the tags are index.json's entries (their
 //! `org.opencontainers.image.ref.name`), a delete removes every entry with
-//! that digest, and the blobs nothing references any more are removed
-//! afterwards (the layout's own garbage collection).
+//! that digest (`layout::remove_manifest`), and the blobs nothing
+//! references any more are removed afterwards (the layout's own garbage
+//! collection).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::image::layout::{Index, LayoutError, REF_NAME};
@@ -103,29 +103,6 @@ pub fn children(dir: &Path, digest: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Remove every index entry with `digest`, replacing index.json atomically.
-/// Returns whether there was any.
-pub fn delete(dir: &Path, digest: &str) -> Result<bool, LayoutError> {
-    let Some(mut index) = read_index(dir)? else {
-        return Ok(false);
-    };
-    let before = index.manifests.len();
-    index.manifests.retain(|d| d.digest != digest);
-    if index.manifests.len() == before {
-        return Ok(false);
-    }
-    let bytes = serde_json::to_vec(&index).map_err(|e| werr(dir)(std::io::Error::other(e)))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".index-")
-        .tempfile_in(dir)
-        .map_err(werr(dir))?;
-    tmp.write_all(&bytes).map_err(werr(dir))?;
-    tmp.as_file().sync_all().map_err(werr(dir))?;
-    tmp.persist(dir.join("index.json"))
-        .map_err(|e| werr(dir)(e.error))?;
-    Ok(true)
-}
-
 /// Remove the blobs that nothing reachable from index.json references.
 /// Only files named by a sha256 digest are considered (a push's temp files
 /// start with a dot). Returns how many were removed and their bytes.
@@ -202,8 +179,8 @@ mod tests {
         std::fs::write(dir.join("blobs/sha256/.layer-tmp"), b"in flight").unwrap();
 
         assert_eq!(tags(dir).unwrap().len(), 3);
-        assert!(delete(dir, &old).unwrap());
-        assert!(!delete(dir, &old).unwrap(), "a second delete finds nothing");
+        assert_eq!(crate::image::layout::remove_manifest(dir, &old).unwrap(), 2);
+        assert_eq!(crate::image::layout::remove_manifest(dir, &old).unwrap(), 0);
         assert_eq!(
             tags(dir).unwrap(),
             vec![("latest".to_string(), new.clone())]

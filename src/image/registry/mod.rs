@@ -24,7 +24,7 @@ mod retention;
 
 pub use auth::{parse_challenge, Challenge};
 pub use error::RegistryError;
-pub use retention::{next_page, Deleted, TagList, MANIFEST_ACCEPT, TAG_PAGE};
+pub use retention::{next_page, TagList, MANIFEST_ACCEPT, TAG_PAGE};
 
 use auth::{basic_for, Basic};
 use error::{classify, io_failure, is_timeout};

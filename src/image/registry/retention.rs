@@ -1,7 +1,7 @@
 //! What `runnerctl prune` and `runnerctl status --max-age` ask of a
 //! registry: every tag (read in pages, following the `Link` header), the
-//! digest a tag points to (HEAD), a blob (an image config), and deleting a
-//! manifest by digest.
+//! digest a tag points to (HEAD) and a blob (an image config). Deleting a
+//! manifest by digest is `Registry::delete_manifest`.
 //!
 //! Distribution API: `GET /v2/<name>/tags/list?n=<page>` answers one page
 //! and, when there are more, a header `Link: </v2/<name>/tags/list?n=…&last=…>;
@@ -29,15 +29,6 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, a
 pub struct TagList {
     pub tags: Vec<String>,
     pub pages: usize,
-}
-
-/// What a DELETE found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deleted {
-    /// 202: the manifest and every tag on it are gone.
-    Now,
-    /// 404: nothing there (deleted before, e.g. by a run that was killed).
-    AlreadyGone,
 }
 
 #[derive(serde::Deserialize)]
@@ -171,27 +162,6 @@ impl Registry {
             return Ok(None);
         };
         self.read_body(response, limit, &path).map(Some)
-    }
-
-    /// `DELETE /v2/<repo>/manifests/<digest>`: the manifest goes, with every
-    /// tag that points to it. A registry that does not allow it answers
-    /// 405 (a [`RegistryError::Http`] with that status).
-    pub fn delete_manifest(&self, digest: &str) -> Result<Deleted, RegistryError> {
-        match self.execute(Request {
-            method: "DELETE",
-            path: format!("manifests/{digest}"),
-            accept: None,
-            content_type: None,
-            body: None,
-        })? {
-            Some(_) => Ok(Deleted::Now),
-            None => Ok(Deleted::AlreadyGone),
-        }
-    }
-
-    /// `HOST/v2/REPO/PATH`, for plans and messages.
-    pub fn describe(&self, method: &str, path: &str) -> String {
-        format!("{method} {}/v2/{}/{path}", self.registry, self.repository)
     }
 }
 
