@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{new_tempdir, KillGroupOnDrop, Registry, RegistryWorld, Run, IMAGE_REPO};
+use common::{new_tempdir, KillGroupOnDrop, Registry, RegistryWorld, Run, RunOutput, IMAGE_REPO};
 use prune_support::*;
 
 // ---------------------------------------------------------------------------
@@ -489,17 +489,17 @@ fn a_kept_index_protects_the_manifests_it_references() {
 fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
     let tmp = new_tempdir("prune-oci");
     let dir: PathBuf = tmp.path().join("oci");
-    let (d1, d2, d3) = (days_ago(30), days_ago(20), days_ago(10));
-    let (x, y, z) = (
-        Image::new("x", "2026-01-01T00:00:00Z"),
-        Image::new("y", "2026-01-01T00:00:00Z"),
-        Image::new("z", "2026-01-01T00:00:00Z"),
-    );
+    let (d1, d2, d15, d3) = (days_ago(30), days_ago(20), days_ago(15), days_ago(10));
+    let image = |seed: &str| Image::new(seed, "2026-01-01T00:00:00Z");
+    // x: an old date; y: older but rolled back to; v: 15 days old; z: the
+    // newest, under latest; w: a content tag alone.
+    let (x, y, v, z, w) = (image("x"), image("y"), image("v"), image("z"), image("w"));
     write_layout(
         &dir,
         &[
             (&x, vec![d1.clone(), content_tag("x")]),
             (&y, vec![d2.clone(), content_tag("y"), "rolled-back".into()]),
+            (&v, vec![d15.clone(), content_tag("v")]),
             (
                 &z,
                 vec![
@@ -509,6 +509,7 @@ fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
                     "unstable".into(),
                 ],
             ),
+            (&w, vec![content_tag("w")]),
         ],
     );
     let state = tmp.path().join("state");
@@ -522,6 +523,14 @@ fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
             .timeout(TIMEOUT)
             .run()
     };
+    let digests = |out: &RunOutput| -> Vec<String> {
+        out.json()["deletes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
     let index_before = fs::read(dir.join("index.json")).unwrap();
     let dry = prune(&["--dry-run"]);
     dry.assert_success();
@@ -529,20 +538,39 @@ fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
         dry.stdout.contains(&d1) && dry.stdout.contains("rolled-back"),
         "{dry}"
     );
+    // --keep-days keeps what either rule keeps: v is 15 days old.
+    let dry = prune(&["--dry-run", "--keep-days", "16", "--json"]);
+    dry.assert_success();
+    assert_eq!(digests(&dry), [x.digest.clone(), w.digest.clone()], "{dry}");
+    let dry = prune(&["--dry-run", "--keep-days", "14", "--json"]);
+    assert_eq!(
+        digests(&dry),
+        [x.digest.clone(), v.digest.clone(), w.digest.clone()],
+        "{dry}"
+    );
     assert_eq!(fs::read(dir.join("index.json")).unwrap(), index_before);
     assert!(blob_exists(&dir, &x.layer));
+    assert!(
+        !state.join("state.json").exists(),
+        "a dry run records nothing"
+    );
 
     let out = prune(&["--json"]);
     out.assert_success();
     let report = out.json();
-    assert_eq!(report["deleted"], 1, "{out}");
-    assert_eq!(report["blobs_removed"], 3, "x's manifest, config and layer");
+    assert_eq!(report["deleted"], 3, "{out}");
+    assert_eq!(
+        report["blobs_removed"], 9,
+        "x's, v's and w's manifest, config and layer"
+    );
     let mut expected = set(&[&d2, "rolled-back", &d3, "latest", "unstable"]);
     expected.insert(content_tag("y"));
     expected.insert(content_tag("z"));
     assert_eq!(layout_tags(&dir), expected);
-    for bytes in [&x.layer, &x.config, &x.manifest] {
-        assert!(!blob_exists(&dir, bytes));
+    for gone in [&x, &v, &w] {
+        for bytes in [&gone.layer, &gone.config, &gone.manifest] {
+            assert!(!blob_exists(&dir, bytes));
+        }
     }
     for image in [&y, &z] {
         for bytes in [&image.layer, &image.config, &image.manifest] {
@@ -556,9 +584,12 @@ fn prune_on_an_oci_layout_removes_index_entries_and_unreferenced_blobs() {
     );
     assert_eq!(
         recorded_deletes(&state),
-        vec![(x.digest.clone(), "deleted".to_string())]
+        [&x, &v, &w]
+            .iter()
+            .map(|i| (i.digest.clone(), "deleted".to_string()))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(state_json(&state)["prune"]["blobs_removed"], 3);
+    assert_eq!(state_json(&state)["prune"]["blobs_removed"], 9);
 }
 
 #[test]
