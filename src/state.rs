@@ -10,6 +10,8 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::flake_lock::span::offset_of;
+
 pub const STATE_VERSION: u32 = 1;
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";
@@ -251,24 +253,6 @@ pub fn parse(text: &str, path: &Path) -> Result<State, StateError> {
         None => return Err(corrupt("no \"version\" field".to_string(), 1, 1)),
     }
     serde_json::from_value(value).map_err(|e| corrupt(e.to_string(), 1, 1))
-}
-
-/// Byte offset of a 1-based line and column, clamped to the text and moved
-/// back onto a character boundary.
-pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = text.len().saturating_sub(1);
-    let mut start = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            offset = (start + column.saturating_sub(1)).min(text.len());
-            break;
-        }
-        start += l.len();
-    }
-    while offset > 0 && !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    offset
 }
 
 /// Load the state, or a fresh one if there is none.

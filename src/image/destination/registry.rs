@@ -17,7 +17,7 @@ use crate::image::reference::{ImageRef, Tag};
 use crate::image::registry::Registry as RegistryClient;
 use crate::progress::{Event, PushEvent};
 use crate::state::StateError;
-use crate::tool::skopeo::{config_args, inspect_args, CopyOpts, RETRY_TIMES};
+use crate::tool::skopeo::{CopyOpts, RETRY_TIMES};
 use crate::tool::Runner;
 
 pub struct Registry {
@@ -97,13 +97,15 @@ impl Registry {
     ) -> miette::Result<Vec<TagState>> {
         let mut states = Vec::new();
         for tag in tags {
-            let args = inspect_args(
-                &self.image.at_tag(tag),
-                tools.authfile(),
-                self.tls_verify,
-                true,
-            );
-            let manifest = tools.skopeo.inspect(runner, args).await?;
+            let manifest = tools
+                .skopeo
+                .manifest(
+                    runner,
+                    &self.image.at_tag(tag),
+                    tools.authfile(),
+                    self.tls_verify,
+                )
+                .await?;
             states.push(TagState {
                 tag: tag.clone(),
                 digest: manifest.as_ref().map(|m| sha256_digest(m.as_bytes())),
@@ -131,13 +133,16 @@ impl Registry {
                 continue;
             }
             seen.push(digest.clone());
-            let args = config_args(
-                &self.image.at_tag(&s.tag),
-                tools.authfile(),
-                self.tls_verify,
-                true,
-            );
-            if let Some(config) = tools.skopeo.inspect(runner, args).await? {
+            let config = tools
+                .skopeo
+                .config(
+                    runner,
+                    &self.image.at_tag(&s.tag),
+                    tools.authfile(),
+                    self.tls_verify,
+                )
+                .await?;
+            if let Some(config) = config {
                 oci::learn(&mut map, manifest.as_bytes(), config.as_bytes());
             }
         }
