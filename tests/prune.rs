@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{new_tempdir, KillGroupOnDrop, Registry, RegistryWorld, Run, IMAGE_REPO};
+use common::{new_tempdir, KillGroupOnDrop, Registry, Run, World, IMAGE_REPO};
 use prune_support::*;
 
 // ---------------------------------------------------------------------------
@@ -20,7 +20,7 @@ use prune_support::*;
 /// then keeps because latest points to it.
 #[test]
 fn five_bumps_then_prune_keeps_floating_tags_and_the_newest_two_dates() {
-    let mut w = RegistryWorld::new();
+    let mut w = World::new();
     let mut dates = Vec::new();
     for day in 1..=5 {
         w.upstream_commit(day);
@@ -29,7 +29,7 @@ fn five_bumps_then_prune_keeps_floating_tags_and_the_newest_two_dates() {
         dates.push(out.json()["date"].as_str().expect("date").to_string());
     }
     let before = tags(&w.registry);
-    let content_of = |w: &RegistryWorld, date: &str| -> String {
+    let content_of = |w: &World, date: &str| -> String {
         let digest = w
             .registry
             .digest(IMAGE_REPO, date)

@@ -498,42 +498,46 @@ fn prune_deletes_through_a_registry_with_token_auth() {
         .expect("tempdir");
     let key = Arc::new(SigningKey::generate(key_dir.path()));
     let tokens = TokenServer::start(key.clone());
-    let registry = TokenRegistry::start(&tokens.realm(), &key.cert);
-    let base = fresh_time();
-    let mut nixpkgs = StandInNixpkgs::new_at(base);
-    let repo = RunnerRepo::new(&nixpkgs);
-    let image = format!("docker://127.0.0.1:{}/{IMAGE_REPO}", registry.port);
-    let run = |args: &[&str]| {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--image", image.as_str(), "--tls-verify", "false", "--json"]);
-        Run::new(all)
-            .in_repo(&repo)
-            .env("RUNNERCTL_REGISTRY_USER", USER)
-            .env("RUNNERCTL_REGISTRY_PASSWORD", PASSWORD)
-            .timeout(TIMEOUT)
-            .run()
-    };
+    let mut w = World::with_registry(token_registry(&tokens.realm(), &key));
     let mut dates = Vec::new();
     for days in [1, 2] {
-        nixpkgs.commit(base + days * DAY);
-        let out = run(&["bump", "--no-git-push"]);
-        assert!(out.success(), "bump failed\n{out}\n{}", registry.log());
+        w.upstream_commit(days);
+        let out = bump(&w, PASSWORD);
+        assert!(out.success(), "bump failed\n{out}\n{}", w.registry.log());
         dates.push(out.json()["date"].as_str().expect("date").to_string());
     }
-    let old = digest(&registry, &key, IMAGE_REPO, &dates[0]).expect("old digest");
+    let old = digest(&w.registry, &key, IMAGE_REPO, &dates[0]).expect("old digest");
     let before = tokens.requests().len();
 
-    let out = run(&["prune", "-C", ".", "--keep", "1"]);
-    assert!(out.success(), "prune failed\n{out}\n{}", registry.log());
+    let image = w.image();
+    let args = [
+        "prune",
+        "-C",
+        ".",
+        "--keep",
+        "1",
+        "--image",
+        image.as_str(),
+        "--tls-verify",
+        "false",
+        "--json",
+    ];
+    let out = w
+        .prepare(Run::new(args).in_repo(&w.repo))
+        .env("RUNNERCTL_REGISTRY_USER", USER)
+        .env("RUNNERCTL_REGISTRY_PASSWORD", PASSWORD)
+        .timeout(TIMEOUT)
+        .run();
+    assert!(out.success(), "prune failed\n{out}\n{}", w.registry.log());
     assert_eq!(out.json()["deleted"], 1, "{out}");
-    assert_eq!(digest(&registry, &key, IMAGE_REPO, &dates[0]), None);
+    assert_eq!(digest(&w.registry, &key, IMAGE_REPO, &dates[0]), None);
     assert!(
-        digest(&registry, &key, IMAGE_REPO, &old).is_none(),
+        digest(&w.registry, &key, IMAGE_REPO, &old).is_none(),
         "{old} is gone"
     );
-    assert!(digest(&registry, &key, IMAGE_REPO, &dates[1]).is_some());
-    assert!(digest(&registry, &key, IMAGE_REPO, "latest").is_some());
-    let log = registry.log();
+    assert!(digest(&w.registry, &key, IMAGE_REPO, &dates[1]).is_some());
+    assert!(digest(&w.registry, &key, IMAGE_REPO, "latest").is_some());
+    let log = w.registry.log();
     assert!(
         log.lines().any(
             |l| l.contains(&format!("\"DELETE /v2/{IMAGE_REPO}/manifests/{old} "))
