@@ -182,11 +182,11 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
     report.duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(outcome) => {
-            report.outcome = outcome.as_str().to_string();
+            report.outcome = outcome;
             (report, None)
         }
         Err(err) => {
-            report.outcome = Outcome::Failure.as_str().into();
+            report.outcome = Outcome::Failure;
             report.error = Some(ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -222,13 +222,12 @@ async fn run_inner(
         }
     };
     let mode = cfg.mode;
-    let resume = saved.command.as_deref() == Some(mode.as_str())
-        && !Outcome::finished(saved.outcome.as_deref());
+    let resume = saved.command == Some(mode.into()) && !Outcome::finished(saved.outcome);
     if !cfg.dry_run {
         if !resume {
             saved.stages.clear();
         }
-        saved.command = Some(mode.as_str().to_string());
+        saved.command = Some(mode.into());
         saved.started_at = Some(state::now());
         saved.finished_at = None;
         saved.outcome = None;
@@ -284,15 +283,10 @@ async fn run_inner(
                 }
             }
         }
-        cx.state.outcome = Some(
-            if interrupted.is_some() {
-                Outcome::Interrupted
-            } else {
-                outcome
-            }
-            .as_str()
-            .to_string(),
-        );
+        cx.state.outcome = Some(match interrupted {
+            Some(_) => Outcome::Interrupted,
+            None => outcome,
+        });
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
