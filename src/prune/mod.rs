@@ -64,7 +64,7 @@ pub struct PruneReport {
     pub schema_version: u32,
     pub command: String,
     /// `success`, `dry-run` or `failure`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub dry_run: bool,
     pub image: String,
     pub keep: u32,
@@ -91,7 +91,7 @@ impl PruneReport {
         PruneReport {
             schema_version: SCHEMA_VERSION,
             command: "prune".into(),
-            outcome: Outcome::Failure.as_str().into(),
+            outcome: Outcome::Failure,
             dry_run: args.dry_run,
             image: String::new(),
             keep: args.keep,
@@ -270,13 +270,11 @@ pub async fn prune(args: &PruneArgs) -> (PruneReport, Option<miette::Report>) {
                 Outcome::DryRun
             } else {
                 Outcome::Success
-            }
-            .as_str()
-            .into();
+            };
             (report, None)
         }
         Err(err) => {
-            report.outcome = Outcome::Failure.as_str().into();
+            report.outcome = Outcome::Failure;
             report.error = Some(ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -457,7 +455,7 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
             }
             Err(err) => {
                 record.deletes[i].status = DeleteStatus::Failed;
-                record.outcome = Some(Outcome::Failure.as_str().into());
+                record.outcome = Some(Outcome::Failure);
                 record.finished_at = Some(state::now());
                 // The error that stopped the run matters more than a
                 // failure to record it.
@@ -471,7 +469,7 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
         report.blobs_removed = Some(removed);
         record.blobs_removed = Some(removed);
     }
-    record.outcome = Some(Outcome::Success.as_str().into());
+    record.outcome = Some(Outcome::Success);
     record.finished_at = Some(state::now());
     save(&record)?;
     drop(lock);

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::Outcome;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeleteStatus {
@@ -42,7 +44,7 @@ pub struct PruneRecord {
     pub finished_at: Option<String>,
     /// `success` or `failure`; absent while it runs, or after it was killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     /// Tags kept.
     pub kept: usize,
     pub deletes: Vec<DeleteRecord>,
@@ -79,7 +81,7 @@ impl PruneRecord {
             .count();
         let outcome = self
             .outcome
-            .as_deref()
+            .map(Outcome::as_str)
             .unwrap_or("unfinished (interrupted; the next prune finishes its plan)");
         format!(
             "Last prune of {}: {outcome} (started {}): {done} of {} planned digests deleted, {} tags kept (--keep {}{})",

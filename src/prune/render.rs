@@ -29,7 +29,8 @@ impl PruneReport {
         } else {
             out.push_str(&format!(
                 "runnerctl prune {rules} on {}: {}\n",
-                self.image, self.outcome
+                self.image,
+                self.outcome.as_str()
             ));
         }
         let listed = if self.pages > 0 {
