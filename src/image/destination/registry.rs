@@ -10,6 +10,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use oci_spec::image::ImageManifest;
+
 use super::{write_layout, Manifest, NotThere, Pushed, TagState, Tools, Upload};
 use crate::digest::sha256_digest;
 use crate::image::layout as oci;
@@ -243,8 +245,8 @@ impl Registry {
         // (the retags need its bytes anyway).
         let (manifest, blobs, bytes) = match source.manifest {
             Some(bytes) => {
-                let config = serde_json::from_slice::<oci::Manifest>(&bytes)
-                    .map(|m| m.config.size)
+                let config = serde_json::from_slice::<ImageManifest>(&bytes)
+                    .map(|m| m.config().size())
                     .unwrap_or(0);
                 let new = source.new.unwrap_or((0, 0));
                 let total = new.1 + config + bytes.len() as u64;
@@ -254,10 +256,10 @@ impl Registry {
                 let fetched = self.client.manifest(&digest)?.map(|(b, _)| b);
                 let (blobs, bytes) = fetched
                     .as_deref()
-                    .and_then(|b| serde_json::from_slice::<oci::Manifest>(b).ok())
+                    .and_then(|b| serde_json::from_slice::<ImageManifest>(b).ok())
                     .map(|m| {
-                        let layers: u64 = m.layers.iter().map(|l| l.size).sum();
-                        (m.layers.len() + 1, layers + m.config.size)
+                        let layers: u64 = m.layers().iter().map(|l| l.size()).sum();
+                        (m.layers().len() + 1, layers + m.config().size())
                     })
                     .unwrap_or((0, 0));
                 let total = bytes + fetched.as_ref().map(|b| b.len() as u64).unwrap_or(0);
