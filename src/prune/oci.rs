@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::image::layout::{Index, LayoutError, REF_NAME};
+use oci_spec::image::{ImageIndex as Index, ANNOTATION_REF_NAME as REF_NAME};
+
+use crate::image::layout::LayoutError;
 
 fn werr(dir: &Path) -> impl Fn(std::io::Error) -> LayoutError + '_ {
     move |source| LayoutError::Write {
@@ -47,16 +49,16 @@ pub fn tags(dir: &Path) -> Result<Vec<(String, String)>, LayoutError> {
         return Ok(Vec::new());
     };
     Ok(index
-        .manifests
-        .into_iter()
+        .manifests()
+        .iter()
         .map(|d| {
             let name = d
-                .annotations
+                .annotations()
                 .as_ref()
                 .and_then(|a| a.get(REF_NAME))
                 .cloned()
                 .unwrap_or_default();
-            (name, d.digest)
+            (name, d.digest().to_string())
         })
         .collect())
 }
@@ -111,7 +113,11 @@ pub fn collect_garbage(dir: &Path) -> Result<(usize, u64), LayoutError> {
         return Ok((0, 0));
     };
     let mut reachable = BTreeSet::new();
-    let mut queue: Vec<String> = index.manifests.iter().map(|d| d.digest.clone()).collect();
+    let mut queue: Vec<String> = index
+        .manifests()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
     while let Some(digest) = queue.pop() {
         if reachable.insert(digest.clone()) {
             queue.extend(references(dir, &digest));
