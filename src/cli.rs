@@ -48,8 +48,15 @@ pub enum Command {
         after_help = "TARGET is a tag (a date tag such as 20260629, nix-<hash>, any tag) or a sha256: digest in the repository.\n\nExamples:\n  runnerctl rollback 20260629 --dry-run\n  runnerctl rollback 20260629 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl rollback sha256:… --tag latest"
     )]
     Rollback(RollbackArgs),
-    /// Show the saved state, stage by stage.
-    #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
+    /// Delete old date tags and the content tags left with them; never what a floating, candidate, kept or unknown tag points to.
+    #[command(
+        after_help = "Deletes by digest (DELETE /v2/<name>/manifests/<digest>); the registry's garbage collection frees the blobs.\n\nExamples:\n  runnerctl prune --keep 30 --dry-run\n  runnerctl prune --keep 30 --keep-days 90 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl prune --keep 5 --image oci:/srv/oci/nixos --json"
+    )]
+    Prune(PruneArgs),
+    /// Show the saved state, stage by stage; with --max-age, fail when the published image is too old.
+    #[command(
+        after_help = "Examples:\n  runnerctl status\n  runnerctl status --json\n  runnerctl status --max-age 14 --image docker://registry.example.org/infra/runners/nixos"
+    )]
     Status(StatusArgs),
     /// Run a real bump end to end in a throwaway workspace (stand-in nixpkgs, fixture flake, local OCI layout, bare remote).
     Demo(DemoArgs),
@@ -306,9 +313,91 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N date tags (YYYYMMDD).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keep: u32,
+
+    /// Also keep every date tag at most D days old (a tag is kept if either rule keeps it).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP_DAYS", value_name = "D", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub keep_days: Option<u32>,
+
+    /// Floating tags, whose images are never deleted (repeatable) [default: latest, unstable].
+    #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// The tag `release --hold` pushes; its image is never deleted.
+    #[arg(
+        long,
+        env = "RUNNERCTL_CANDIDATE_TAG",
+        value_name = "TAG",
+        default_value = "candidate"
+    )]
+    pub candidate_tag: String,
+
+    /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
+    #[arg(short = 'C', long = "flake", value_name = "DIR")]
+    pub flake: Option<PathBuf>,
+
+    /// Where runnerctl keeps its state [default: DIR/.runnerctl with -C, else $XDG_STATE_HOME/runnerctl].
+    #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Print every tag and digest that would be deleted or kept, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only print errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub common: Common,
+
+    /// Exit 1 when the published image is older than DAYS (from its config with --image, else from the last push's date tag).
+    #[arg(long, env = "RUNNERCTL_MAX_AGE", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_age: Option<u32>,
+
+    /// The floating tag whose image --max-age checks [default: latest].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// The root input the image is built from, for the message.
+    #[arg(
+        long,
+        env = "RUNNERCTL_INPUT",
+        value_name = "NAME",
+        default_value = "nixpkgs"
+    )]
+    pub input: String,
+
+    /// With --max-age: read the date from this image (docker://HOST[:PORT]/PATH or oci:DIR) instead of the state's last push.
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_verify: bool,
+
+    /// Seconds the registry may take to answer one request.
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]

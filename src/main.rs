@@ -64,7 +64,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             .find(|a| {
                 matches!(
                     a.as_str(),
-                    "bump" | "release" | "promote" | "rollback" | "status"
+                    "bump" | "release" | "promote" | "rollback" | "prune" | "status"
                 )
             })
             .cloned()
@@ -136,16 +136,60 @@ async fn run(cli: Cli) -> ExitCode {
             let (report, err) = runnerctl::rollback::rollback(&args).await;
             finish(&report, err, args.json, args.quiet)
         }
+        Command::Prune(args) => {
+            let (report, err) = runnerctl::prune::prune(&args).await;
+            if args.json {
+                print_json(&report);
+            } else if !args.quiet {
+                print_out(&report.render());
+            }
+            match err {
+                None => ExitCode::SUCCESS,
+                Some(err) => {
+                    print_error(err);
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status(args) => {
             let out = config::output(&args.common);
             match status::status(&args.common).await {
-                Ok(doc) => {
+                Ok(mut doc) => {
+                    let mut failure = None;
+                    if let Some(max_age) = args.max_age {
+                        match runnerctl::freshness::check(
+                            &args,
+                            max_age,
+                            &doc.state,
+                            &doc.state_file,
+                        ) {
+                            Ok(f) => {
+                                if !f.fresh {
+                                    failure = Some(runnerctl::freshness::stale_error(&f));
+                                }
+                                doc.freshness = Some(f);
+                            }
+                            Err(err) => failure = Some(err),
+                        }
+                    }
+                    if let Some(err) = &failure {
+                        doc.error = Some(runnerctl::report::ErrorReport {
+                            message: runnerctl::diagnostic::message(err),
+                            help: err.help().map(|h| h.to_string()),
+                        });
+                    }
                     if out.json {
                         print_json(&doc);
                     } else {
                         print_out(&doc.render());
                     }
-                    ExitCode::SUCCESS
+                    match failure {
+                        None => ExitCode::SUCCESS,
+                        Some(err) => {
+                            print_error(err);
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(err) => {
                     if out.json {

@@ -160,6 +160,9 @@ pub struct State {
     /// promote has moved them since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// The last `runnerctl prune` (its plan and each delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::prune::PruneRecord>,
 }
 
 /// A rollback: which tags were moved back to which image, and when.
@@ -203,6 +206,7 @@ impl Default for State {
             images: BTreeMap::new(),
             pending_bump: None,
             rollback: None,
+            prune: None,
         }
     }
 }

@@ -28,6 +28,16 @@ pub struct Registry {
     tls_verify: bool,
 }
 
+// --- prune and status --max-age (issue 14) ---
+impl Registry {
+    /// The registry client, for what only prune and status ask of a
+    /// registry (every tag, in pages; a tag's digest; a config blob).
+    pub fn client(&self) -> &Arc<RegistryClient> {
+        &self.client
+    }
+}
+// --- end prune ---
+
 /// How the image reaches skopeo.
 struct Source {
     /// skopeo's source reference.

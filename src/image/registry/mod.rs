@@ -22,9 +22,11 @@ use crate::tool::skopeo::{explain_failure, Context, Failure};
 
 mod auth;
 mod error;
+mod retention;
 
 pub use auth::{parse_challenge, Challenge};
 pub use error::RegistryError;
+pub use retention::{next_page, TagList, MANIFEST_ACCEPT, TAG_PAGE};
 
 use auth::{basic_for, Basic};
 use error::{classify, io_failure, is_timeout};
