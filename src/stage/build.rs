@@ -175,14 +175,14 @@ impl Build<'_, '_> {
 
 impl Stage for Build<'_, '_> {
     type Output = Built;
-    /// Every image, evaluated; some to build.
-    type Found = Vec<Evaluation>;
+    /// Every image, evaluated, some to build; and what is there already.
+    type Found = (Vec<Evaluation>, Vec<String>);
 
     fn name(&self) -> &'static str {
         "build"
     }
 
-    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Built, Vec<Evaluation>>> {
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Built, Self::Found>> {
         let (evaluations, notes) = self.evaluate(cx).await?;
         let todo: Vec<String> = evaluations
             .iter()
@@ -197,7 +197,7 @@ impl Stage for Build<'_, '_> {
             })
             .collect();
         if !todo.is_empty() {
-            return Ok(Check::Todo(todo.join("; "), evaluations));
+            return Ok(Check::Todo(todo.join("; "), (evaluations, notes)));
         }
         let built = Built::new(evaluations);
         let outputs = built.outputs();
@@ -206,7 +206,7 @@ impl Stage for Build<'_, '_> {
         ))
     }
 
-    fn plan(&self, cx: &Ctx, evaluations: &Vec<Evaluation>) -> Vec<String> {
+    fn plan(&self, cx: &Ctx, (evaluations, _): &Self::Found) -> Vec<String> {
         vec![self
             .prepared
             .nix
@@ -221,9 +221,9 @@ impl Stage for Build<'_, '_> {
     async fn dry_run(
         &mut self,
         _cx: &mut Ctx,
-        evaluations: Vec<Evaluation>,
+        (evaluations, there): Self::Found,
     ) -> miette::Result<Done<Built>> {
-        let notes: Vec<String> = evaluations
+        let mut notes: Vec<String> = evaluations
             .iter()
             .filter(|e| e.build)
             .map(|e| {
@@ -238,13 +238,14 @@ impl Stage for Build<'_, '_> {
                 )
             })
             .collect();
+        notes.extend(there);
         Ok(Done::new(notes.join("; "), Built::new(evaluations)))
     }
 
     async fn run(
         &mut self,
         cx: &mut Ctx,
-        mut evaluations: Vec<Evaluation>,
+        (mut evaluations, there): Self::Found,
     ) -> miette::Result<Done<Built>> {
         let gc_root = cx.cfg.gc_root();
         if let Some(dir) = gc_root.parent() {
@@ -289,6 +290,7 @@ impl Stage for Build<'_, '_> {
             }
             notes.push(format!("{label}built {built}"));
         }
+        notes.extend(there);
         let built = Built::new(evaluations);
         let outputs = built.outputs();
         Ok(Done::new(notes.join("; "), built).with(outputs))

@@ -1,0 +1,309 @@
+//! One tag, two architectures, against the real registry and real Nix:
+//! `--system x86_64-linux,aarch64-linux` builds the fixture's
+//! `packages.aarch64-linux.nixos` on this x86_64 machine through
+//! `extra-platforms = aarch64-linux` (its builder is `/bin/sh`, which Nix
+//! does not inspect), pushes each image by its own `nix-<hash>` tag, and
+//! only then an OCI index under the date and floating tags.
+
+mod common;
+
+use std::path::Path;
+
+use common::{RunOutput, IMAGE_REPO};
+
+const SYSTEMS: &str = "x86_64-linux,aarch64-linux";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+struct World(common::World);
+
+common::deref_to_world!(World, 0);
+
+impl World {
+    fn new() -> Self {
+        World(common::World::new())
+    }
+
+    /// A world whose runner flake is the fixture's, edited by `edit`.
+    fn with_flake(edit: impl Fn(&str) -> String) -> Self {
+        let base = common::fresh_time();
+        let nixpkgs = common::StandInNixpkgs::new_at(base);
+        let flake = edit(common::RUNNER_FLAKE_NIX);
+        let repo = common::RunnerRepo::with_flake(
+            &nixpkgs,
+            &flake,
+            &[("build-image.sh", common::RUNNER_BUILD_IMAGE_SH.as_bytes())],
+        );
+        World(common::World::assemble(
+            nixpkgs,
+            repo,
+            base,
+            common::Registry::new(),
+        ))
+    }
+
+    /// runnerctl with this machine's Nix able to build aarch64-linux.
+    fn run_multi(&self, args: &[&str]) -> RunOutput {
+        let image = self.image();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--image", &image, "--tls-verify", "false"]);
+        let config = self
+            .repo
+            .nix_env()
+            .iter()
+            .find(|(k, _)| k == "NIX_CONFIG")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.prepare(common::Run::new(all).in_repo(&self.repo))
+            .env(
+                "NIX_CONFIG",
+                format!("{config}extra-platforms = aarch64-linux\n"),
+            )
+            .run()
+    }
+
+    /// The raw manifest or index at `reference`, as JSON.
+    fn raw(&self, reference: &str) -> Option<serde_json::Value> {
+        let accept = format!(
+            "{INDEX}, application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json"
+        );
+        let response = self
+            .registry
+            .request(
+                "GET",
+                &format!("/v2/{IMAGE_REPO}/manifests/{reference}"),
+                &[("Accept", &accept)],
+                true,
+            )
+            .expect("registry answers");
+        (response.status == 200).then(|| serde_json::from_slice(&response.body).expect("JSON"))
+    }
+
+    fn reference(&self, tag: &str) -> String {
+        format!("docker://{}/{IMAGE_REPO}:{tag}", self.registry.host())
+    }
+}
+
+/// The platforms an index lists, as `os/architecture`, with each digest.
+fn platforms(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .expect("an index lists manifests")
+        .iter()
+        .map(|m| {
+            (
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap_or("?"),
+                    m["platform"]["architecture"].as_str().unwrap_or("?")
+                ),
+                m["digest"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_systems_go_under_latest_as_one_index_and_a_rerun_does_nothing() {
+    let w = World::new();
+    let out = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    out.assert_success();
+    let report = out.json();
+    let systems = report["systems"].as_array().expect("systems in --json");
+    assert_eq!(systems.len(), 2, "{report:#}");
+
+    // latest is an index with exactly two manifests, amd64 and arm64.
+    let latest = w.raw("latest").expect("latest exists");
+    assert_eq!(latest["mediaType"], INDEX, "{latest:#}");
+    let listed = platforms(&latest);
+    let names: Vec<&str> = listed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(names, ["linux/amd64", "linux/arm64"], "{latest:#}");
+    assert_eq!(
+        report["digest"].as_str(),
+        w.registry.digest(IMAGE_REPO, "latest").as_deref(),
+        "--json names the index's digest"
+    );
+    // Each system's image keeps its own content tag, at the listed digest,
+    // and declares its own architecture.
+    for (system, (platform, digest)) in systems.iter().zip(&listed) {
+        let out_path = system["out_path"].as_str().expect("out path");
+        let hash = Path::new(out_path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .expect("store hash");
+        let tag = format!("nix-{hash}");
+        assert_eq!(
+            w.registry.digest(IMAGE_REPO, &tag).as_deref(),
+            Some(digest.as_str()),
+            "{tag} ({platform})"
+        );
+        assert_eq!(system["digest"].as_str(), Some(digest.as_str()));
+    }
+    // The date tag is the index too.
+    let date = report["date"].as_str().expect("date");
+    assert_eq!(
+        w.registry.digest(IMAGE_REPO, date),
+        w.registry.digest(IMAGE_REPO, "latest")
+    );
+
+    // skopeo picks the arm64 manifest for an arm64 host.
+    let inspect = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--override-arch",
+            "arm64",
+            "--tls-verify=false",
+        ])
+        .arg(format!(
+            "--creds={}:{}",
+            w.registry.user(),
+            w.registry.password()
+        ))
+        .arg(w.reference("latest"))
+        .output()
+        .expect("skopeo runs");
+    assert!(inspect.status.success(), "{inspect:?}");
+    let config = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--config",
+            "--raw",
+            "--override-arch",
+            "arm64",
+            "--override-os",
+            "linux",
+            "--tls-verify=false",
+        ])
+        .arg(format!(
+            "--creds={}:{}",
+            w.registry.user(),
+            w.registry.password()
+        ))
+        .arg(w.reference("latest"))
+        .output()
+        .expect("skopeo runs");
+    assert!(config.status.success(), "{config:?}");
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).expect("config JSON");
+    assert_eq!(config["architecture"], "arm64");
+
+    // skopeo copy --all of latest to an OCI layout: both images come along.
+    let layout = common::new_tempdir("copy-all");
+    let copy = std::process::Command::new("skopeo")
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!(
+            "--src-creds={}:{}",
+            w.registry.user(),
+            w.registry.password()
+        ))
+        .arg(w.reference("latest"))
+        .arg(format!("oci:{}:latest", layout.path().display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(copy.status.success(), "{copy:?}");
+
+    // A rerun: nothing built, nothing uploaded, no tag written.
+    let builds = w.nix_builds();
+    let puts = w.registry.manifest_put_count();
+    let again = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    again.assert_success();
+    assert_eq!(w.nix_builds(), builds, "a rerun builds nothing");
+    assert_eq!(
+        w.registry.manifest_put_count(),
+        puts,
+        "a rerun writes no tag"
+    );
+    assert_eq!(again.json()["digest"], report["digest"]);
+}
+
+#[test]
+fn an_aarch64_image_that_declares_amd64_is_stopped_and_no_floating_tag_moves() {
+    let w = World::with_flake(|flake| {
+        flake.replace(
+            "goArch = { x86_64-linux = \"amd64\"; aarch64-linux = \"arm64\"; };",
+            "goArch = { x86_64-linux = \"amd64\"; aarch64-linux = \"amd64\"; };",
+        )
+    });
+    let out = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    out.assert_code(1);
+    let message = out.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(
+            "aarch64-linux: config: the image declares linux/amd64, but it was built for aarch64-linux, which is linux/arm64"
+        ),
+        "{out}"
+    );
+    let tags = w.registry.tags(IMAGE_REPO);
+    assert!(
+        tags.iter().all(|t| t.starts_with("nix-") || t.is_empty()),
+        "nothing but content tags may exist: {tags:?}"
+    );
+    assert!(!tags.iter().any(|t| t == "latest"), "{tags:?}");
+}
+
+#[test]
+fn a_failed_aarch64_build_moves_nothing_and_the_rerun_builds_only_aarch64() {
+    let marker = common::new_tempdir("allow");
+    let allow = marker.path().join("allow-aarch64");
+    let allow_text = allow.display().to_string();
+    let w = World::with_flake(|flake| {
+        // The aarch64 image's builder fails until the marker file exists
+        // (the sandbox is off, so it can look).
+        flake.replace(
+            "builder = \"/bin/sh\";\n          args = [ ./build-image.sh ];",
+            &format!(
+                "builder = \"/bin/sh\";\n          args = if system == \"aarch64-linux\" then [ \"-c\" \"test -e {allow_text} && exec /bin/sh $0\" ./build-image.sh ] else [ ./build-image.sh ];"
+            ),
+        )
+    });
+    let first = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    first.assert_code(1);
+    assert_eq!(w.registry.digest(IMAGE_REPO, "latest"), None, "{first}");
+    let tags = w.registry.tags(IMAGE_REPO);
+    assert!(!tags.iter().any(|t| !t.starts_with("nix-")), "{tags:?}");
+
+    std::fs::write(&allow, "").expect("marker");
+    let builds_before = w
+        .shims
+        .calls("nix")
+        .into_iter()
+        .filter(|a| a.first().map(String::as_str) == Some("build"))
+        .count();
+    let second = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    second.assert_success();
+    let builds: Vec<Vec<String>> = w
+        .shims
+        .calls("nix")
+        .into_iter()
+        .filter(|a| a.first().map(String::as_str) == Some("build"))
+        .collect();
+    let rerun: Vec<&Vec<String>> = builds[builds_before..].iter().collect();
+    assert_eq!(rerun.len(), 1, "one nix build in the rerun: {rerun:?}");
+    assert!(
+        rerun[0]
+            .iter()
+            .any(|a| a.ends_with("#packages.aarch64-linux.nixos")),
+        "{rerun:?}"
+    );
+    assert!(
+        !rerun[0].iter().any(|a| a.contains("x86_64-linux")),
+        "x86_64 is not rebuilt: {rerun:?}"
+    );
+    let build_note = second.json()["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "build").cloned())
+        .expect("build stage");
+    assert!(
+        build_note["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("x86_64-linux: already in the store"),
+        "{build_note:#}"
+    );
+    let latest = w.raw("latest").expect("latest after the rerun");
+    assert_eq!(platforms(&latest).len(), 2, "{latest:#}");
+}
