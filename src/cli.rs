@@ -288,6 +288,15 @@ pub struct RollbackArgs {
     #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
     pub tags: Vec<String>,
 
+    /// The systems the tags should serve (repeatable; RUNNERCTL_SYSTEMS): a target that lacks one is still rolled back to, with a warning naming it.
+    #[arg(
+        long = "system",
+        env = "RUNNERCTL_SYSTEMS",
+        value_delimiter = ',',
+        value_name = "SYSTEM"
+    )]
+    pub systems: Vec<String>,
+
     /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
     #[arg(short = 'C', long = "flake", value_name = "DIR")]
     pub flake: Option<PathBuf>,

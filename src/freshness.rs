@@ -135,39 +135,9 @@ pub fn last_pushed_date(state: &State) -> Option<(String, time::Date)> {
 
 /// The config of the image at `tag`; for an index, of its first manifest.
 fn config_of(destination: &Destination, tag: &str) -> miette::Result<Option<Vec<u8>>> {
-    let Some(mut manifest) = destination.manifest(tag)? else {
-        return Ok(None);
-    };
-    let digest_at = |bytes: &[u8], path: &[&str]| -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let mut v = &value;
-        for p in path {
-            v = match p.parse::<usize>() {
-                Ok(i) => v.get(i)?,
-                Err(_) => v.get(p)?,
-            };
-        }
-        v.as_str().map(String::from)
-    };
-    if let Some(child) = digest_at(&manifest.bytes, &["manifests", "0", "digest"]) {
-        match destination.manifest(&child)? {
-            Some(m) => manifest = m,
-            None => return Ok(None),
-        }
-    }
-    let Some(config) = digest_at(&manifest.bytes, &["config", "digest"]) else {
-        return Ok(None);
-    };
-    match destination {
-        Destination::Registry(registry) => Ok(registry.client().blob(&config, 4 * 1024 * 1024)?),
-        Destination::Layout(layout) => {
-            let dir = &layout.dir;
-            let hex = config.trim_start_matches("sha256:");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok(None);
-            }
-            Ok(std::fs::read(dir.join("blobs/sha256").join(hex)).ok())
-        }
+    match destination.manifest(tag)? {
+        Some(manifest) => destination.config(&manifest),
+        None => Ok(None),
     }
 }
 

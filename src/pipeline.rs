@@ -337,7 +337,7 @@ async fn stages(cx: &mut Ctx) -> miette::Result<Outcome> {
             },
         )
         .await?;
-        report_eval(&mut cx.report, &promoted.eval);
+        report_built(&mut cx.report, &promoted.built);
         cx.report.digest = Some(promoted.digest);
         return Ok(Outcome::Success);
     }

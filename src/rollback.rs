@@ -19,6 +19,7 @@ use crate::image::reference::{ImageRef, Tag};
 use crate::report::{Outcome, Report, StageReport};
 use crate::state::Command;
 use crate::state::{self, StageStatus};
+use crate::system::System;
 
 /// The tag `runnerctl rollback` leaves on the image it rolled back to.
 pub const ROLLED_BACK: &str = "rolled-back";
@@ -109,6 +110,44 @@ fn state_dir(args: &RollbackArgs) -> Result<PathBuf, RollbackError> {
         .ok_or(RollbackError::NoStateDir)
 }
 
+/// With several `--system`s: which of them the target has no image for,
+/// as a warning (a rollback to a date from before multi-arch is allowed).
+fn lacking_systems(
+    args: &RollbackArgs,
+    destination: &destination::Destination,
+    target: &destination::Manifest,
+) -> miette::Result<Option<String>> {
+    let mut systems: Vec<System> = Vec::new();
+    for text in args.systems.iter().filter(|s| !s.trim().is_empty()) {
+        systems.push(text.parse()?);
+    }
+    if systems.len() < 2 {
+        return Ok(None);
+    }
+    let has = destination.platforms(target)?;
+    let missing: Vec<String> = systems
+        .iter()
+        .filter(|s| {
+            let p = s.platform();
+            !has.contains(&format!("{}/{}", p.os, p.architecture))
+        })
+        .map(|s| s.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} has no image for {} (it is for {}): hosts of those systems get no image of their own from the moved tags until the next release",
+        args.target,
+        missing.join(", "),
+        if has.is_empty() {
+            "an unknown platform".to_string()
+        } else {
+            has.join(", ")
+        }
+    )))
+}
+
 fn check_target(target: &str) -> Result<(), RollbackError> {
     let bad = || RollbackError::BadTarget {
         target: crate::diagnostic::bound(target, 200),
@@ -188,6 +227,12 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
                 image: image.to_string(),
             })?;
     report.digest = Some(target.digest.clone());
+    let lacking = lacking_systems(args, &destination, &target)?;
+    if let Some(warning) = &lacking {
+        if !args.quiet && !args.json {
+            eprintln!("warning: {warning}");
+        }
+    }
     let moves = destination.moves(tags.iter().map(|t| t.as_str()), &target.digest)?;
     let started = Instant::now();
     let commands: Vec<String> = moves
@@ -195,11 +240,15 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         .map(|m| destination.describe_retag(&image, &m.tag, &target.digest))
         .collect();
     let described = describe_moves(&moves, &target.digest);
+    let warned = |note: String| match &lacking {
+        Some(warning) => format!("{note}; warning: {warning}"),
+        None => note,
+    };
     if args.dry_run {
         report.stages.push(StageReport {
             name: "rollback".into(),
             status: StageStatus::Planned,
-            note: if moves.is_empty() {
+            note: warned(if moves.is_empty() {
                 format!(
                     "nothing to move: {} already at {}",
                     report.tags.join(", "),
@@ -207,7 +256,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
                 )
             } else {
                 format!("would move {described}")
-            },
+            }),
             duration_ms: 0,
             commands,
         });
@@ -222,11 +271,11 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         destination.retag(ROLLED_BACK, &target)?;
     }
     let at = state::now();
-    let note = if moves.is_empty() {
+    let note = warned(if moves.is_empty() {
         format!("{} already at {}", report.tags.join(", "), target.digest)
     } else {
         format!("moved {described}")
-    };
+    });
     saved.rollback = Some(state::Rollback {
         image: image.to_string(),
         target: args.target.clone(),

@@ -307,3 +307,73 @@ fn a_failed_aarch64_build_moves_nothing_and_the_rerun_builds_only_aarch64() {
     let latest = w.raw("latest").expect("latest after the rerun");
     assert_eq!(platforms(&latest).len(), 2, "{latest:#}");
 }
+
+#[test]
+fn promote_and_rollback_move_floating_tags_to_an_index_and_warn_about_a_single_arch_target() {
+    let mut w = World::new();
+    // An image from before multi-arch: this machine's system only.
+    let single = w.run_multi(&["release", "--json"]);
+    single.assert_success();
+    let old_date = single.json()["date"].as_str().expect("date").to_string();
+    let old = w.registry.digest(IMAGE_REPO, "latest").expect("latest");
+
+    // A held multi-arch bump, then promote.
+    w.upstream_commit(1);
+    let held = w.run_multi(&[
+        "bump",
+        "--no-git-push",
+        "--hold",
+        "--system",
+        SYSTEMS,
+        "--json",
+    ]);
+    held.assert_success();
+    let index = w
+        .registry
+        .digest(IMAGE_REPO, "candidate")
+        .expect("candidate");
+    assert_eq!(w.raw("candidate").expect("candidate")["mediaType"], INDEX);
+    assert_eq!(
+        w.registry.digest(IMAGE_REPO, "latest"),
+        Some(old.clone()),
+        "--hold moves nothing"
+    );
+    let promoted = w.run_multi(&["promote", "--system", SYSTEMS, "--json"]);
+    promoted.assert_success();
+    assert_eq!(promoted.json()["digest"].as_str(), Some(index.as_str()));
+    for tag in ["latest", "unstable"] {
+        assert_eq!(
+            w.registry.digest(IMAGE_REPO, tag).as_deref(),
+            Some(index.as_str()),
+            "{tag}"
+        );
+    }
+
+    // Back to the single-arch image: allowed, with a warning naming the
+    // system it has no image for.
+    let back = w.run_multi(&["rollback", &old_date, "--system", SYSTEMS, "--json"]);
+    back.assert_success();
+    assert_eq!(w.registry.digest(IMAGE_REPO, "latest"), Some(old.clone()));
+    let note = back.json()["stages"][0]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        note.contains(&format!(
+            "{old_date} has no image for aarch64-linux (it is for linux/amd64)"
+        )),
+        "{back}"
+    );
+    // And forward again to the index: no warning.
+    let forward = w.run_multi(&["rollback", "candidate", "--system", SYSTEMS, "--json"]);
+    forward.assert_success();
+    assert_eq!(
+        w.registry.digest(IMAGE_REPO, "latest").as_deref(),
+        Some(index.as_str())
+    );
+    let note = forward.json()["stages"][0]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!note.contains("warning"), "{forward}");
+}

@@ -89,6 +89,21 @@ pub fn listed(bytes: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The platforms an index lists, as `os/architecture` (empty if the
+/// bytes are not an index).
+pub fn platforms(bytes: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<ImageIndex>(bytes)
+        .map(|index| {
+            index
+                .manifests()
+                .iter()
+                .filter_map(|d| d.platform().as_ref())
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Is this manifest an index (OCI image index or Docker manifest list)?
 pub fn is_index(manifest: &Manifest) -> bool {
     manifest.media_type == "application/vnd.oci.image.index.v1+json"

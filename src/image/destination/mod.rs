@@ -353,6 +353,39 @@ impl Destination {
         Ok(moves)
     }
 
+    /// The config blob of the image `manifest` describes (for an index,
+    /// of its first image); None if it is not there.
+    pub fn config(&self, manifest: &Manifest) -> miette::Result<Option<Vec<u8>>> {
+        let mut manifest = manifest.clone();
+        if let Some(first) = index::listed(&manifest.bytes).first() {
+            match self.manifest(first)? {
+                Some(child) => manifest = child,
+                None => return Ok(None),
+            }
+        }
+        let Ok(parsed) = serde_json::from_slice::<oci_spec::image::ImageManifest>(&manifest.bytes)
+        else {
+            return Ok(None);
+        };
+        let digest = parsed.config().digest().to_string();
+        match self {
+            Destination::Registry(r) => Ok(r.client.blob(&digest, 4 * 1024 * 1024)?),
+            Destination::Layout(l) => Ok(l.blob(&digest)),
+        }
+    }
+
+    /// The platforms (`linux/amd64`, …) an image or an index is for.
+    pub fn platforms(&self, manifest: &Manifest) -> miette::Result<Vec<String>> {
+        if index::is_index(manifest) {
+            return Ok(index::platforms(&manifest.bytes));
+        }
+        let config = self.config(manifest)?;
+        Ok(config
+            .and_then(|c| serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&c).ok())
+            .map(|c| vec![format!("{}/{}", c.os(), c.architecture())])
+            .unwrap_or_default())
+    }
+
     /// Store `index` (runnerctl's own bytes) under `tag`: a manifest PUT
     /// at a registry, which checks that every manifest it lists is there;
     /// a blob and an index entry in a layout.
