@@ -102,6 +102,9 @@ impl StatusDoc {
             if !o.tags.is_empty() {
                 facts.push(format!("tags {}", o.tags.join(",")));
             }
+            for system in &o.systems {
+                facts.push(format!("system {system}"));
+            }
             if let Some(v) = &o.commit {
                 facts.push(format!("commit {v}"));
             }

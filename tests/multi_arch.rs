@@ -203,6 +203,23 @@ fn two_systems_go_under_latest_as_one_index_and_a_rerun_does_nothing() {
         .expect("skopeo runs");
     assert!(copy.status.success(), "{copy:?}");
 
+    // status names each system's image and the index.
+    let status = common::Run::new(["status"]).in_repo(&w.repo).run();
+    status.assert_success();
+    for (system, (_, digest)) in ["x86_64-linux", "aarch64-linux"].iter().zip(&listed) {
+        assert!(
+            status.stdout.contains(&format!("system {system} {digest}")),
+            "{status}"
+        );
+    }
+    assert!(
+        status.stdout.contains(&format!(
+            "digest {}",
+            report["digest"].as_str().unwrap_or("?")
+        )),
+        "{status}"
+    );
+
     // A rerun: nothing built, nothing uploaded, no tag written.
     let builds = w.nix_builds();
     let puts = w.registry.manifest_put_count();

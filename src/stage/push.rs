@@ -60,7 +60,6 @@ impl Push<'_, '_> {
     /// The stage's result, with what the state records.
     fn done(
         &self,
-        cx: &Ctx,
         note: String,
         digest: &str,
         tags: &[Tag],
@@ -69,6 +68,7 @@ impl Push<'_, '_> {
         let outputs = Outputs {
             digest: Some(digest.to_string()),
             tags: self.survey.written(tags),
+            systems: systems.iter().map(|(s, d)| format!("{s} {d}")).collect(),
             out_path: self
                 .built
                 .images
@@ -76,7 +76,6 @@ impl Push<'_, '_> {
                 .map(|i| i.eval.out_path.to_string()),
             ..Outputs::default()
         };
-        let _ = cx;
         let pushed = Pushed {
             digest: Some(digest.to_string()),
             systems,
@@ -281,7 +280,7 @@ impl Push<'_, '_> {
             systems.len()
         ));
         clean_cache(&cx.cfg.cache_dir());
-        Ok(self.done(cx, notes.join("; "), &index.digest, &tags, systems))
+        Ok(self.done(notes.join("; "), &index.digest, &tags, systems))
     }
 }
 
@@ -345,7 +344,7 @@ impl Stage for Push<'_, '_> {
             self.remember(cx, 0, &digest, &tags);
         }
         let note = format!("tags {} already at {digest}", names.join(", "));
-        Ok(Check::Done(self.done(cx, note, &digest, &tags, Vec::new())))
+        Ok(Check::Done(self.done(note, &digest, &tags, Vec::new())))
     }
 
     fn plan(&self, cx: &Ctx, _: &()) -> Vec<String> {
@@ -425,6 +424,6 @@ impl Stage for Push<'_, '_> {
         self.survey.forget();
         let (digest, _, note) = self.publish_image(cx, 0, &states).await?;
         clean_cache(&cx.cfg.cache_dir());
-        Ok(self.done(cx, note, &digest, &tags, Vec::new()))
+        Ok(self.done(note, &digest, &tags, Vec::new()))
     }
 }
