@@ -394,3 +394,46 @@ fn promote_and_rollback_move_floating_tags_to_an_index_and_warn_about_a_single_a
         .to_string();
     assert!(!note.contains("warning"), "{forward}");
 }
+
+/// Every blob (layers and config) of the images an index lists.
+fn blobs_of(w: &World, index: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut blobs = std::collections::BTreeSet::new();
+    for (_, digest) in platforms(index) {
+        let manifest = w.raw(&digest).expect("listed manifest");
+        blobs.insert(
+            manifest["config"]["digest"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+        );
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            blobs.insert(layer["digest"].as_str().unwrap_or("?").to_string());
+        }
+    }
+    blobs
+}
+
+#[test]
+fn a_bump_that_changes_one_layer_per_system_uploads_only_the_new_blobs() {
+    let mut w = World::new();
+    w.run_multi(&["release", "--system", SYSTEMS])
+        .assert_success();
+    let before = blobs_of(&w, &w.raw("latest").expect("latest"));
+    let uploads = w.registry.blob_upload_count();
+    // A new nixpkgs commit changes exactly the last layer of each image
+    // (and so each config).
+    w.upstream_commit(1);
+    let out = w.run_multi(&["bump", "--no-git-push", "--system", SYSTEMS, "--json"]);
+    out.assert_success();
+    let latest = w.raw("latest").expect("latest");
+    assert_eq!(platforms(&latest).len(), 2);
+    let new: Vec<String> = blobs_of(&w, &latest).difference(&before).cloned().collect();
+    // Two configs, and the changed layer of each system (the fixture's is
+    // the same bytes on both, so one blob).
+    assert!((3..=4).contains(&new.len()), "{new:?}");
+    assert_eq!(
+        w.registry.blob_upload_count() - uploads,
+        new.len(),
+        "only the new blobs are uploaded: {new:?}\n{out}"
+    );
+}

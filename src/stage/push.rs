@@ -91,6 +91,7 @@ impl Push<'_, '_> {
         cx: &mut Ctx,
         at: usize,
         states: &[TagState],
+        reuse_from: &[TagState],
     ) -> miette::Result<(String, Option<Manifest>, String)> {
         let image: &mut Image = match self.built.images.get_mut(at) {
             Some(image) => image,
@@ -112,6 +113,7 @@ impl Push<'_, '_> {
                     first: &first.tag,
                     name: &image.eval.out_path.hash_part(),
                     states,
+                    reuse_from,
                 };
                 destination
                     .upload(&cx.runner, &self.prepared.tools, &upload)
@@ -197,11 +199,15 @@ impl Push<'_, '_> {
     async fn run_multi(&mut self, cx: &mut Ctx) -> miette::Result<Done<Pushed>> {
         let mut notes = Vec::new();
         let mut systems = Vec::new();
+        // What the date and floating tags name now (the last index): its
+        // images' layers need not be sent again.
+        let current = self.survey.publish_tags(&cx.cfg, None);
+        let before = self.survey.states(cx, &current).await?;
         for at in 0..self.built.images.len() {
             let eval = self.built.images[at].eval.clone();
             let tags = self.survey.image_tags(&cx.cfg, &eval);
             let states = self.survey.states(cx, &tags).await?;
-            let (digest, _, note) = self.publish_image(cx, at, &states).await?;
+            let (digest, _, note) = self.publish_image(cx, at, &states, &before).await?;
             notes.push(note);
             let system = self.built.images[at]
                 .system
@@ -422,7 +428,7 @@ impl Stage for Push<'_, '_> {
         let states = self.survey.states(cx, &tags).await?;
         // From here on the destination changes.
         self.survey.forget();
-        let (digest, _, note) = self.publish_image(cx, 0, &states).await?;
+        let (digest, _, note) = self.publish_image(cx, 0, &states, &[]).await?;
         clean_cache(&cx.cfg.cache_dir());
         Ok(self.done(note, &digest, &tags, Vec::new()))
     }

@@ -118,6 +118,9 @@ pub struct Upload<'a> {
     pub name: &'a str,
     /// Every tag to write, in order, and where it points now.
     pub states: &'a [TagState],
+    /// Other tags whose images may share layers with this one (with
+    /// several systems: the index the floating tags name now).
+    pub reuse_from: &'a [TagState],
 }
 
 /// The image at the destination after an upload (or found there).

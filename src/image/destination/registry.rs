@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use oci_spec::image::ImageManifest;
 
-use super::{write_layout, Manifest, NotThere, Pushed, TagState, Tools, Upload};
+use super::{index, write_layout, Manifest, NotThere, Pushed, TagState, Tools, Upload};
 use crate::digest::sha256_digest;
 use crate::image::layout as oci;
 use crate::image::reference::{ImageRef, Tag};
@@ -117,6 +117,22 @@ impl Registry {
         Ok(states)
     }
 
+    /// Learn the layers of the image manifest `digest` (its config read by
+    /// runnerctl's client).
+    fn learn_by_digest(&self, map: &mut oci::ReuseMap, digest: &str) -> miette::Result<()> {
+        let Some((manifest, _)) = self.client.manifest(digest)? else {
+            return Ok(());
+        };
+        let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&manifest) else {
+            return Ok(());
+        };
+        let config_digest = parsed.config().digest().to_string();
+        if let Some(config) = self.client.blob(&config_digest, 4 * 1024 * 1024)? {
+            oci::learn(map, &manifest, &config);
+        }
+        Ok(())
+    }
+
     /// What the registry's current images teach about layers: diff_id →
     /// compressed blob already in this repository.
     async fn reuse(
@@ -135,6 +151,18 @@ impl Registry {
                 continue;
             }
             seen.push(digest.clone());
+            // An index: what each of its images has (another system's
+            // layers are no use, but asking is cheaper than uploading).
+            let children = index::listed(manifest.as_bytes());
+            if !children.is_empty() {
+                for child in children {
+                    if !seen.contains(&child) {
+                        self.learn_by_digest(&mut map, &child)?;
+                        seen.push(child);
+                    }
+                }
+                continue;
+            }
             let config = tools
                 .skopeo
                 .config(
@@ -163,7 +191,8 @@ impl Registry {
         let reporter = runner.reporter();
         let first = up.first.clone();
         let scanned = oci::Scanned::new(up.archive)?;
-        let reuse = self.reuse(runner, tools, up.states).await?;
+        let known: Vec<TagState> = up.states.iter().chain(up.reuse_from).cloned().collect();
+        let reuse = self.reuse(runner, tools, &known).await?;
         let reusable = scanned
             .diff_ids()
             .filter(|d| reuse.contains_key(*d))
