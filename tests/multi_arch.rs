@@ -437,3 +437,25 @@ fn a_bump_that_changes_one_layer_per_system_uploads_only_the_new_blobs() {
         "only the new blobs are uploaded: {new:?}\n{out}"
     );
 }
+
+#[test]
+fn an_unknown_system_or_systems_without_content_tags_are_refused_before_anything_runs() {
+    let w = World::new();
+    let unknown = w.run_multi(&["release", "--system", "x86_64-linux,x86_64-darwin"]);
+    assert_ne!(unknown.code, Some(0), "{unknown}");
+    assert!(
+        unknown.stderr.contains("runnerctl::config::system"),
+        "{unknown}"
+    );
+    assert!(unknown.stderr.contains("x86_64-darwin"), "{unknown}");
+    let untagged = w.run_multi(&["release", "--system", SYSTEMS, "--no-nix-tag"]);
+    assert_ne!(untagged.code, Some(0), "{untagged}");
+    assert!(
+        untagged
+            .stderr
+            .contains("runnerctl::config::systems_without_nix_tag"),
+        "{untagged}"
+    );
+    assert_eq!(w.nix_builds(), 0, "nothing was built");
+    assert!(w.registry.tags(IMAGE_REPO).is_empty(), "nothing was pushed");
+}
