@@ -459,3 +459,57 @@ fn an_unknown_system_or_systems_without_content_tags_are_refused_before_anything
     assert_eq!(w.nix_builds(), 0, "nothing was built");
     assert!(w.registry.tags(IMAGE_REPO).is_empty(), "nothing was pushed");
 }
+
+#[test]
+fn prune_keeps_every_manifest_a_kept_index_lists() {
+    let mut w = World::new();
+    let first = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
+    first.assert_success();
+    let old_index = w.raw("latest").expect("latest");
+    w.upstream_commit(1);
+    let second = w.run_multi(&["bump", "--no-git-push", "--system", SYSTEMS, "--json"]);
+    second.assert_success();
+    let new_index = w.raw("latest").expect("latest");
+    let repo = w.repo.path().display().to_string();
+    let out = w.run_multi(&["prune", "--keep", "1", "-C", &repo, "--json"]);
+    out.assert_success();
+
+    // The kept index's images are all still there, by digest and by their
+    // content tags; the older index's are gone.
+    for (platform, digest) in platforms(&new_index) {
+        assert!(w.raw(&digest).is_some(), "{platform} {digest}\n{out}");
+    }
+    for (platform, digest) in platforms(&old_index) {
+        assert!(
+            w.raw(&digest).is_none(),
+            "{platform} {digest} was pruned\n{out}"
+        );
+    }
+    for system in second.json()["systems"].as_array().expect("systems") {
+        let hash = system["out_path"]
+            .as_str()
+            .and_then(|p| p.strip_prefix("/nix/store/"))
+            .and_then(|n| n.split('-').next())
+            .expect("hash");
+        assert!(
+            w.registry
+                .digest(IMAGE_REPO, &format!("nix-{hash}"))
+                .is_some(),
+            "{system}"
+        );
+    }
+    // And latest still pulls for every platform.
+    let layout = common::new_tempdir("pruned-copy-all");
+    let copy = std::process::Command::new("skopeo")
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!(
+            "--src-creds={}:{}",
+            w.registry.user(),
+            w.registry.password()
+        ))
+        .arg(w.reference("latest"))
+        .arg(format!("oci:{}:latest", layout.path().display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(copy.status.success(), "{copy:?}");
+}
