@@ -109,6 +109,17 @@ fn two_systems_go_under_latest_as_one_index_and_a_rerun_does_nothing() {
     let out = w.run_multi(&["release", "--system", SYSTEMS, "--json"]);
     out.assert_success();
     let report = out.json();
+    // One progress line per system's image.
+    for system in ["x86_64-linux", "aarch64-linux"] {
+        assert!(
+            out.stderr.contains(&format!("build: {system}: building")),
+            "{out}"
+        );
+        assert!(
+            out.stderr.contains(&format!("build: {system}: built")),
+            "{out}"
+        );
+    }
     let systems = report["systems"].as_array().expect("systems in --json");
     assert_eq!(systems.len(), 2, "{report:#}");
 
@@ -299,6 +310,11 @@ fn a_failed_aarch64_build_moves_nothing_and_the_rerun_builds_only_aarch64() {
         .filter(|a| a.first().map(String::as_str) == Some("build"))
         .collect();
     let rerun: Vec<&Vec<String>> = builds[builds_before..].iter().collect();
+    assert!(
+        second.stderr.contains("build: aarch64-linux: built"),
+        "{second}"
+    );
+    assert!(!second.stderr.contains("build: x86_64-linux:"), "{second}");
     assert_eq!(rerun.len(), 1, "one nix build in the rerun: {rerun:?}");
     assert!(
         rerun[0]

@@ -252,6 +252,19 @@ impl Stage for Build<'_, '_> {
             let _ = std::fs::create_dir_all(dir);
         }
         let attrs = Self::unbuilt(&evaluations);
+        if evaluations.len() > 1 {
+            // One line per system's image in the progress.
+            let targets = evaluations
+                .iter()
+                .filter(|e| e.build)
+                .map(|e| {
+                    let label = e.system.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                    (e.eval.drv_path.to_string(), label)
+                })
+                .collect();
+            cx.reporter()
+                .emit(crate::progress::Event::BuildTargets(targets));
+        }
         let results = self
             .prepared
             .nix
