@@ -61,9 +61,11 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
 
     // The derivation is new to both stores.
     let eval = |what: &str| {
-        run_checked(
-            nix_cmd(w.repo.path(), &env).args(["eval", "--raw", &format!(".#{ATTR}.{what}")]),
-        )
+        run_checked(nix_cmd(w.repo.path(), &env).args([
+            "eval",
+            "--raw",
+            &format!(".#{ATTR}.{what}"),
+        ]))
     };
     let drv_path = eval("drvPath");
     let out_path = eval("outPath");
@@ -78,7 +80,11 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
         !Path::new(&out_path).exists(),
         "{out_path} is already in the local store: the test would not build it"
     );
-    assert!(!remote_out.exists(), "{} exists already", remote_out.display());
+    assert!(
+        !remote_out.exists(),
+        "{} exists already",
+        remote_out.display()
+    );
 
     let image = w.image();
     let run_started = Instant::now();
@@ -107,7 +113,11 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
     }
     let report = out.json();
     assert_eq!(report["outcome"], "success", "{out}");
-    assert_eq!(report["out_path"].as_str(), Some(out_path.as_str()), "{out}");
+    assert_eq!(
+        report["out_path"].as_str(),
+        Some(out_path.as_str()),
+        "{out}"
+    );
     assert_eq!(w.nix_builds(), 1, "{:?}", w.shims.calls("nix"));
 
     // Built on the remote store: the remote Nix has the out path and the
@@ -151,7 +161,11 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
     );
     run_checked(nix_cmd(w.repo.path(), &env).args(["path-info", &out_path]));
     let archive = DockerArchive::read(Path::new(&out_path));
-    assert_eq!(archive.config["architecture"], "arm64", "{:#}", archive.config);
+    assert_eq!(
+        archive.config["architecture"], "arm64",
+        "{:#}",
+        archive.config
+    );
     assert_eq!(archive.config["os"], "linux");
     let input = archive
         .file_text("etc/nixpkgs-input")
@@ -167,7 +181,9 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
         .digest(IMAGE_REPO, "latest")
         .unwrap_or_else(|| panic!("no latest tag: {:?}", w.registry.tags(IMAGE_REPO)));
     assert_eq!(
-        w.registry.digest(IMAGE_REPO, &nix_tag(&out_path)).as_deref(),
+        w.registry
+            .digest(IMAGE_REPO, &nix_tag(&out_path))
+            .as_deref(),
         Some(latest.as_str())
     );
     let config = run_checked(

@@ -116,11 +116,7 @@ impl RemoteBuilder {
             &dir.path().join("known_hosts"),
             &format!("127.0.0.1 {host_key_line}\n"),
         );
-        let marker = format!(
-            "remote-builder-{}-{}",
-            std::process::id(),
-            nanos_now()
-        );
+        let marker = format!("remote-builder-{}-{}", std::process::id(), nanos_now());
         write(&guest.join("marker"), &format!("{marker}\n"));
         write(&guest.join("nix.conf"), REMOTE_NIX_CONF);
         write(&guest.join("start.sh"), START_SH);
@@ -201,7 +197,9 @@ impl RemoteBuilder {
             let out = self
                 .ssh_command("nix-store --version")
                 .output()
-                .unwrap_or_else(|e| panic!("remote builder: could not start ssh (install openssh-client): {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("remote builder: could not start ssh (install openssh-client): {e}")
+                });
             if out.status.success() {
                 return;
             }
