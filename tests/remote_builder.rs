@@ -14,8 +14,9 @@
 //!   marker into its build log and into the image;
 //! - the out path is new (a fresh stand-in nixpkgs) and in neither store
 //!   before the run;
-//! - after the run the remote store has the out path and the build log
-//!   (read there with the remote's own `nix-store`), sshd logged the key
+//! - after the run the remote store has the out path (and, over `ssh-ng://`,
+//!   the build log, read there with the remote's own `nix-store`), the local
+//!   build log has the builder's output with the marker, sshd logged the key
 //!   login, and the local store has the out path, copied back;
 //! - the registry has the image under runnerctl's tags, with the arm64
 //!   config of the archive that came back.
@@ -30,14 +31,30 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use remote_support::{RemoteBuilder, REMOTE_SYSTEM};
+use remote_support::{Protocol, RemoteBuilder, REMOTE_SYSTEM};
 
 const REMOTE_FLAKE_NIX: &str = include_str!("fixtures/remote/flake.nix");
 const BUILD_ON_BUILDER_SH: &str = include_str!("fixtures/remote/build-on-builder.sh");
 const ATTR: &str = "packages.aarch64-linux.nixos";
 
+/// `ssh-ng://` (the remote's `nix-daemon --stdio`): what the README
+/// example names.
 #[test]
-fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
+fn release_builds_the_aarch64_image_on_an_ssh_ng_remote_builder_and_pushes_it() {
+    release_through(Protocol::SshNg);
+}
+
+/// `ssh://` (the remote's `nix-store --serve --write`): the older protocol,
+/// which remote builders with an old Nix still speak.
+#[test]
+fn release_builds_the_aarch64_image_on_an_ssh_remote_builder_and_pushes_it() {
+    release_through(Protocol::Ssh);
+}
+
+/// `runnerctl release --attr packages.aarch64-linux.nixos` with the local
+/// Nix's `builders` naming a fresh remote builder over `protocol`; asserts
+/// where the image was built, that it came back, and what was pushed.
+fn release_through(protocol: Protocol) {
     let started = Instant::now();
     let builder = RemoteBuilder::start();
     eprintln!(
@@ -57,7 +74,7 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
         ],
     );
     let w = World::assemble(nixpkgs, repo, base, Registry::new());
-    let env = builder.local_env(w.repo.nix_env());
+    let env = builder.local_env(w.repo.nix_env(), protocol);
 
     // The derivation is new to both stores.
     let eval = |what: &str| {
@@ -107,7 +124,8 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
     let run_took = run_started.elapsed();
     if out.code != Some(0) {
         panic!(
-            "runnerctl release through the remote builder failed:\n{out}\n--- remote builder log ---\n{}",
+            "runnerctl release through the {} remote builder failed:\n{out}\n--- remote builder log ---\n{}",
+            protocol.scheme(),
             builder.log()
         );
     }
@@ -120,33 +138,56 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
     );
     assert_eq!(w.nix_builds(), 1, "{:?}", w.shims.calls("nix"));
 
-    // Built on the remote store: the remote Nix has the out path and the
-    // build log, which names the marker only the builder's root holds.
+    // Built on the remote store: the remote Nix has the out path, and the
+    // build's output, which names the marker only the builder's root
+    // holds, came back into the local build log.
     assert!(
         remote_out.exists(),
         "the remote store has no {out_name}: the image was not built on the remote builder"
     );
     builder.ssh(&format!("nix-store --check-validity {out_path}"));
-    let remote_log = builder.ssh(&format!("nix-store --read-log {drv_path}"));
     let expected = format!(
         "remote-builder fixture: building {out_path} for arm64 on {}",
         builder.marker()
     );
+    let local_log = run_checked(
+        std::process::Command::new("nix-store")
+            .args(["--read-log", &drv_path])
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    );
     assert!(
-        remote_log.contains(&expected),
-        "the remote store's build log of {drv_path} lacks {expected:?}:\n{remote_log}"
+        local_log.contains(&expected),
+        "the local build log of {drv_path} lacks {expected:?}:\n{local_log}"
     );
     let drv_name = Path::new(&drv_path)
         .file_name()
         .expect("a .drv file name")
         .to_string_lossy()
         .into_owned();
-    let log_file = builder
+    let remote_log_file = builder
         .nix_dir()
         .join("var/log/nix/drvs")
         .join(&drv_name[..2])
         .join(format!("{}.bz2", &drv_name[2..]));
-    assert!(log_file.exists(), "no {}", log_file.display());
+    match protocol {
+        // The remote's nix-daemon keeps the build log in its own store,
+        // read there with its own nix-store.
+        Protocol::SshNg => {
+            let remote_log = builder.ssh(&format!("nix-store --read-log {drv_path}"));
+            assert!(
+                remote_log.contains(&expected),
+                "the remote store's build log of {drv_path} lacks {expected:?}:\n{remote_log}"
+            );
+            assert!(remote_log_file.exists(), "no {}", remote_log_file.display());
+        }
+        // `nix-store --serve` builds with keep-build-log off: the log is
+        // only what the local Nix received.
+        Protocol::Ssh => assert!(
+            !remote_log_file.exists(),
+            "nix-store --serve kept a build log: {}",
+            remote_log_file.display()
+        ),
+    }
     let sshd_log = builder.log();
     assert!(
         sshd_log.contains("Accepted publickey for root"),
@@ -206,7 +247,8 @@ fn release_builds_the_aarch64_image_on_the_remote_builder_and_pushes_it() {
     assert_eq!(config_diff_ids(&config), archive.diff_ids());
 
     eprintln!(
-        "remote builder: release took {run_took:.1?}; the whole test {:.1?}",
+        "remote builder ({}://): release took {run_took:.1?}; the whole test {:.1?}",
+        protocol.scheme(),
         started.elapsed()
     );
 }

@@ -73,6 +73,26 @@ substituters =\n\
 extra-platforms = aarch64-linux\n\
 experimental-features = nix-command\n";
 
+/// How the local Nix talks to the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `ssh-ng://`: the remote runs `nix-daemon --stdio` (the daemon protocol).
+    SshNg,
+    /// `ssh://`: the remote runs `nix-store --serve --write` (the legacy
+    /// serve protocol).
+    Ssh,
+}
+
+impl Protocol {
+    /// The store URI scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::SshNg => "ssh-ng",
+            Protocol::Ssh => "ssh",
+        }
+    }
+}
+
 /// A running remote builder. Stopped (its whole root) on drop.
 pub struct RemoteBuilder {
     dir: TempDir,
@@ -244,20 +264,21 @@ impl RemoteBuilder {
 
     /// The `builders` line for Nix 2.8's machines format:
     /// `URI SYSTEMS SSH-KEY MAX-JOBS SPEED FEATURES MANDATORY HOST-KEY-BASE64`.
-    pub fn builders_line(&self) -> String {
+    pub fn builders_line(&self, protocol: Protocol) -> String {
         let host_key = base64::engine::general_purpose::STANDARD.encode(&self.host_key_line);
         format!(
-            "ssh-ng://root@127.0.0.1 {REMOTE_SYSTEM} {} 1 1 - - {host_key}",
+            "{}://root@127.0.0.1 {REMOTE_SYSTEM} {} 1 1 - - {host_key}",
+            protocol.scheme(),
             self.client_key().display()
         )
     }
 
     /// Lines to append to a test's `NIX_CONFIG`: the builder, no
     /// substitutes on it, and no local builds.
-    pub fn nix_config(&self) -> String {
+    pub fn nix_config(&self, protocol: Protocol) -> String {
         format!(
             "builders = {}\nbuilders-use-substitutes = false\nmax-jobs = 0\n",
-            self.builders_line()
+            self.builders_line(protocol)
         )
     }
 
@@ -277,12 +298,16 @@ impl RemoteBuilder {
     /// builder: `base` (a test's [`nix_env`](crate::common::nix_env)) with
     /// [`nix_config`](Self::nix_config) appended to its `NIX_CONFIG`, and
     /// `NIX_SSHOPTS`.
-    pub fn local_env(&self, base: &[(String, String)]) -> Vec<(String, String)> {
+    pub fn local_env(
+        &self,
+        base: &[(String, String)],
+        protocol: Protocol,
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = base
             .iter()
             .map(|(k, v)| {
                 if k == "NIX_CONFIG" {
-                    (k.clone(), format!("{v}{}", self.nix_config()))
+                    (k.clone(), format!("{v}{}", self.nix_config(protocol)))
                 } else {
                     (k.clone(), v.clone())
                 }
