@@ -472,6 +472,15 @@ fn an_unknown_system_or_systems_without_content_tags_are_refused_before_anything
             .contains("runnerctl::config::systems_without_nix_tag"),
         "{untagged}"
     );
+    // A system the flake has no package for: named before anything runs.
+    let absent = w.run_multi(&["release", "--system", "x86_64-linux,riscv64-linux"]);
+    assert_eq!(absent.code, Some(1), "{absent}");
+    assert!(
+        absent
+            .stderr
+            .contains("the flake has no output `packages.riscv64-linux.nixos`"),
+        "{absent}"
+    );
     assert_eq!(w.nix_builds(), 0, "nothing was built");
     assert!(w.registry.tags(IMAGE_REPO).is_empty(), "nothing was pushed");
 }

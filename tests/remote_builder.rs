@@ -41,20 +41,22 @@ const ATTR: &str = "packages.aarch64-linux.nixos";
 /// example names.
 #[test]
 fn release_builds_the_aarch64_image_on_an_ssh_ng_remote_builder_and_pushes_it() {
-    release_through(Protocol::SshNg);
+    // `--system aarch64-linux`: runnerctl builds packages.aarch64-linux.nixos
+    // and verify checks that the image declares linux/arm64.
+    release_through(Protocol::SshNg, &["--system", REMOTE_SYSTEM]);
 }
 
 /// `ssh://` (the remote's `nix-store --serve --write`): the older protocol,
 /// which remote builders with an old Nix still speak.
 #[test]
 fn release_builds_the_aarch64_image_on_an_ssh_remote_builder_and_pushes_it() {
-    release_through(Protocol::Ssh);
+    release_through(Protocol::Ssh, &["--attr", ATTR]);
 }
 
-/// `runnerctl release --attr packages.aarch64-linux.nixos` with the local
+/// `runnerctl release` of the aarch64 image (`what` names it) with the local
 /// Nix's `builders` naming a fresh remote builder over `protocol`; asserts
 /// where the image was built, that it came back, and what was pushed.
-fn release_through(protocol: Protocol) {
+fn release_through(protocol: Protocol, what: &[&str]) {
     let started = Instant::now();
     let builder = RemoteBuilder::start();
     eprintln!(
@@ -105,22 +107,10 @@ fn release_through(protocol: Protocol) {
 
     let image = w.image();
     let run_started = Instant::now();
-    let out = w
-        .prepare(
-            Run::new([
-                "release",
-                "--json",
-                "--attr",
-                ATTR,
-                "--image",
-                &image,
-                "--tls-verify",
-                "false",
-            ])
-            .in_repo(&w.repo),
-        )
-        .envs(&env)
-        .run();
+    let mut args = vec!["release", "--json"];
+    args.extend_from_slice(what);
+    args.extend(["--image", &image, "--tls-verify", "false"]);
+    let out = w.prepare(Run::new(args).in_repo(&w.repo)).envs(&env).run();
     let run_took = run_started.elapsed();
     if out.code != Some(0) {
         panic!(
