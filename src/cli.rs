@@ -297,28 +297,12 @@ pub struct RollbackArgs {
     )]
     pub systems: Vec<String>,
 
-    /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
-    #[arg(short = 'C', long = "flake", value_name = "DIR")]
-    pub flake: Option<PathBuf>,
-
-    /// Where runnerctl keeps its state [default: DIR/.runnerctl with -C, else $XDG_STATE_HOME/runnerctl].
-    #[arg(long, env = "RUNNERCTL_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-
     #[command(flatten)]
-    pub destination: DestinationArgs,
+    pub local: LocalArgs,
 
     /// Show which tag would move from which digest to which, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-
-    /// Print one JSON document on stdout and nothing else there.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Only print errors.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -344,6 +328,18 @@ pub struct PruneArgs {
     )]
     pub candidate_tag: String,
 
+    #[command(flatten)]
+    pub local: LocalArgs,
+
+    /// Print every tag and digest that would be deleted or kept, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What the commands that run without a flake pipeline (rollback, prune)
+/// share: where their state is, the destination, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
     /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
     #[arg(short = 'C', long = "flake", value_name = "DIR")]
     pub flake: Option<PathBuf>,
@@ -354,10 +350,6 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub destination: DestinationArgs,
-
-    /// Print every tag and digest that would be deleted or kept, and why; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
 
     /// Print one JSON document on stdout and nothing else there.
     #[arg(long)]

@@ -17,6 +17,7 @@ pub mod digest;
 pub mod flake_lock;
 pub mod freshness;
 pub mod image;
+pub mod local;
 pub mod pipeline;
 pub mod progress;
 pub mod prune;

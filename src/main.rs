@@ -134,13 +134,13 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Promote(args) => run_pipeline(Mode::Promote, args).await,
         Command::Rollback(args) => {
             let (report, err) = runnerctl::rollback::rollback(&args).await;
-            finish(&report, err, args.json, args.quiet)
+            finish(&report, err, args.local.json, args.local.quiet)
         }
         Command::Prune(args) => {
             let (report, err) = runnerctl::prune::prune(&args).await;
-            if args.json {
+            if args.local.json {
                 print_json(&report);
-            } else if !args.quiet {
+            } else if !args.local.quiet {
                 print_out(&report.render());
             }
             match err {
@@ -173,10 +173,7 @@ async fn run(cli: Cli) -> ExitCode {
                         }
                     }
                     if let Some(err) = &failure {
-                        doc.error = Some(runnerctl::report::ErrorReport {
-                            message: runnerctl::diagnostic::message(err),
-                            help: err.help().map(|h| h.to_string()),
-                        });
+                        doc.error = Some(runnerctl::report::ErrorReport::of(err));
                     }
                     if out.json {
                         print_json(&doc);
@@ -236,10 +233,7 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
                 let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
                 report.flake = args.common.flake.display().to_string();
                 report.image = args.destination.image.clone().unwrap_or_default();
-                report.error = Some(runnerctl::report::ErrorReport {
-                    message: runnerctl::diagnostic::message(&err),
-                    help: err.help().map(|h| h.to_string()),
-                });
+                report.error = Some(runnerctl::report::ErrorReport::of(&err));
                 print_json(&report);
             }
             print_error(err);

@@ -187,10 +187,7 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
         }
         Err(err) => {
             report.outcome = Outcome::Failure;
-            report.error = Some(ErrorReport {
-                message: crate::diagnostic::message(&err),
-                help: err.help().map(|h| h.to_string()),
-            });
+            report.error = Some(ErrorReport::of(&err));
             (report, Some(err))
         }
     }

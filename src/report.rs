@@ -24,6 +24,16 @@ pub struct ErrorReport {
     pub help: Option<String>,
 }
 
+impl ErrorReport {
+    /// What an error says, and what to do, for a JSON document.
+    pub fn of(err: &miette::Report) -> ErrorReport {
+        ErrorReport {
+            message: crate::diagnostic::message(err),
+            help: err.help().map(|h| h.to_string()),
+        }
+    }
+}
+
 /// How a run ended (`outcome` in the report and the state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

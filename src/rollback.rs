@@ -6,16 +6,14 @@
 //! rolled-back tags where they are (see `stage::push`), and the state
 //! records the rollback for `runnerctl status`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use miette::Diagnostic;
 use thiserror::Error;
 
-use crate::auth::Credentials;
 use crate::cli::RollbackArgs;
-use crate::image::destination::{self, describe_moves, Access, Destination, Manifest, TagMove};
-use crate::image::reference::{ImageRef, Tag};
+use crate::image::destination::{self, describe_moves, Destination, Manifest, TagMove};
+use crate::image::reference::Tag;
 use crate::report::{Outcome, Report, StageReport};
 use crate::state::Command;
 use crate::state::{self, StageStatus};
@@ -84,32 +82,6 @@ pub enum RollbackError {
     NoStateDir,
 }
 
-/// Where rollback keeps its state: --state-dir, else the checkout's
-/// `.runnerctl` with -C, else `$XDG_STATE_HOME/runnerctl`.
-fn state_dir(args: &RollbackArgs) -> Result<PathBuf, RollbackError> {
-    let absolute = |dir: &PathBuf| {
-        std::env::current_dir()
-            .map(|cwd| cwd.join(dir))
-            .unwrap_or_else(|_| dir.clone())
-    };
-    if let Some(dir) = &args.state_dir {
-        return Ok(absolute(dir));
-    }
-    if let Some(flake) = &args.flake {
-        return Ok(absolute(flake).join(".runnerctl"));
-    }
-    let xdg = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".local/state"));
-    xdg.or(home)
-        .map(|dir| dir.join("runnerctl"))
-        .ok_or(RollbackError::NoStateDir)
-}
-
 /// With several `--system`s: which of them the target has no image for,
 /// as a warning (a rollback to a date from before multi-arch is allowed).
 fn lacking_systems(
@@ -176,10 +148,7 @@ pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
         }
         Err(err) => {
             report.outcome = Outcome::Failure;
-            report.error = Some(crate::report::ErrorReport {
-                message: crate::diagnostic::message(&err),
-                help: err.help().map(|h| h.to_string()),
-            });
+            report.error = Some(crate::report::ErrorReport::of(&err));
             (report, Some(err))
         }
     }
@@ -199,26 +168,12 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         }
         tags
     };
-    let state_dir = state_dir(args)?;
-    let image = match &args.destination.image {
-        Some(text) => text.parse::<ImageRef>()?,
-        None => ImageRef::Oci {
-            dir: state_dir.join("oci"),
-        },
-    };
+    let state_dir = args.local.state_dir().ok_or(RollbackError::NoStateDir)?;
+    let image = args.local.image(&state_dir)?;
     report.image = image.to_string();
     report.tags = tags.iter().map(|t| t.to_string()).collect();
     report.state_file = state_dir.join(state::STATE_FILE).display().to_string();
-    let credentials = Credentials::from_env()?;
-    let connected = destination::connect(
-        &image,
-        &Access {
-            credentials: &credentials,
-            tls_verify: args.destination.tls_verify,
-            timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
-        },
-    )?;
-    let destination = connected.destination;
+    let destination = args.local.connect(&image)?.destination;
     let target =
         destination
             .manifest(&args.target)?
@@ -229,7 +184,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
     report.digest = Some(target.digest.clone());
     let lacking = lacking_systems(args, &destination, &target)?;
     if let Some(warning) = &lacking {
-        if !args.quiet && !args.json {
+        if !args.local.quiet && !args.local.json {
             eprintln!("warning: {warning}");
         }
     }

@@ -79,6 +79,24 @@ impl World {
         (response.status == 200).then(|| serde_json::from_slice(&response.body).expect("JSON"))
     }
 
+    /// `skopeo copy --all` of `tag` into a fresh OCI layout: every image an
+    /// index lists must be there to pull.
+    fn copy_all(&self, tag: &str) {
+        let layout = common::new_tempdir("copy-all");
+        let copy = std::process::Command::new("skopeo")
+            .args(["copy", "--all", "--src-tls-verify=false"])
+            .arg(format!(
+                "--src-creds={}:{}",
+                self.registry.user(),
+                self.registry.password()
+            ))
+            .arg(self.reference(tag))
+            .arg(format!("oci:{}:{tag}", layout.path().display()))
+            .output()
+            .expect("skopeo runs");
+        assert!(copy.status.success(), "{copy:?}");
+    }
+
     fn reference(&self, tag: &str) -> String {
         format!("docker://{}/{IMAGE_REPO}:{tag}", self.registry.host())
     }
@@ -200,19 +218,7 @@ fn two_systems_go_under_latest_as_one_index_and_a_rerun_does_nothing() {
     assert_eq!(config["architecture"], "arm64");
 
     // skopeo copy --all of latest to an OCI layout: both images come along.
-    let layout = common::new_tempdir("copy-all");
-    let copy = std::process::Command::new("skopeo")
-        .args(["copy", "--all", "--src-tls-verify=false"])
-        .arg(format!(
-            "--src-creds={}:{}",
-            w.registry.user(),
-            w.registry.password()
-        ))
-        .arg(w.reference("latest"))
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .output()
-        .expect("skopeo runs");
-    assert!(copy.status.success(), "{copy:?}");
+    w.copy_all("latest");
 
     // status names each system's image and the index.
     let status = common::Run::new(["status"]).in_repo(&w.repo).run();
@@ -524,17 +530,5 @@ fn prune_keeps_every_manifest_a_kept_index_lists() {
         );
     }
     // And latest still pulls for every platform.
-    let layout = common::new_tempdir("pruned-copy-all");
-    let copy = std::process::Command::new("skopeo")
-        .args(["copy", "--all", "--src-tls-verify=false"])
-        .arg(format!(
-            "--src-creds={}:{}",
-            w.registry.user(),
-            w.registry.password()
-        ))
-        .arg(w.reference("latest"))
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .output()
-        .expect("skopeo runs");
-    assert!(copy.status.success(), "{copy:?}");
+    w.copy_all("latest");
 }

@@ -14,10 +14,9 @@ use miette::Diagnostic;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::auth::Credentials;
 use crate::cli::PruneArgs;
-use crate::image::destination::{self, Access, Destination};
-use crate::image::reference::{ImageRef, Tag};
+use crate::image::destination::Destination;
+use crate::image::reference::Tag;
 use crate::image::registry::{Registry, RegistryError};
 use crate::report::{ErrorReport, Outcome, SCHEMA_VERSION};
 use crate::state;
@@ -108,32 +107,6 @@ impl PruneReport {
             error: None,
         }
     }
-}
-
-/// Where prune keeps its state: --state-dir, else the checkout's
-/// `.runnerctl` with -C, else `$XDG_STATE_HOME/runnerctl` (as rollback).
-fn state_dir(args: &PruneArgs) -> Result<PathBuf, PruneError> {
-    let absolute = |dir: &PathBuf| {
-        std::env::current_dir()
-            .map(|cwd| cwd.join(dir))
-            .unwrap_or_else(|_| dir.clone())
-    };
-    if let Some(dir) = &args.state_dir {
-        return Ok(absolute(dir));
-    }
-    if let Some(flake) = &args.flake {
-        return Ok(absolute(flake).join(".runnerctl"));
-    }
-    let xdg = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".local/state"));
-    xdg.or(home)
-        .map(|dir| dir.join("runnerctl"))
-        .ok_or(PruneError::NoStateDir)
 }
 
 fn floating_tags(args: &PruneArgs) -> Result<Vec<String>, PruneError> {
@@ -275,10 +248,7 @@ pub async fn prune(args: &PruneArgs) -> (PruneReport, Option<miette::Report>) {
         }
         Err(err) => {
             report.outcome = Outcome::Failure;
-            report.error = Some(ErrorReport {
-                message: crate::diagnostic::message(&err),
-                help: err.help().map(|h| h.to_string()),
-            });
+            report.error = Some(crate::report::ErrorReport::of(&err));
             (report, Some(err))
         }
     }
@@ -287,25 +257,12 @@ pub async fn prune(args: &PruneArgs) -> (PruneReport, Option<miette::Report>) {
 fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()> {
     let floating = floating_tags(args)?;
     let candidate = Tag::parse(args.candidate_tag.trim())?.to_string();
-    let state_dir = state_dir(args)?;
-    let image = match &args.destination.image {
-        Some(text) => text.parse::<ImageRef>()?,
-        None => ImageRef::Oci {
-            dir: state_dir.join("oci"),
-        },
-    };
+    let state_dir = args.local.state_dir().ok_or(PruneError::NoStateDir)?;
+    let image = args.local.image(&state_dir)?;
     let image_text = image.to_string();
     report.image = image_text.clone();
     report.state_file = state_dir.join(state::STATE_FILE).display().to_string();
-    let credentials = Credentials::from_env()?;
-    let connected = destination::connect(
-        &image,
-        &Access {
-            credentials: &credentials,
-            tls_verify: args.destination.tls_verify,
-            timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
-        },
-    )?;
+    let connected = args.local.connect(&image)?;
     let target = match connected.destination {
         Destination::Registry(registry) => Target::Registry(registry.client().clone()),
         Destination::Layout(layout) => Target::Layout(layout.dir),

@@ -47,6 +47,17 @@ pub struct Evaluation {
     build: bool,
 }
 
+impl Evaluation {
+    fn label(&self) -> String {
+        label(self.system.as_ref())
+    }
+}
+
+/// `SYSTEM: ` before a note about one of several images.
+fn label(system: Option<&System>) -> String {
+    system.map(|s| format!("{s}: ")).unwrap_or_default()
+}
+
 impl Image {
     pub fn new(system: Option<System>, eval: Evaluated) -> Image {
         Image {
@@ -58,10 +69,7 @@ impl Image {
 
     /// `SYSTEM: ` before a note about this image, when there are several.
     pub fn label(&self) -> String {
-        match &self.system {
-            Some(system) => format!("{system}: "),
-            None => String::new(),
-        }
+        label(self.system.as_ref())
     }
 
     /// The built image as an archive that can be read in place: a tar or a
@@ -107,6 +115,16 @@ impl Built {
         }
     }
 
+    /// What the stages after build depend on: the out paths.
+    pub fn fingerprint(&self) -> String {
+        let outs: Vec<String> = self
+            .images
+            .iter()
+            .map(|i| i.eval.out_path.to_string())
+            .collect();
+        outs.join(" ")
+    }
+
     /// Several systems, published under one index.
     pub fn multi(&self) -> bool {
         self.images.len() > 1
@@ -137,10 +155,7 @@ impl Build<'_, '_> {
                     cx.cfg.flake.display(),
                 ))
             })?;
-            let label = system
-                .as_ref()
-                .map(|s| format!("{s}: "))
-                .unwrap_or_default();
+            let label = label(system.as_ref());
             let out = eval.out_path.to_string();
             let build = if nix.is_valid(&cx.runner, &eval.out_path).await? {
                 notes.push(format!("{label}already in the store: {out}"));
@@ -188,11 +203,7 @@ impl Stage for Build<'_, '_> {
             .iter()
             .filter(|e| e.build)
             .map(|e| {
-                let label = e
-                    .system
-                    .as_ref()
-                    .map(|s| format!("{s}: "))
-                    .unwrap_or_default();
+                let label = e.label();
                 format!("{label}{} is not in the store", e.eval.out_path)
             })
             .collect();
@@ -227,11 +238,7 @@ impl Stage for Build<'_, '_> {
             .iter()
             .filter(|e| e.build)
             .map(|e| {
-                let label = e
-                    .system
-                    .as_ref()
-                    .map(|s| format!("{s}: "))
-                    .unwrap_or_default();
+                let label = e.label();
                 format!(
                     "{label}would build {} (from {}; not in the store yet)",
                     e.eval.out_path, e.eval.drv_path
@@ -289,11 +296,7 @@ impl Stage for Build<'_, '_> {
             else {
                 continue;
             };
-            let label = e
-                .system
-                .as_ref()
-                .map(|s| format!("{s}: "))
-                .unwrap_or_default();
+            let label = e.label();
             if e.eval.out_path != built {
                 cx.reporter().info(format!(
                     "warning: nix built {built}, but evaluation gave {}; using the built path",

@@ -47,13 +47,7 @@ impl Stage for Verify<'_, '_> {
     }
 
     fn fingerprint(&self, _cx: &Ctx) -> Option<String> {
-        let outs: Vec<String> = self
-            .built
-            .images
-            .iter()
-            .map(|i| i.eval.out_path.to_string())
-            .collect();
-        Some(outs.join(" "))
+        Some(self.built.fingerprint())
     }
 
     async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<(), Vec<usize>>> {
