@@ -24,6 +24,31 @@ pub struct ErrorReport {
     pub help: Option<String>,
 }
 
+/// How a command that runs once (rollback, prune) ended, for its document:
+/// its outcome and error, and the error to print.
+pub fn conclude(
+    result: miette::Result<()>,
+    dry_run: bool,
+    outcome: &mut Outcome,
+    error: &mut Option<ErrorReport>,
+) -> Option<miette::Report> {
+    match result {
+        Ok(()) => {
+            *outcome = if dry_run {
+                Outcome::DryRun
+            } else {
+                Outcome::Success
+            };
+            None
+        }
+        Err(err) => {
+            *outcome = Outcome::Failure;
+            *error = Some(ErrorReport::of(&err));
+            Some(err)
+        }
+    }
+}
+
 impl ErrorReport {
     /// What an error says, and what to do, for a JSON document.
     pub fn of(err: &miette::Report) -> ErrorReport {

@@ -137,21 +137,8 @@ pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
     let mut report = Report::new("rollback", args.dry_run);
     let result = rollback_inner(args, &mut report);
     report.duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(()) => {
-            report.outcome = if args.dry_run {
-                Outcome::DryRun
-            } else {
-                Outcome::Success
-            };
-            (report, None)
-        }
-        Err(err) => {
-            report.outcome = Outcome::Failure;
-            report.error = Some(crate::report::ErrorReport::of(&err));
-            (report, Some(err))
-        }
-    }
+    let err = crate::report::conclude(result, args.dry_run, &mut report.outcome, &mut report.error);
+    (report, err)
 }
 
 fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()> {

@@ -237,21 +237,8 @@ pub async fn prune(args: &PruneArgs) -> (PruneReport, Option<miette::Report>) {
     let mut report = PruneReport::new(args);
     let result = prune_inner(args, &mut report);
     report.duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(()) => {
-            report.outcome = if args.dry_run {
-                Outcome::DryRun
-            } else {
-                Outcome::Success
-            };
-            (report, None)
-        }
-        Err(err) => {
-            report.outcome = Outcome::Failure;
-            report.error = Some(crate::report::ErrorReport::of(&err));
-            (report, Some(err))
-        }
-    }
+    let err = crate::report::conclude(result, args.dry_run, &mut report.outcome, &mut report.error);
+    (report, err)
 }
 
 fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()> {
