@@ -131,42 +131,15 @@ impl Push<'_, '_> {
         let tags: Vec<Tag> = states.iter().map(|s| s.tag.clone()).collect();
         self.remember(cx, at, &digest, &tags);
         cx.save()?;
-        let note = self.retag(cx, &sent, states)?;
+        let note = self
+            .prepared
+            .destination
+            .retag_states(cx.reporter(), &sent, states)?;
         Ok((
             digest.clone(),
             sent.manifest,
             format!("{label}{digest}: {}{note}", sent.how),
         ))
-    }
-
-    /// Point every tag of `states` that the upload did not write at `sent`;
-    /// returns the note's tail (`; tagged …; skipped …`).
-    fn retag(&self, cx: &Ctx, sent: &Sent, states: &[TagState]) -> miette::Result<String> {
-        let (skipped, lagging): (Vec<_>, Vec<_>) = states
-            .iter()
-            .filter(|s| !sent.tagged.contains(&s.tag))
-            .partition(|s| s.digest.as_deref() == Some(&sent.digest));
-        for s in &skipped {
-            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                tag: s.tag.to_string(),
-                skipped: true,
-            }));
-        }
-        let lagging: Vec<Tag> = lagging.into_iter().map(|s| s.tag.clone()).collect();
-        self.prepared
-            .destination
-            .retag_all(cx.reporter(), sent, &lagging)?;
-        let mut written: Vec<String> = lagging.iter().map(|t| t.to_string()).collect();
-        written.sort();
-        let mut note = String::new();
-        if !written.is_empty() {
-            note.push_str(&format!("; tagged {}", written.join(", ")));
-        }
-        if !skipped.is_empty() {
-            let skipped: Vec<String> = skipped.iter().map(|s| s.tag.to_string()).collect();
-            note.push_str(&format!("; skipped {} (already there)", skipped.join(", ")));
-        }
-        Ok(note)
     }
 
     /// Several systems: the index over their images, from the manifests
@@ -217,18 +190,6 @@ impl Push<'_, '_> {
             systems.push((system, digest));
         }
         self.survey.forget();
-        // Each image, read back by digest, before anything names it.
-        let destination = &self.prepared.destination;
-        for (system, digest) in &systems {
-            if destination.manifest(digest)?.is_none() {
-                return Err(IndexError::MissingManifest {
-                    platform: system.clone(),
-                    digest: digest.clone(),
-                    image: cx.cfg.image.to_string(),
-                }
-                .into());
-            }
-        }
         let Some((content, index)) = self.index(cx).await? else {
             return Err(IndexError::MissingManifest {
                 platform: "one of the systems".into(),
@@ -237,54 +198,13 @@ impl Push<'_, '_> {
             }
             .into());
         };
-        let tags = self.survey.publish_tags(&cx.cfg, Some(content.clone()));
+        // The index under its content tag, checked; then the other tags.
+        let tags = self.survey.publish_tags(&cx.cfg, Some(content));
         let states = self.survey.states(cx, &tags).await?;
-        let there = |tag: &Tag| {
-            states
-                .iter()
-                .any(|s| &s.tag == tag && s.digest.as_deref() == Some(&index.digest))
-        };
-        let first = tags.first().cloned().unwrap_or(content);
-        let mut tagged = Vec::new();
-        if !there(&first) {
-            cx.reporter().emit(Event::Command {
-                command: destination.describe_retag(&cx.cfg.image, first.as_str(), &index.digest),
-            });
-            destination.put_index(first.as_str(), &index)?;
-            cx.reporter().emit(Event::Push(PushEvent::TagWritten {
-                tag: first.to_string(),
-                skipped: false,
-            }));
-            tagged.push(first.clone());
-        }
-        // Read back: the index the destination serves names every image.
-        let served = destination.manifest(first.as_str())?;
-        let listed = served.map(|m| index::listed(&m.bytes)).unwrap_or_default();
-        let missing: Vec<&str> = systems
-            .iter()
-            .filter(|(_, d)| !listed.contains(d))
-            .map(|(s, _)| s.as_str())
-            .collect();
-        if !missing.is_empty() {
-            return Err(IndexError::Incomplete {
-                image: cx.cfg.image.to_string(),
-                tag: first.to_string(),
-                missing: missing.join(", "),
-            }
-            .into());
-        }
-        let sent = Sent {
-            digest: index.digest.clone(),
-            manifest: Some(index.clone()),
-            how: String::new(),
-            tagged,
-        };
-        let tail = self.retag(cx, &sent, &states)?;
-        notes.push(format!(
-            "index {}: {} system(s) under {first}{tail}",
-            index.digest,
-            systems.len()
-        ));
+        let destination = &self.prepared.destination;
+        let sent = destination.publish_index(cx.reporter(), &index, &systems, &states)?;
+        let tail = destination.retag_states(cx.reporter(), &sent, &states)?;
+        notes.push(format!("{}: {}{tail}", index.digest, sent.how));
         clean_cache(&cx.cfg.cache_dir());
         Ok(self.done(notes.join("; "), &index.digest, &tags, systems))
     }
