@@ -374,16 +374,7 @@ impl Registry {
                         String::from_utf8_lossy(&body)
                     )
                 });
-                let mut tags: Vec<String> = json["tags"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|t| t.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                tags.sort();
-                tags
+                sorted_tags(&json)
             }
             s => panic!(
                 "GET /v2/{repo}/tags/list answered {s}: {}",
@@ -608,4 +599,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap_or_else(|e| panic!("no local address for a bound socket: {e}"))
         .port()
+}
+
+/// The `tags` of a `tags/list` answer, sorted.
+pub fn sorted_tags(json: &serde_json::Value) -> Vec<String> {
+    let mut tags: Vec<String> = json["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    tags
 }

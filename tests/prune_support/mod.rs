@@ -164,15 +164,7 @@ fn page(
     }
     let body: serde_json::Value =
         serde_json::from_slice(&raw[(split + 4).min(raw.len())..]).unwrap_or_default();
-    let mut tags: Vec<String> = body["tags"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    tags.sort();
+    let tags = crate::common::sorted_tags(&body);
     let n: usize = param("n")
         .and_then(|n| n.parse().ok())
         .unwrap_or(usize::MAX);
