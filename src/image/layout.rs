@@ -126,8 +126,14 @@ pub fn learn(map: &mut ReuseMap, manifest: &[u8], config: &[u8]) {
         return;
     }
     for (diff_id, layer) in config.rootfs.diff_ids.into_iter().zip(manifest.layers) {
+        // Docker's and OCI's gzip types are one OCI type in a new manifest.
+        let media_type = if layer.media_type.ends_with("zstd") {
+            super::codec::OCI_LAYER_ZSTD
+        } else {
+            OCI_LAYER_GZIP
+        };
         map.entry(diff_id).or_insert(Descriptor {
-            media_type: OCI_LAYER_GZIP.to_string(),
+            media_type: media_type.to_string(),
             digest: layer.digest,
             size: layer.size,
             annotations: None,
@@ -183,6 +189,19 @@ impl Scanned {
 
     pub fn layer_count(&self) -> usize {
         self.layers.len()
+    }
+
+    /// The image's config, as the archive holds it.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Layer `i`: where its bytes are in the archive (offset, size), and
+    /// its diff_id.
+    pub fn layer(&self, i: usize) -> Option<(u64, u64, &str)> {
+        self.layers
+            .get(i)
+            .map(|l| (l.offset, l.size, l.diff_id.as_str()))
     }
 }
 

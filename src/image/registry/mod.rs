@@ -19,9 +19,11 @@ use crate::digest::sha256_digest;
 use crate::tool::skopeo::{explain_failure, Context, Failure};
 
 mod auth;
+mod blobs;
 mod error;
 
 pub use auth::{parse_challenge, Challenge};
+pub use blobs::BlobUpload;
 pub use error::RegistryError;
 
 use auth::{basic_for, Basic};
@@ -138,6 +140,8 @@ struct Request<'a> {
     accept: Option<&'a str>,
     content_type: Option<&'a str>,
     body: Option<&'a [u8]>,
+    /// More headers (e.g. `Content-Range` for a chunk of a blob).
+    extra: Vec<(&'static str, String)>,
 }
 
 impl Registry {
@@ -215,7 +219,15 @@ impl Registry {
         }
     }
 
+    /// A path below `/v2/<repo>/`, or one the registry gave (a blob
+    /// upload's `Location`: absolute, or from the host's root).
     fn url(&self, scheme: &str, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path.to_string();
+        }
+        if path.starts_with('/') {
+            return format!("{scheme}://{}{path}", self.registry);
+        }
         format!("{scheme}://{}/v2/{}/{path}", self.registry, self.repository)
     }
 
@@ -234,6 +246,9 @@ impl Registry {
         }
         if let Some(auth) = authorization {
             r = r.set("Authorization", auth);
+        }
+        for (name, value) in &req.extra {
+            r = r.set(name, value);
         }
         match req.body {
             Some(body) => r.send_bytes(body),
@@ -397,6 +412,7 @@ impl Registry {
             accept: Some(accept),
             content_type: None,
             body: None,
+            extra: Vec::new(),
         })?
         else {
             return Ok(None);
@@ -434,6 +450,7 @@ impl Registry {
             accept: None,
             content_type: Some(media_type),
             body: Some(bytes),
+            extra: Vec::new(),
         })?;
         let reported = response
             .as_ref()

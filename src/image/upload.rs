@@ -1,0 +1,464 @@
+//! Pushing an image from a docker-archive straight to a registry: every
+//! new layer is compressed on one of the machine's cores and streamed to
+//! the registry as it is compressed; then the config, the manifest and the
+//! first tag.
+//!
+//! - A layer the repository already has (by diff_id, from the images it
+//!   holds: the [`ReuseMap`]) is neither compressed nor sent.
+//! - Each worker reads its layer from the archive, compresses it into a
+//!   fixed buffer of `chunk` bytes, hashing as it goes (the digest comes
+//!   out of the same pass), and sends the buffer each time it fills
+//!   (`PATCH`); the last bytes close the upload with the digest (`PUT`). A
+//!   layer that fits one buffer goes monolithic, in that `PUT`. Memory is
+//!   so bounded by the workers' buffers, whatever the image's size.
+//! - A layer whose upload fails with a transient failure (the classes
+//!   skopeo retries: 5xx, refused or reset connections) is compressed and
+//!   sent once more, in a new upload session.
+//! - Each blob that reached the registry is written to a journal (diff_id,
+//!   codec → digest). A push killed midway, run again, asks the registry
+//!   (`HEAD`) for the journal's blobs and sends only the ones it lacks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::codec::{Codec, OCI_LAYER_GZIP};
+use super::layout::{Descriptor, Manifest, ReuseMap, Scanned, OCI_CONFIG, OCI_MANIFEST};
+use super::registry::{Registry, RegistryError};
+use crate::digest::{hex, sha256_digest};
+
+/// The default size of a worker's buffer, and of a chunk sent.
+pub const DEFAULT_CHUNK: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum UploadError {
+    #[error("could not read layer {index} from the image archive {}", path.display())]
+    #[diagnostic(
+        code(runnerctl::upload::read),
+        help("the archive changed or is damaged; build again, then push")
+    )]
+    Read {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What to push, and how.
+pub struct Plan<'a> {
+    pub scanned: &'a Scanned,
+    /// Layers the repository has, by diff_id.
+    pub reuse: &'a ReuseMap,
+    pub codec: Codec,
+    /// Where blobs that reached the registry are recorded (None: nowhere).
+    pub journal: Option<&'a Path>,
+    /// Compressing uploaders; 0: one per core.
+    pub workers: usize,
+    /// A worker's buffer and chunk size; 0: [`DEFAULT_CHUNK`].
+    pub chunk: usize,
+}
+
+/// What the push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub manifest_digest: String,
+    pub manifest_bytes: Vec<u8>,
+    pub layers: usize,
+    /// Layers the repository had (by diff_id).
+    pub reused: usize,
+    /// Layers a killed earlier push had sent (found by `HEAD`).
+    pub resumed: usize,
+    /// Layers compressed and sent now, and their compressed bytes.
+    pub sent: usize,
+    pub sent_bytes: u64,
+    /// Whether the config blob was sent (it was not there yet).
+    pub config_sent: bool,
+    /// Layer uploads tried a second time.
+    pub retried: usize,
+}
+
+/// One layer's outcome in a worker.
+enum Outcome {
+    Sent(Descriptor),
+    Resumed(Descriptor),
+}
+
+/// Push the image of `plan` to `registry` and point `tag` at it.
+/// `on_layer(skipped, bytes)` is told about each layer when it is done.
+pub fn push(
+    registry: &Registry,
+    plan: &Plan,
+    tag: &str,
+    on_layer: &(dyn Fn(bool, u64) + Sync),
+) -> Result<Uploaded, UploadError> {
+    let scanned = plan.scanned;
+    let count = scanned.layer_count();
+    let todo: Vec<usize> = (0..count)
+        .filter(|&i| {
+            scanned
+                .layer(i)
+                .is_some_and(|(_, _, d)| !plan.reuse.contains_key(d))
+        })
+        .collect();
+    let journal = Journal::open(plan.journal, plan.codec);
+    let results: Mutex<HashMap<usize, Outcome>> = Mutex::new(HashMap::new());
+    let failure: Mutex<Option<UploadError>> = Mutex::new(None);
+    let retried = AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
+    let workers = match plan.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(todo.len().max(1));
+    let chunk = if plan.chunk == 0 {
+        DEFAULT_CHUNK
+    } else {
+        plan.chunk
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = todo.get(k) else { break };
+                let outcome = one_layer(registry, plan, &journal, i, chunk, &retried);
+                match outcome {
+                    Ok(outcome) => {
+                        match &outcome {
+                            Outcome::Sent(d) => on_layer(false, d.size),
+                            Outcome::Resumed(_) => on_layer(true, 0),
+                        }
+                        if let Ok(mut r) = results.lock() {
+                            r.insert(i, outcome);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut results = results.into_inner().unwrap_or_default();
+    let mut layers = Vec::with_capacity(count);
+    let (mut sent, mut sent_bytes, mut resumed) = (0, 0, 0);
+    for i in 0..count {
+        let diff_id = scanned.layer(i).map(|(_, _, d)| d).unwrap_or_default();
+        if let Some(desc) = plan.reuse.get(diff_id) {
+            on_layer(true, 0);
+            layers.push(desc.clone());
+            continue;
+        }
+        match results.remove(&i) {
+            Some(Outcome::Sent(desc)) => {
+                sent += 1;
+                sent_bytes += desc.size;
+                layers.push(desc);
+            }
+            Some(Outcome::Resumed(desc)) => {
+                resumed += 1;
+                layers.push(desc);
+            }
+            None => {
+                return Err(UploadError::Read {
+                    path: scanned.path.clone(),
+                    index: i,
+                    source: std::io::Error::other("the layer was not pushed"),
+                })
+            }
+        }
+    }
+    let (config_digest, config_sent) = registry.put_blob(scanned.config())?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.to_string()),
+        config: Descriptor {
+            media_type: OCI_CONFIG.to_string(),
+            digest: config_digest,
+            size: scanned.config().len() as u64,
+            annotations: None,
+        },
+        layers,
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| UploadError::Read {
+        path: scanned.path.clone(),
+        index: 0,
+        source: std::io::Error::other(e),
+    })?;
+    registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)?;
+    journal.clear();
+    Ok(Uploaded {
+        manifest_digest: sha256_digest(&manifest_bytes),
+        manifest_bytes,
+        layers: count,
+        reused: count - todo.len(),
+        resumed,
+        sent,
+        sent_bytes,
+        config_sent,
+        retried: retried.into_inner(),
+    })
+}
+
+/// Push layer `i`: found through the journal, or compressed and sent (once
+/// more after a transient failure).
+fn one_layer(
+    registry: &Registry,
+    plan: &Plan,
+    journal: &Journal,
+    i: usize,
+    chunk: usize,
+    retried: &AtomicUsize,
+) -> Result<Outcome, UploadError> {
+    let (offset, size, diff_id) = plan.scanned.layer(i).ok_or_else(|| UploadError::Read {
+        path: plan.scanned.path.clone(),
+        index: i,
+        source: std::io::Error::other("no such layer"),
+    })?;
+    if let Some(desc) = journal.get(diff_id) {
+        if registry.blob_size(&desc.digest)? == Some(desc.size) {
+            return Ok(Outcome::Resumed(desc));
+        }
+    }
+    let layer = (offset, size, i);
+    let desc = match send_layer(registry, plan, layer, chunk) {
+        Err(UploadError::Registry(e)) if e.is_transient() => {
+            retried.fetch_add(1, Ordering::SeqCst);
+            send_layer(registry, plan, layer, chunk)?
+        }
+        other => other?,
+    };
+    journal.record(diff_id, &desc);
+    Ok(Outcome::Sent(desc))
+}
+
+/// Where a worker's compressed bytes go: a buffer, hashed and counted as
+/// they come, sent as a chunk each time it fills.
+struct ChunkSink<'r> {
+    upload: super::registry::BlobUpload<'r>,
+    buf: Vec<u8>,
+    chunk: usize,
+    hash: Sha256,
+    size: u64,
+    /// The registry's error behind an I/O error given to the encoder.
+    failed: Option<RegistryError>,
+}
+
+impl Write for ChunkSink<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.chunk.saturating_sub(self.buf.len()).max(1);
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        self.hash.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() >= self.chunk {
+            if let Err(e) = self.upload.append(&self.buf) {
+                let io = std::io::Error::other(e.to_string());
+                self.failed = Some(e);
+                return Err(io);
+            }
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compress layer `(offset, size, index)` and stream it to the registry.
+fn send_layer(
+    registry: &Registry,
+    plan: &Plan,
+    (offset, size, index): (u64, u64, usize),
+    chunk: usize,
+) -> Result<Descriptor, UploadError> {
+    let read_err = |source: std::io::Error| UploadError::Read {
+        path: plan.scanned.path.clone(),
+        index,
+        source,
+    };
+    let mut file = File::open(&plan.scanned.path).map_err(read_err)?;
+    file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file.take(size));
+    let mut head = [0u8; 2];
+    let n = reader.read(&mut head).map_err(read_err)?;
+    let mut sink = ChunkSink {
+        upload: registry.start_upload()?,
+        buf: Vec::with_capacity(chunk),
+        chunk,
+        hash: Sha256::new(),
+        size: 0,
+        failed: None,
+    };
+    let passthrough = super::archive::is_gzip(&head[..n]);
+    let written = if passthrough {
+        // Already gzip: its bytes are the blob.
+        sink.write_all(&head[..n])
+            .and_then(|_| std::io::copy(&mut reader, &mut sink).map(|_| ()))
+    } else {
+        plan.codec.encoder(&mut sink).and_then(|mut enc| {
+            enc.write_all(&head[..n])?;
+            std::io::copy(&mut reader, &mut enc)?;
+            enc.finish().map(|_| ())
+        })
+    };
+    if let Err(e) = written {
+        return Err(match sink.failed.take() {
+            Some(registry_error) => UploadError::Registry(registry_error),
+            None => read_err(e),
+        });
+    }
+    let ChunkSink {
+        upload,
+        buf,
+        hash,
+        size,
+        ..
+    } = sink;
+    let digest = format!("sha256:{}", hex(&hash.finalize()));
+    upload.finish(&digest, &buf)?;
+    Ok(Descriptor {
+        media_type: if passthrough {
+            OCI_LAYER_GZIP.to_string()
+        } else {
+            plan.codec.media_type().to_string()
+        },
+        digest,
+        size,
+        annotations: None,
+    })
+}
+
+/// Blobs that reached the registry: one line per blob,
+/// `<codec> <diff_id> <digest> <size> <media type>`, appended as each
+/// upload completes.
+struct Journal {
+    path: Option<PathBuf>,
+    codec: String,
+    known: HashMap<String, Descriptor>,
+    file: Mutex<Option<File>>,
+}
+
+impl Journal {
+    fn open(path: Option<&Path>, codec: Codec) -> Journal {
+        let codec = codec.key();
+        let mut known = HashMap::new();
+        if let Some(file) = path.and_then(|p| File::open(p).ok()) {
+            for line in BufReader::new(file).lines().map_while(Result::ok).take(100_000) {
+                let f: Vec<&str> = line.split(' ').collect();
+                if let [c, diff_id, digest, size, media_type] = f[..] {
+                    let Ok(size) = size.parse() else { continue };
+                    if c == codec && digest.starts_with("sha256:") {
+                        known.insert(
+                            diff_id.to_string(),
+                            Descriptor {
+                                media_type: media_type.to_string(),
+                                digest: digest.to_string(),
+                                size,
+                                annotations: None,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let file = path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        Journal {
+            path: path.map(Path::to_path_buf),
+            codec,
+            known,
+            file: Mutex::new(file),
+        }
+    }
+
+    fn get(&self, diff_id: &str) -> Option<Descriptor> {
+        self.known.get(diff_id).cloned()
+    }
+
+    fn line(&self, diff_id: &str, d: &Descriptor) -> String {
+        format!(
+            "{} {diff_id} {} {} {}\n",
+            self.codec, d.digest, d.size, d.media_type
+        )
+    }
+
+    fn record(&self, diff_id: &str, d: &Descriptor) {
+        let line = self.line(diff_id, d);
+        if let Ok(mut guard) = self.file.lock() {
+            if let Some(f) = guard.as_mut() {
+                // One write per line, so lines from two workers never mix.
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
+
+    /// After a complete push its tags tell what the repository has: the
+    /// journal is emptied, so it never grows past one interrupted push.
+    fn clear(&self) {
+        if let Ok(mut guard) = self.file.lock() {
+            *guard = None;
+        }
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_remembers_blobs_per_codec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let gzip = Codec::default();
+        let zstd = Codec::new(super::super::codec::Compression::Zstd, None).expect("zstd");
+        let desc = Descriptor {
+            media_type: OCI_LAYER_GZIP.into(),
+            digest: "sha256:aa".into(),
+            size: 42,
+            annotations: None,
+        };
+        let j = Journal::open(Some(&path), gzip);
+        j.record("sha256:u1", &desc);
+        drop(j);
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(&path).expect("read") + "garbage line\n",
+        )
+        .expect("append");
+        assert_eq!(Journal::open(Some(&path), gzip).get("sha256:u1"), Some(desc));
+        // Another codec made other bytes: nothing to resume.
+        assert_eq!(Journal::open(Some(&path), zstd).get("sha256:u1"), None);
+        Journal::open(Some(&path), gzip).clear();
+        assert!(!path.exists());
+    }
+}
