@@ -42,7 +42,9 @@ pub struct Codec {
 #[error("--compression-level {level} is out of range for {name} ({min}–{max})")]
 #[diagnostic(
     code(runnerctl::config::compression_level),
-    help("pick a level in {min}–{max}, or leave --compression-level out for the default ({default})")
+    help(
+        "pick a level in {min}–{max}, or leave --compression-level out for the default ({default})"
+    )
 )]
 pub struct LevelError {
     pub level: u32,

@@ -365,7 +365,11 @@ impl Journal {
         let codec = codec.key();
         let mut known = HashMap::new();
         if let Some(file) = path.and_then(|p| File::open(p).ok()) {
-            for line in BufReader::new(file).lines().map_while(Result::ok).take(100_000) {
+            for line in BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .take(100_000)
+            {
                 let f: Vec<&str> = line.split(' ').collect();
                 if let [c, diff_id, digest, size, media_type] = f[..] {
                     let Ok(size) = size.parse() else { continue };
@@ -455,7 +459,10 @@ mod tests {
             std::fs::read_to_string(&path).expect("read") + "garbage line\n",
         )
         .expect("append");
-        assert_eq!(Journal::open(Some(&path), gzip).get("sha256:u1"), Some(desc));
+        assert_eq!(
+            Journal::open(Some(&path), gzip).get("sha256:u1"),
+            Some(desc)
+        );
         // Another codec made other bytes: nothing to resume.
         assert_eq!(Journal::open(Some(&path), zstd).get("sha256:u1"), None);
         Journal::open(Some(&path), gzip).clear();

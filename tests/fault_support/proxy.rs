@@ -28,6 +28,14 @@ pub struct ProxyCounters {
     /// pull but not push does.
     deny_uploads: AtomicBool,
     denied: AtomicUsize,
+    /// Answer 500 to the next this many blob-closing `PUT`s
+    /// (`PUT /v2/…/blobs/uploads/…?…digest=…`).
+    blob_fail: AtomicUsize,
+    blob_injected: AtomicUsize,
+    /// Hold the nth (1-based) blob chunk (`PATCH /v2/…/blobs/uploads/…`)
+    /// for good (until the proxy stops); 0: none.
+    patch_hold: AtomicUsize,
+    patches: AtomicUsize,
     log: Mutex<Vec<String>>,
 }
 
@@ -110,6 +118,27 @@ impl FaultProxy {
         self.c.denied.load(Ordering::SeqCst)
     }
 
+    /// Answer 500 to the next `n` blob-closing `PUT`s.
+    pub fn fail_blob_puts(&self, n: usize) {
+        self.c.blob_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// 500s answered to blob `PUT`s so far.
+    pub fn blob_injected(&self) -> usize {
+        self.c.blob_injected.load(Ordering::SeqCst)
+    }
+
+    /// Hold the `nth` (1-based) blob chunk `PATCH` until the proxy stops;
+    /// [`patches`](Self::patches) counts the ones that arrived.
+    pub fn hold_patch(&self, nth: usize) {
+        self.c.patch_hold.store(nth, Ordering::SeqCst);
+    }
+
+    /// Blob chunk `PATCH`es seen so far (the held one included).
+    pub fn patches(&self) -> usize {
+        self.c.patches.load(Ordering::SeqCst)
+    }
+
     /// 500s answered so far.
     pub fn injected(&self) -> usize {
         self.c.injected.load(Ordering::SeqCst)
@@ -177,6 +206,35 @@ pub fn proxy_one(
         let msg = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":"injected fault: these credentials may pull but not push"}]}"#;
         let resp = format!(
             "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWww-Authenticate: Basic realm=\"runnerctl-tests\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+            msg.len()
+        );
+        client.write_all(resp.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let blob_upload = path.starts_with("/v2/") && path.contains("/blobs/uploads/");
+    if blob_upload && method == "PATCH" {
+        let nth = counters.patches.fetch_add(1, Ordering::SeqCst) + 1;
+        if counters.patch_hold.load(Ordering::SeqCst) == nth {
+            while !counters.stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
+            }
+            return Ok(());
+        }
+    }
+    if blob_upload
+        && method == "PUT"
+        && path.contains("digest=")
+        && counters
+            .blob_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        counters.blob_injected.fetch_add(1, Ordering::SeqCst);
+        drain_body(&mut client, &text)?;
+        let msg = r#"{"errors":[{"code":"UNKNOWN","message":"injected fault: blob storage unavailable"}]}"#;
+        let resp = format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
             msg.len()
         );
         client.write_all(resp.as_bytes())?;

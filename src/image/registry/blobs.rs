@@ -137,7 +137,11 @@ impl BlobUpload<'_> {
 
     /// Close the upload with its `last` bytes, as blob `digest`.
     pub fn finish(mut self, digest: &str, last: &[u8]) -> Result<u64, RegistryError> {
-        let sep = if self.location.contains('?') { '&' } else { '?' };
+        let sep = if self.location.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let path = format!("{}{sep}digest={digest}", self.location);
         let mut extra = Vec::new();
         if !last.is_empty() && self.sent > 0 {
