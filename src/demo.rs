@@ -260,7 +260,7 @@ pub async fn demo(args: DemoArgs) -> miette::Result<()> {
     );
     println!("  image:    {} tags {}", first.image, first.tags.join(", "));
     println!("  remote:   {}", remote.display());
-    if second.outcome != crate::report::Outcome::UpToDate.as_str() || ran(&second) != 0 {
+    if second.outcome != crate::report::Outcome::UpToDate || ran(&second) != 0 {
         return Err(miette!(
             "the second bump was expected to be a no-op, but it was: {}",
             second.outcome

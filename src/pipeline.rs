@@ -13,9 +13,9 @@ use crate::stage::commit::Commit;
 use crate::stage::git_push::GitPush;
 use crate::stage::preflight::{Preflight, Prepared};
 use crate::stage::promote::Promote;
-use crate::stage::push::{Push, Survey};
+use crate::stage::push::Push;
 use crate::stage::smoke::Smoke;
-use crate::stage::target::Target;
+use crate::stage::tags::Survey;
 use crate::stage::update::Update;
 use crate::stage::verify::Verify;
 use crate::stage::{self, Check, Ctx, Stage};
@@ -182,11 +182,11 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
     report.duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(outcome) => {
-            report.outcome = outcome.as_str().to_string();
+            report.outcome = outcome;
             (report, None)
         }
         Err(err) => {
-            report.outcome = Outcome::Failure.as_str().into();
+            report.outcome = Outcome::Failure;
             report.error = Some(ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -222,13 +222,12 @@ async fn run_inner(
         }
     };
     let mode = cfg.mode;
-    let resume = saved.command.as_deref() == Some(mode.as_str())
-        && !Outcome::finished(saved.outcome.as_deref());
+    let resume = saved.command == Some(mode.into()) && !Outcome::finished(saved.outcome);
     if !cfg.dry_run {
         if !resume {
             saved.stages.clear();
         }
-        saved.command = Some(mode.as_str().to_string());
+        saved.command = Some(mode.into());
         saved.started_at = Some(state::now());
         saved.finished_at = None;
         saved.outcome = None;
@@ -284,15 +283,10 @@ async fn run_inner(
                 }
             }
         }
-        cx.state.outcome = Some(
-            if interrupted.is_some() {
-                Outcome::Interrupted
-            } else {
-                outcome
-            }
-            .as_str()
-            .to_string(),
-        );
+        cx.state.outcome = Some(match interrupted {
+            Some(_) => Outcome::Interrupted,
+            None => outcome,
+        });
         cx.state.finished_at = Some(state::now());
         cx.save()?;
     }
@@ -373,7 +367,7 @@ async fn stages(cx: &mut Ctx) -> miette::Result<Outcome> {
         None => (&prepared.target, checkout.as_path()),
     };
     let mut survey = Survey::new(&prepared, target);
-    let published = publish(cx, &prepared, flake, target, &mut survey).await;
+    let published = publish(cx, &prepared, flake, &mut survey).await;
     // Tags a rollback holds were not written.
     let held = survey.held_back();
     cx.report
@@ -420,7 +414,6 @@ async fn publish(
     cx: &mut Ctx,
     prepared: &Prepared,
     flake: &std::path::Path,
-    target: &Target,
     survey: &mut Survey<'_>,
 ) -> miette::Result<Option<String>> {
     let mut built: Built = run_stage(
@@ -462,7 +455,6 @@ async fn publish(
         cx,
         Push {
             prepared,
-            target,
             built: &mut built,
             survey,
         },

@@ -25,7 +25,8 @@ pub struct ErrorReport {
 }
 
 /// How a run ended (`outcome` in the report and the state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Success,
     /// bump: nothing new upstream, and the lock is on the remote.
@@ -34,6 +35,12 @@ pub enum Outcome {
     Failure,
     /// A signal stopped it (the state only: the report says failure).
     Interrupted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Outcome {
@@ -48,8 +55,8 @@ impl Outcome {
     }
 
     /// A recorded outcome after which nothing is left to resume.
-    pub fn finished(recorded: Option<&str>) -> bool {
-        matches!(recorded, Some(r) if r == Outcome::Success.as_str() || r == Outcome::UpToDate.as_str())
+    pub fn finished(recorded: Option<Outcome>) -> bool {
+        matches!(recorded, Some(Outcome::Success | Outcome::UpToDate))
     }
 }
 
@@ -60,7 +67,7 @@ pub struct Report {
     pub schema_version: u32,
     pub command: String,
     /// `success`, `up-to-date`, `dry-run` or `failure`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub dry_run: bool,
     pub flake: String,
     pub image: String,
@@ -84,7 +91,7 @@ impl Report {
         Report {
             schema_version: SCHEMA_VERSION,
             command: command.to_string(),
-            outcome: Outcome::Failure.as_str().into(),
+            outcome: Outcome::Failure,
             dry_run,
             flake: String::new(),
             image: String::new(),

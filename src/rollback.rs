@@ -17,6 +17,7 @@ use crate::cli::RollbackArgs;
 use crate::image::destination::{self, describe_moves, Access, Destination, Manifest, TagMove};
 use crate::image::reference::{ImageRef, Tag};
 use crate::report::{Outcome, Report, StageReport};
+use crate::state::Command;
 use crate::state::{self, StageStatus};
 
 /// The tag `runnerctl rollback` leaves on the image it rolled back to.
@@ -131,13 +132,11 @@ pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
                 Outcome::DryRun
             } else {
                 Outcome::Success
-            }
-            .as_str()
-            .into();
+            };
             (report, None)
         }
         Err(err) => {
-            report.outcome = Outcome::Failure.as_str().into();
+            report.outcome = Outcome::Failure;
             report.error = Some(crate::report::ErrorReport {
                 message: crate::diagnostic::message(&err),
                 help: err.help().map(|h| h.to_string()),
@@ -235,8 +234,8 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         tags: report.tags.clone(),
         at: at.clone(),
     });
-    saved.command = Some("rollback".into());
-    saved.outcome = Some(Outcome::Success.as_str().into());
+    saved.command = Some(Command::Rollback);
+    saved.outcome = Some(Outcome::Success);
     saved.started_at = Some(at.clone());
     saved.finished_at = Some(at.clone());
     saved.stages.clear();

@@ -10,6 +10,10 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::config::Mode;
+use crate::flake_lock::span::offset_of;
+pub use crate::report::Outcome;
+
 pub const STATE_VERSION: u32 = 1;
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";
@@ -97,20 +101,51 @@ pub struct ImageRecord {
     pub pushed_at: String,
 }
 
+/// The command a state records a run of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    Bump,
+    Release,
+    Promote,
+    Rollback,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Bump => "bump",
+            Command::Release => "release",
+            Command::Promote => "promote",
+            Command::Rollback => "rollback",
+        }
+    }
+}
+
+impl From<Mode> for Command {
+    fn from(mode: Mode) -> Command {
+        match mode {
+            Mode::Bump => Command::Bump,
+            Mode::Release => Command::Release,
+            Mode::Promote => Command::Promote,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
-    /// `bump` or `release`: the last run.
+    /// The last run's command.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
+    pub command: Option<Command>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
-    /// `success`, `up-to-date` or `failure`; absent while a run is under way
-    /// or after it was killed.
+    /// How it ended; absent while a run is under way or after it was
+    /// killed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
     /// Out path → what was pushed from it.
@@ -247,24 +282,6 @@ pub fn parse(text: &str, path: &Path) -> Result<State, StateError> {
         None => return Err(corrupt("no \"version\" field".to_string(), 1, 1)),
     }
     serde_json::from_value(value).map_err(|e| corrupt(e.to_string(), 1, 1))
-}
-
-/// Byte offset of a 1-based line and column, clamped to the text and moved
-/// back onto a character boundary.
-pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
-    let mut offset = text.len().saturating_sub(1);
-    let mut start = 0;
-    for (i, l) in text.split_inclusive('\n').enumerate() {
-        if i + 1 == line {
-            offset = (start + column.saturating_sub(1)).min(text.len());
-            break;
-        }
-        start += l.len();
-    }
-    while offset > 0 && !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    offset
 }
 
 /// Load the state, or a fresh one if there is none.
@@ -430,7 +447,7 @@ mod tests {
     fn round_trip_and_atomic_save() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut state = State {
-            command: Some("bump".into()),
+            command: Some(Command::Bump),
             ..State::default()
         };
         state.stages.insert(
@@ -515,8 +532,8 @@ mod tests {
 
     fn sample_state() -> String {
         let mut state = State {
-            command: Some("bump".into()),
-            outcome: Some("failure".into()),
+            command: Some(Command::Bump),
+            outcome: Some(Outcome::Failure),
             ..State::default()
         };
         state.stages.insert(

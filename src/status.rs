@@ -40,9 +40,9 @@ impl StatusDoc {
         let s = &self.state;
         out.push_str(&format!(
             "Last run: {} — {} (started {}, finished {})\n\n",
-            s.command.as_deref().unwrap_or("?"),
+            s.command.map(|c| c.as_str()).unwrap_or("?"),
             s.outcome
-                .as_deref()
+                .map(|o| o.as_str())
                 .unwrap_or("unfinished (interrupted; the next run resumes it)"),
             s.started_at.as_deref().unwrap_or("?"),
             s.finished_at.as_deref().unwrap_or("-"),

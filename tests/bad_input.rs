@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 /// Runs `args` twice (human, then `--json`); both must be refused with a
 /// diagnostic `code` that mentions every phrase, and change nothing.

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -756,12 +758,8 @@ fn a_500_on_every_retag_fails_clearly_then_resumes_without_reupload() {
     // `nix-<hash>` tag (never a floating tag alone on a new image: issue
     // 10, finding 1); nothing committed or pushed to git.
     let out_path = w.expected_out_path();
-    let hash = out_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('-').next())
-        .expect("store path hash");
-    assert_eq!(w.registry.tags(IMAGE_REPO), vec![format!("nix-{hash}")]);
+    let tag = nix_tag(&out_path.display().to_string());
+    assert_eq!(w.registry.tags(IMAGE_REPO), vec![tag]);
     assert_eq!(w.repo.head(), w.initial_remote_head);
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
     assert_eq!(w.stage_status("push").as_deref(), Some("failed"));
@@ -865,7 +863,7 @@ fn remote_changed_the_lock_stop_keep_the_local_commit_and_explain() {
     let mut w = World::new();
     let moved = w.repo.push_remote_lock_update();
     // Upstream moves again, so this bump's lock differs from the remote's.
-    let rev3 = w.nixpkgs.commit(w.new_time + DAY);
+    let rev3 = w.world.nixpkgs.commit(w.new_time + DAY);
     let subject = bump_subject(&date_tag(w.new_time + DAY));
     for attempt in 0..2 {
         let out = w.bump(&[]);
@@ -906,16 +904,13 @@ fn push_rejected_by_a_hook_clear_error_then_resume_repeats_only_the_push() {
     let w = World::new();
     let marker = w.repo.remote_path().join("rejected-once");
     let hook = w.repo.remote_path().join("hooks/pre-receive");
-    fs::write(
+    write_executable(
         &hook,
         format!(
             "#!/bin/sh\nif [ ! -e '{m}' ]; then : >'{m}'; echo 'policy: main is frozen (injected rejection)' >&2; exit 1; fi\nexit 0\n",
             m = marker.display()
         ),
-    )
-    .expect("write pre-receive hook");
-    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod hook");
+    );
 
     let out = w.bump(&[]);
     assert_diagnostic(&out, "runnerctl::tool::failed");

@@ -13,9 +13,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,8 +23,6 @@ use common::*;
 
 /// Generous: the tests run in parallel on two cores.
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-const DEFAULT_SUBJECT_PREFIX: &str = "chore(ci): Update nixos to ";
 
 const STAGES: [&str; 7] = [
     "preflight",
@@ -41,12 +38,6 @@ const STAGES: [&str; 7] = [
 // Times and dates
 // ---------------------------------------------------------------------------
 
-fn utc_date(secs: i64) -> time::Date {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
-        .date()
-}
-
 /// `YYYY-MM-DD` (UTC): the date in the commit body.
 fn date_dashed(secs: i64) -> String {
     let d = utc_date(secs);
@@ -54,56 +45,30 @@ fn date_dashed(secs: i64) -> String {
 }
 
 fn subject_for(secs: i64) -> String {
-    format!("{DEFAULT_SUBJECT_PREFIX}{}", date_tag(secs))
+    bump_subject(&date_tag(secs))
 }
 
 // ---------------------------------------------------------------------------
 // The world of one test
 // ---------------------------------------------------------------------------
 
-struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
-    shims: PathShims,
-    /// lastModified of the stand-in's first commit (what the initial lock has).
-    base: i64,
-}
+/// The registry world of tests/common, with what these tests ask of it.
+struct World(common::World);
+
+common::deref_to_world!(World, 0);
 
 impl World {
     fn new() -> Self {
-        let base = common::fresh_time();
-        let nixpkgs = StandInNixpkgs::new_at(base);
-        let repo = RunnerRepo::new(&nixpkgs);
-        Self::assemble(nixpkgs, repo, base)
+        World(common::World::new())
     }
 
     fn assemble(nixpkgs: StandInNixpkgs, repo: RunnerRepo, base: i64) -> Self {
-        let registry = Registry::new();
-        let mut shims = PathShims::new();
-        shims.log_calls("nix").log_calls("skopeo");
-        World {
+        World(common::World::assemble(
             nixpkgs,
             repo,
-            registry,
-            shims,
             base,
-        }
-    }
-
-    /// A new stand-in nixpkgs commit `days` days after the base. Returns its
-    /// rev.
-    fn upstream_commit(&mut self, days: i64) -> String {
-        self.nixpkgs.commit(self.base + days * DAY)
-    }
-
-    /// `docker://127.0.0.1:PORT/infra/runners/nixos`
-    fn image(&self) -> String {
-        format!("docker://{}/{IMAGE_REPO}", self.registry.host())
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.repo.path().join(".runnerctl")
+            Registry::new(),
+        ))
     }
 
     /// `runnerctl ARGS…` in the working clone, with the nix env, the shims
@@ -150,16 +115,8 @@ impl World {
         );
     }
 
-    fn nix_builds(&self) -> usize {
-        self.shims.count("nix", &["build"])
-    }
-
     fn nix_updates(&self) -> usize {
         self.shims.count("nix", &["flake", "update"]) + self.shims.count("nix", &["flake", "lock"])
-    }
-
-    fn skopeo_copies(&self) -> usize {
-        self.shims.count("skopeo", &["copy"])
     }
 
     /// Every tag of the image repository and its digest.
@@ -224,23 +181,6 @@ impl World {
             .lines()
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl Drop for World {
-    /// On a failed assertion, show what the registry saw.
-    fn drop(&mut self) {
-        if thread::panicking() {
-            let log = self.registry.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "--- registry log ({} lines, last {}) ---\n{}",
-                lines.len(),
-                tail.len(),
-                tail.join("\n")
-            );
-        }
     }
 }
 
@@ -354,26 +294,6 @@ fn oci_index_tags(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                todo.push(e.path());
-            } else if ft.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn assert_secret_absent(secret: &str, out: &RunOutput) {
     assert!(
         !out.stdout.contains(secret) && !out.stderr.contains(secret),
@@ -382,7 +302,7 @@ fn assert_secret_absent(secret: &str, out: &RunOutput) {
 }
 
 fn assert_secret_absent_from_dir(secret: &str, dir: &Path) {
-    for file in files_under(dir) {
+    for file in files_below(dir) {
         let bytes = fs::read(&file).unwrap_or_default();
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -390,14 +310,6 @@ fn assert_secret_absent_from_dir(secret: &str, dir: &Path) {
             file.display()
         );
     }
-}
-
-fn read_state(world: &World) -> serde_json::Value {
-    let path = world.state_dir().join("state.json");
-    let text = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no state file {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
 }
 
 // ---------------------------------------------------------------------------
@@ -519,7 +431,7 @@ fn rerun_after_a_bump_is_a_no_op() {
         w.nix_builds(),
         w.registry.blob_upload_count(),
         w.registry.manifest_put_count(),
-        w.skopeo_copies(),
+        w.skopeo_copies().len(),
     );
     assert_eq!(builds, 1);
     assert!(uploads > 0 && puts > 0 && copies > 0);
@@ -537,7 +449,7 @@ fn rerun_after_a_bump_is_a_no_op() {
         "blobs uploaded again"
     );
     assert_eq!(w.registry.manifest_put_count(), puts, "manifests PUT again");
-    assert_eq!(w.skopeo_copies(), copies, "skopeo copy ran again");
+    assert_eq!(w.skopeo_copies().len(), copies, "skopeo copy ran again");
     assert_eq!(w.registry_digests(), digests);
 }
 
@@ -648,7 +560,7 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
         w.shims.calls("nix")
     );
     assert_eq!(
-        w.skopeo_copies(),
+        w.skopeo_copies().len(),
         0,
         "a dry run copied: {:?}",
         w.shims.calls("skopeo")
@@ -730,9 +642,7 @@ fn sleepy_skopeo(dir: &Path, real: &Path) {
         marker = marker.display(),
         real = real.display(),
     );
-    let path = dir.join("skopeo");
-    fs::write(&path, script).expect("write the skopeo wrapper");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    write_executable(&dir.join("skopeo"), script);
 }
 
 #[test]
@@ -816,7 +726,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
 
     // What the killed run left behind: a readable state, the push unfinished,
     // nothing committed or tagged.
-    let state = read_state(&w);
+    let state = w.state();
     assert_eq!(state["command"], "bump", "{state:#}");
     assert!(
         state.get("outcome").is_none_or(|o| o.is_null()),
@@ -845,7 +755,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
         w.subject(&w.repo.head()),
         format!("{DEFAULT_SUBJECT_PREFIX}{date}")
     );
-    assert_eq!(read_state(&w)["outcome"], "success");
+    assert_eq!(w.state()["outcome"], "success");
 }
 
 // ---------------------------------------------------------------------------
@@ -956,9 +866,7 @@ fn git_moving_remote_on_commit(dir: &Path, other: &Path) {
         real = real.display(),
         other = other.display(),
     );
-    let path = dir.join("git");
-    fs::write(&path, script).expect("write the git wrapper");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    write_executable(&dir.join("git"), script);
 }
 
 #[test]
@@ -1275,10 +1183,10 @@ fn verify_failure_stops_before_push_and_commit() {
         w.registry_digests()
     );
     assert_eq!(w.registry.blob_upload_count(), 0);
-    assert_eq!(w.skopeo_copies(), 0);
+    assert_eq!(w.skopeo_copies().len(), 0);
     assert_eq!(w.repo.head(), head, "committed an image that failed verify");
     assert_eq!(w.remote_refs(), remote_refs);
-    let state = read_state(&w);
+    let state = w.state();
     assert_eq!(state["stages"]["verify"]["status"], "failed", "{state:#}");
     assert!(state["stages"]
         .get("push")

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{git, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
+use common::{git, write_executable, Run, RunnerRepo, StandInNixpkgs, DAY, T0};
 use runnerctl::progress::nix_log::{parse_line, BuildProgress, NixMsg};
 
 /// Recorded `nix build --log-format internal-json` streams (stderr, `@nix`
@@ -374,13 +374,10 @@ fn a_failure_shows_the_tail_and_where_the_full_log_is() {
     // last 20 and names the log that has them all.
     let shim_dir = tempfile::tempdir().expect("shim dir");
     let shim = shim_dir.path().join("skopeo");
-    std::fs::write(
+    write_executable(
         &shim,
         "#!/bin/sh\ncase \"$1\" in copy) for i in $(seq 1 30); do echo \"skopeo line $i\" >&2; done; exit 1;; esac\nexec /usr/bin/skopeo \"$@\"\n",
-    )
-    .expect("write shim");
-    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     let path = format!(
         "{}:{}",
         shim_dir.path().display(),

@@ -13,24 +13,13 @@ use common::{Run, RunOutput, IMAGE_REPO};
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The registry world of tests/common, with what these tests ask of it.
-struct World(common::RegistryWorld);
+struct World(common::World);
 
-impl std::ops::Deref for World {
-    type Target = common::RegistryWorld;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+common::deref_to_world!(World, 0);
 
 impl World {
     fn new() -> Self {
-        World(common::RegistryWorld::new())
+        World(common::World::new())
     }
 
     /// A bump to a new nixpkgs commit `days` after the start; its date tag.
@@ -59,10 +48,6 @@ impl World {
         let mut tags = self.registry.tags(IMAGE_REPO);
         tags.sort();
         tags
-    }
-
-    fn nix_builds(&self) -> usize {
-        self.shims.count("nix", &["build"])
     }
 }
 
@@ -195,7 +180,7 @@ fn rollback_moves_latest_back_and_a_release_without_hold_does_not_undo_it() {
     let xdg = elsewhere.path().join("state");
     let blobs = w.registry.blob_upload_count();
     let out = w
-        .with_registry(
+        .prepare(
             Run::new([
                 "rollback",
                 first.as_str(),

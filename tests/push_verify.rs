@@ -7,12 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{report_stage, Run, RunOutput, DAY, IMAGE_REPO};
+use common::{report_stage, Run, RunOutput, World, DAY, IMAGE_REPO};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The registry world of tests/common.
-type World = common::RegistryWorld;
 
 fn source_of(copy: &[String]) -> &str {
     copy.get(copy.len().saturating_sub(2))

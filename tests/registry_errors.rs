@@ -14,17 +14,18 @@ mod common;
 mod fault_support;
 
 use std::fs;
-use std::io::ErrorKind;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const RUN_AGAIN: &str = "run the same command again";
 
@@ -188,10 +189,8 @@ enum Answer {
 /// A server on 127.0.0.1 that is not a registry. Stopped (its connections
 /// closed) on drop.
 struct TcpServer {
-    port: u16,
     accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    service: TcpService,
 }
 
 /// Answer one HTTP request with a 404 page, then close.
@@ -217,54 +216,23 @@ fn answer_not_found(mut stream: TcpStream) {
 
 impl TcpServer {
     fn start(answer: Answer) -> TcpServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("local addr").port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, stop) = (accepted.clone(), stop.clone());
-            thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                            match answer {
-                                Answer::Never => held.push(stream),
-                                Answer::NotFound => {
-                                    let _ = stream.set_nonblocking(false);
-                                    thread::spawn(move || answer_not_found(stream));
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(20))
-                        }
-                        Err(_) => break,
-                    }
+        let counter = accepted.clone();
+        let mut held = Vec::new();
+        let service = TcpService::start(move |stream| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            match answer {
+                Answer::Never => held.push(stream),
+                Answer::NotFound => {
+                    thread::spawn(move || answer_not_found(stream));
                 }
-            })
-        };
-        TcpServer {
-            port,
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
+            }
+        });
+        TcpServer { accepted, service }
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TcpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.service.host()
     }
 }
 

@@ -8,11 +8,13 @@ mod fault_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 /// The world's environment without RUNNERCTL_REGISTRY_USER/PASSWORD, with
 /// HOME and XDG_RUNTIME_DIR in the test's temp dir (so only the logins the
@@ -35,31 +37,21 @@ fn env_without_runnerctl_credentials(w: &World) -> (Vec<(String, String)>, PathB
 /// `skopeo login` as a user would run it (it writes
 /// `$XDG_RUNTIME_DIR/containers/auth.json`).
 fn skopeo_login(w: &World, env: &[(String, String)], password: &str) {
-    let mut child = Command::new("skopeo")
-        .args([
-            "login",
-            "--tls-verify=false",
-            "--username",
-            &w.user,
-            "--password-stdin",
-            &w.registry.host(),
-        ])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("skopeo login");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("skopeo login");
+    let out = output_with_input(
+        Command::new("skopeo")
+            .args([
+                "login",
+                "--tls-verify=false",
+                "--username",
+                &w.user,
+                "--password-stdin",
+                &w.registry.host(),
+            ])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", std::env::var("PATH").unwrap_or_default()),
+        password.as_bytes(),
+    );
     // A wrong password: skopeo login refuses it, so write the file as a
     // stale login would have left it.
     if !out.status.success() {
@@ -821,9 +813,7 @@ fn commit_templates_symlinked_locks_and_huge_child_output() {
 fn huge_nix_version_output(repo: &RunnerRepo, script: &str, quoted: bool) {
     let bin = tempfile::tempdir().expect("bin");
     let nix = bin.path().join("nix");
-    fs::write(&nix, script).expect("nix");
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&nix, fs::Permissions::from_mode(0o755)).expect("chmod");
+    write_executable(&nix, script);
     let path = format!(
         "{}:{}",
         bin.path().display(),

@@ -11,45 +11,16 @@ mod common;
 mod fault_support;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use common::*;
 use fault_support::*;
+// The fault world (the common one with hooks), not common::World.
+use fault_support::World;
 
 const SECRET: &str = "Zx9-SECRET-pw-7781";
 const SECRET_USER: &str = "ci-secret";
-
-/// Adds `user` with `password` to the registry's htpasswd and restarts it
-/// (docker-registry reads the file at start).
-fn add_registry_user(registry: &mut Registry, user: &str, password: &str) {
-    let htpasswd = registry
-        .log_path()
-        .parent()
-        .expect("registry dir")
-        .join("htpasswd");
-    assert!(htpasswd.is_file(), "{} is missing", htpasswd.display());
-    let mut child = Command::new("htpasswd")
-        .arg("-iB")
-        .arg(&htpasswd)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("htpasswd");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("send the password");
-    assert!(child.wait().expect("htpasswd").success());
-    registry.stop();
-    registry.start();
-}
 
 /// What must never appear anywhere: the password, and the auth token made
 /// from it (base64 of `user:password`).
@@ -136,29 +107,26 @@ fn reject_next_push(remote: &Path) {
     let marker = remote.join("rejected-once");
     let _ = fs::remove_file(&marker);
     let hook = remote.join("hooks/pre-receive");
-    fs::write(
+    write_executable(
         &hook,
         format!(
             "#!/bin/sh\nif [ ! -e '{m}' ]; then : >'{m}'; echo 'policy: rejected (injected)' >&2; exit 1; fi\nexit 0\n",
             m = marker.display()
         ),
-    )
-    .expect("write hook");
-    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod hook");
+    );
 }
 
 #[test]
 fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
     let mut day = 1;
     let mut next_upstream = |w: &mut World| {
         day += 1;
-        w.nixpkgs.commit(w.new_time + day * DAY);
+        w.world.nixpkgs.commit(w.new_time + day * DAY);
     };
 
     // Success, human.
@@ -244,7 +212,7 @@ fn registry_password_never_leaks_and_the_auth_file_is_private_and_removed() {
 #[test]
 fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
@@ -272,15 +240,15 @@ fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
 #[test]
 fn promote_and_rollback_never_leak_the_registry_password() {
     let mut w = World::new();
-    add_registry_user(&mut w.registry, SECRET_USER, SECRET);
+    w.registry.add_user(SECRET_USER, SECRET);
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
-    w.nixpkgs.commit(w.new_time + DAY);
+    w.world.nixpkgs.commit(w.new_time + DAY);
     let first = w.bump(&["--json"]);
     first.assert_success();
     let date = first.json()["date"].as_str().expect("date").to_string();
-    w.nixpkgs.commit(w.new_time + 2 * DAY);
+    w.world.nixpkgs.commit(w.new_time + 2 * DAY);
     w.bump(&["--hold"]).assert_success();
 
     // `COMMAND… --image … --tls-verify=false [--json]`.

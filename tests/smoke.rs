@@ -16,37 +16,29 @@ use engine_support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A runnable-fixture repo, a registry and an empty podman storage.
+/// The common world around a runnable-fixture repo, with an empty podman
+/// storage.
 struct World {
-    nixpkgs: StandInNixpkgs,
-    repo: RunnerRepo,
-    registry: Registry,
+    world: common::World,
     podman: Podman,
 }
+
+common::deref_to_world!(World, world);
 
 impl World {
     fn new() -> Self {
         let nixpkgs = StandInNixpkgs::new();
         let repo = runnable_repo(&nixpkgs, None);
-        let registry = Registry::new();
-        let podman = Podman::new(&[registry.host()]);
-        World {
-            nixpkgs,
-            repo,
-            registry,
-            podman,
-        }
-    }
-
-    fn destination(&self) -> String {
-        format!("docker://{}/{IMAGE_REPO}", self.registry.host())
+        let world = common::World::assemble(nixpkgs, repo, T0, Registry::new());
+        let podman = Podman::new(&[world.registry.host()]);
+        World { world, podman }
     }
 
     /// `runnerctl MODE --json --image … --tls-verify false ARGS…` in the
     /// repo, with the registry's credentials, the test's podman and
     /// `RUNNERCTL_SMOKE=auto`.
     fn runnerctl(&self, mode: &str, args: &[&str]) -> Run {
-        let dest = self.destination();
+        let dest = self.image();
         let mut all = vec![mode, "--json", "--image", &dest, "--tls-verify", "false"];
         all.extend_from_slice(args);
         Run::new(all)
@@ -320,7 +312,7 @@ fn a_dry_run_names_the_engine_and_every_check_and_runs_none() {
             "--smoke-cmd",
             "jq --version",
             "--image",
-            &w.destination(),
+            &w.image(),
             "--tls-verify",
             "false",
         ])
@@ -388,13 +380,10 @@ fn an_engine_that_does_not_work_is_skipped_under_auto_and_an_error_under_always(
     // A docker CLI without a daemon: its `info` fails as docker's does.
     let bin = path_without_engines();
     let docker = bin.path().join("docker");
-    std::fs::write(
+    write_executable(
         &docker,
         "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n",
-    )
-    .expect("write docker");
-    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod docker");
+    );
     let path = bin.path().display().to_string();
 
     let out = timed(&["--smoke", "always", "(docker without a daemon)"], || {

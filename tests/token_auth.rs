@@ -4,25 +4,25 @@
 //! (the upload) and runnerctl's own registry client (the extra tags) must
 //! fetch a JWT from the realm with Basic credentials.
 //!
-//! The realm is a tiny token server run by the test itself: a std
-//! `TcpListener` thread answering `GET /token?service=…&scope=…` with
+//! The realm is a tiny token server run by the test itself (on common's
+//! `TcpService`) answering `GET /token?service=…&scope=…` with
 //! `{"token": "<JWT>"}` when the request carries the right Basic
 //! credentials, `401` otherwise. Tokens are RS256 JWTs signed with
 //! `openssl dgst -sha256 -sign`, with the signing certificate in the `x5c`
-//! header; the registry trusts that certificate (`rootcertbundle`).
+//! header; the registry (common's `Registry` with `RegistryAuth::Token`, in
+//! the common `World`) trusts that certificate (`rootcertbundle`).
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
@@ -116,21 +116,12 @@ impl SigningKey {
 
     /// RS256: a PKCS#1 v1.5 signature over SHA-256 of `data`.
     fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(&self.key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start openssl dgst");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(data)
-            .expect("write to openssl");
-        let out = child.wait_with_output().expect("openssl dgst");
+        let out = output_with_input(
+            Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(&self.key),
+            data,
+        );
         assert!(
             out.status.success(),
             "openssl dgst -sign failed: {}",
@@ -201,58 +192,30 @@ struct TokenRequest {
 }
 
 struct TokenServer {
-    port: u16,
     log: Arc<Mutex<Vec<TokenRequest>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    service: TcpService,
 }
 
 impl TokenServer {
     fn start(key: Arc<SigningKey>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
-        let port = listener.local_addr().expect("token server address").port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let service = {
             let log = log.clone();
-            let stop = stop.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let key = key.clone();
-                    let log = log.clone();
-                    thread::spawn(move || serve_token(stream, &key, &log));
-                }
+            TcpService::start(move |stream| {
+                let key = key.clone();
+                let log = log.clone();
+                thread::spawn(move || serve_token(stream, &key, &log));
             })
         };
-        TokenServer {
-            port,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        TokenServer { log, service }
     }
 
     fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://{}/token", self.service.host())
     }
 
     fn requests(&self) -> Vec<TokenRequest> {
         self.log.lock().expect("token log").clone()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -349,178 +312,50 @@ fn serve_token(mut stream: TcpStream, key: &SigningKey, log: &Mutex<Vec<TokenReq
     respond(&mut stream, "200 OK", "", &body);
 }
 
-// ---------------------------------------------------------------------------
-// docker-registry with token auth
-// ---------------------------------------------------------------------------
-
-struct TokenRegistry {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<ServerProcess>,
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A minimal HTTP/1.0 request (headers only are returned).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad response: {head}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok(Response { status, headers })
-}
-
-impl TokenRegistry {
-    fn start(realm: &str, cert: &Path) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("runnerctl-token-registry-")
-            .tempdir()
-            .expect("tempdir");
-        fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
-        let mut reg = TokenRegistry {
-            dir,
-            port: 0,
-            child: None,
-        };
-        let mut last = String::new();
-        // Another process may grab the port between probing and binding.
-        for _ in 0..5 {
-            reg.port = free_port();
-            let config = format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: runnerctl-token-tests\n\
-                 auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {cert}\n",
-                storage = reg.dir.path().join("storage").display(),
-                port = reg.port,
-                cert = cert.display(),
-            );
-            fs::write(reg.dir.path().join("config.yml"), config).expect("write config");
-            match reg.try_start() {
-                Ok(()) => return reg,
-                Err(e) => last = e,
-            }
-        }
-        panic!("docker-registry with token auth did not start: {last}");
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    fn try_start(&mut self) -> Result<(), String> {
-        let d = self.dir.path();
-        let config = d.join("config.yml");
-        let child = ServerProcess::start(
-            "docker-registry-token-auth",
-            &[
-                OsStr::new("/usr/bin/docker-registry"),
-                OsStr::new("serve"),
-                config.as_os_str(),
-            ],
-            &d.join("registry.log"),
-            &d.join("registry.pid"),
-        )?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http(self.port, "GET", "/v2/", &[]) {
-                if r.status == 401 {
-                    return Ok(());
-                }
-            }
-            let exited = self.child.as_mut().is_none_or(ServerProcess::exited);
-            if exited || Instant::now() > deadline {
-                self.stop();
-                return Err(format!(
-                    "no 401 from /v2/ (exited: {exited}); log:\n{}",
-                    self.log()
-                ));
-            }
-            thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.stop();
-        }
-    }
-}
-
-impl Drop for TokenRegistry {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A docker-registry (tests/common's) that trusts tokens signed by `key`
+/// from the `realm` of the token server.
+fn token_registry(realm: &str, key: &SigningKey) -> Registry {
+    Registry::with_token_auth(
+        USER,
+        PASSWORD,
+        RegistryAuth::Token {
+            realm: realm.to_string(),
+            service: SERVICE.to_string(),
+            issuer: ISSUER.to_string(),
+            rootcertbundle: key.cert.clone(),
+        },
+    )
 }
 
 /// `Docker-Content-Digest` of `repo:tag`, asked with a token minted for
 /// `repository:<repo>:pull` (not through the token server, so its log holds
 /// only what runnerctl and skopeo asked for).
-fn digest(registry: &TokenRegistry, key: &SigningKey, repo: &str, tag: &str) -> Option<String> {
+fn digest(registry: &Registry, key: &SigningKey, repo: &str, tag: &str) -> Option<String> {
     let token = key.jwt(
         "test-code",
         access_for(&[format!("repository:{repo}:pull")]),
     );
-    let bearer = format!("Bearer {token}");
-    let accept = "application/vnd.docker.distribution.manifest.v2+json, \
-         application/vnd.docker.distribution.manifest.list.v2+json, \
-         application/vnd.oci.image.manifest.v1+json, \
-         application/vnd.oci.image.index.v1+json";
-    let r = http(
-        registry.port,
-        "HEAD",
-        &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Authorization", &bearer), ("Accept", accept)],
-    )
-    .unwrap_or_else(|e| panic!("HEAD {repo}:{tag}: {e}"));
-    match r.status {
-        200 => Some(
-            r.header("docker-content-digest")
-                .unwrap_or_else(|| panic!("HEAD {repo}:{tag} has no Docker-Content-Digest"))
-                .to_string(),
-        ),
-        404 => None,
-        s => panic!(
-            "HEAD {repo}:{tag} answered {s}; registry log:\n{}",
-            registry.log()
-        ),
-    }
+    registry.digest_authorized(repo, tag, &format!("Bearer {token}"))
+}
+
+/// `runnerctl bump --no-git-push --json` against the world's registry as
+/// [`USER`] with `password`.
+fn bump(w: &World, password: &str) -> RunOutput {
+    let image = w.image();
+    let args = [
+        "bump",
+        "--no-git-push",
+        "--image",
+        image.as_str(),
+        "--tls-verify",
+        "false",
+        "--json",
+    ];
+    w.prepare(Run::new(args).in_repo(&w.repo))
+        .env("RUNNERCTL_REGISTRY_USER", USER)
+        .env("RUNNERCTL_REGISTRY_PASSWORD", password)
+        .timeout(TIMEOUT)
+        .run()
 }
 
 // ---------------------------------------------------------------------------
@@ -535,12 +370,18 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         .expect("tempdir");
     let key = Arc::new(SigningKey::generate(key_dir.path()));
     let tokens = TokenServer::start(key.clone());
-    let registry = TokenRegistry::start(&tokens.realm(), &key.cert);
+    let registry = token_registry(&tokens.realm(), &key);
 
     // The registry really asks for a token from our realm.
-    let ping = http(registry.port, "GET", "/v2/", &[]).expect("ping registry");
+    let ping = registry
+        .request("GET", "/v2/", &[], false)
+        .expect("ping registry");
     assert_eq!(ping.status, 401);
-    let challenge = ping.header("www-authenticate").unwrap_or_default();
+    let challenge = ping
+        .headers
+        .get("www-authenticate")
+        .map(String::as_str)
+        .unwrap_or_default();
     assert!(
         challenge.starts_with("Bearer ")
             && challenge.contains(&tokens.realm())
@@ -548,35 +389,15 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         "unexpected challenge {challenge:?}"
     );
 
-    let base = fresh_time();
-    let mut nixpkgs = StandInNixpkgs::new_at(base);
-    let repo = RunnerRepo::new(&nixpkgs);
-    let new_time = base + 3 * DAY;
-    nixpkgs.commit(new_time);
+    let mut w = World::with_registry(registry);
+    let new_time = w.base + 3 * DAY;
+    w.nixpkgs.commit(new_time);
 
-    let image = format!("docker://127.0.0.1:{}/{IMAGE_REPO}", registry.port);
-    let bump = |password: &str| {
-        Run::new([
-            "bump",
-            "--no-git-push",
-            "--image",
-            image.as_str(),
-            "--tls-verify",
-            "false",
-            "--json",
-        ])
-        .in_repo(&repo)
-        .env("RUNNERCTL_REGISTRY_USER", USER)
-        .env("RUNNERCTL_REGISTRY_PASSWORD", password)
-        .timeout(TIMEOUT)
-        .run()
-    };
-
-    let out = bump(PASSWORD);
+    let out = bump(&w, PASSWORD);
     assert!(
         out.success() && !out.timed_out,
         "bump failed\n{out}\n--- registry log ---\n{}\n--- token requests ---\n{:#?}",
-        registry.log(),
+        w.registry.log(),
         tokens.requests()
     );
     let report = out.json();
@@ -594,12 +415,12 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         nix_tag(&out_path),
     ];
     for tag in &tags {
-        let got = digest(&registry, &key, IMAGE_REPO, tag);
+        let got = digest(&w.registry, &key, IMAGE_REPO, tag);
         assert_eq!(
             got.as_deref(),
             Some(reported_digest.as_str()),
             "tag {tag}; registry log:\n{}",
-            registry.log()
+            w.registry.log()
         );
     }
 
@@ -637,7 +458,7 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         "skopeo fetched no push token: {requests:#?}"
     );
     // The extra tags were written by runnerctl's client with a Bearer token.
-    let log = registry.log();
+    let log = w.registry.log();
     let ureq_puts = log
         .lines()
         .filter(|l| l.contains("\"PUT /v2/") && l.contains("/manifests/") && l.contains("ureq"))
@@ -645,14 +466,14 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
     assert!(
         ureq_puts >= 3,
         "no manifest PUT by runnerctl's client in the registry log:\n{}",
-        registry.log()
+        w.registry.log()
     );
 
     // A wrong password: the token server refuses, runnerctl exits 1 and
     // says so.
     let before = tokens.requests().len();
-    nixpkgs.commit(new_time + DAY);
-    let out = bump(WRONG_PASSWORD);
+    w.nixpkgs.commit(new_time + DAY);
+    let out = bump(&w, WRONG_PASSWORD);
     out.assert_code(1);
     assert!(
         out.stderr.to_lowercase().contains("credentials"),

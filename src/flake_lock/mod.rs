@@ -25,7 +25,7 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 mod follows;
-mod span;
+pub(crate) mod span;
 
 pub use date::{diff_inputs, format_day, DateTag, InputChange};
 use error::json_error;

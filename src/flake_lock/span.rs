@@ -23,26 +23,44 @@ pub(super) fn skip_json_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Converts serde_json's 1-based line and byte column to the offset of the
-/// byte after the one it points at, clamped to the end of that line.
-pub(super) fn next_unread_offset(text: &str, line: usize, column: usize) -> usize {
-    let mut line_start = 0;
-    if line > 1 {
-        let nth_newline = text
+/// Byte offset at which 1-based `line` starts, or `None` if `text` has
+/// fewer lines (or `line` is 0). The line after a final newline starts at
+/// `text.len()`.
+pub(crate) fn line_start(text: &str, line: usize) -> Option<usize> {
+    match line {
+        0 => None,
+        1 => Some(0),
+        _ => text
             .bytes()
             .enumerate()
             .filter(|&(_, b)| b == b'\n')
-            .nth(line - 2);
-        match nth_newline {
-            Some((i, _)) => line_start = i + 1,
-            None => return text.len(),
-        }
+            .nth(line - 2)
+            .map(|(i, _)| i + 1),
     }
+}
+
+/// Converts serde_json's 1-based line and byte column to the offset of the
+/// byte after the one it points at, clamped to the end of that line.
+pub(super) fn next_unread_offset(text: &str, line: usize, column: usize) -> usize {
+    let Some(line_start) = line_start(text, line.max(1)) else {
+        return text.len();
+    };
     let line_end = text
         .get(line_start..)
         .and_then(|rest| rest.find('\n'))
         .map_or(text.len(), |i| line_start + i + 1);
     line_start.saturating_add(column).min(line_end)
+}
+
+/// Byte offset of the byte a 1-based line and column point at, clamped to
+/// the text and moved back onto a character boundary. A line past the
+/// text's last (non-empty) line points at its last byte.
+pub(crate) fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let offset = match line_start(text, line) {
+        Some(start) if start < text.len() => (start + column.saturating_sub(1)).min(text.len()),
+        _ => text.len().saturating_sub(1),
+    };
+    floor_char_boundary(text, offset)
 }
 
 /// 1-based line and column (in characters) of byte `offset`.
@@ -54,7 +72,7 @@ pub(super) fn offset_to_line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-pub(super) fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
+pub(crate) fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
     offset = offset.min(text.len());
     while offset > 0 && !text.is_char_boundary(offset) {
         offset -= 1;
@@ -241,6 +259,16 @@ mod tests {
         assert_eq!(next_unread_offset(text, 9, 1), text.len());
         assert_eq!(next_unread_offset(text, 0, 0), 0);
         assert_eq!(next_unread_offset("", 1, 5), 0);
+        assert_eq!(offset_of(text, 1, 1), 0);
+        assert_eq!(offset_of(text, 1, 0), 0);
+        assert_eq!(offset_of(text, 2, 2), 4);
+        assert_eq!(offset_of(text, 2, 3), 4); // inside `é`
+        assert_eq!(offset_of(text, 2, 99), text.len());
+        assert_eq!(offset_of(text, 3, 1), text.len() - 1); // after the last newline
+        assert_eq!(offset_of(text, 0, 1), text.len() - 1);
+        assert_eq!(offset_of("", 1, 1), 0);
+        assert_eq!(line_start(text, 3), Some(text.len()));
+        assert_eq!(line_start(text, 4), None);
         assert_eq!(floor_char_boundary(text, 5), 4); // inside `é`
         assert_eq!(floor_char_boundary(text, 99), text.len());
         assert_eq!(offset_to_line_col(text, 0), (1, 1));

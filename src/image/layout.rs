@@ -550,7 +550,12 @@ fn set_tags(dir: &Path, manifest: &Descriptor, tags: &[String]) -> std::io::Resu
         desc.annotations = Some([(REF_NAME.to_string(), tag.clone())].into_iter().collect());
         index.manifests.push(desc);
     }
-    let bytes = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
+    write_index(dir, &index)
+}
+
+/// Replace the layout's index.json atomically.
+fn write_index(dir: &Path, index: &Index) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(index).map_err(std::io::Error::other)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".index-")
         .tempfile_in(dir)?;
@@ -578,6 +583,23 @@ pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutE
         })?;
     desc.annotations = None;
     set_tags(dir, &desc, tags).map_err(werr)
+}
+
+/// Drop every index entry for the manifest `digest` (its tags and an
+/// untagged entry alike); the blobs stay. Returns how many entries went.
+pub fn remove_manifest(dir: &Path, digest: &str) -> Result<usize, LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut index = read_index(dir).map_err(werr)?;
+    let before = index.manifests.len();
+    index.manifests.retain(|d| d.digest != digest);
+    let removed = before - index.manifests.len();
+    if removed > 0 {
+        write_index(dir, &index).map_err(werr)?;
+    }
+    Ok(removed)
 }
 
 /// Whether the layout's index lists a manifest with this digest.

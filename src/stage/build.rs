@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::preflight::Prepared;
-use super::push::Survey;
+use super::tags::Survey;
 use super::{Check, Ctx, Done, Stage};
 use crate::image::archive;
 use crate::state::Outputs;

@@ -10,6 +10,7 @@ pub mod preflight;
 pub mod promote;
 pub mod push;
 pub mod smoke;
+pub mod tags;
 pub mod target;
 pub mod update;
 pub mod verify;

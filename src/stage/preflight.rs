@@ -8,8 +8,7 @@ use super::target::Target;
 use super::{Check, Ctx, Done, Stage};
 use crate::auth::{self, AuthFile};
 use crate::config::Mode;
-use crate::image::destination::{self, Destination};
-use crate::image::reference::ImageRef;
+use crate::image::destination::{self, Destination, Tools};
 use crate::progress::Event;
 use crate::tool::git::{Git, Upstream};
 use crate::tool::install_hint;
@@ -22,11 +21,11 @@ pub struct Preflight;
 /// connected to, the working flake.lock, and where git pushes to.
 pub struct Prepared {
     pub nix: Nix,
-    pub skopeo: Skopeo,
     pub git: Git,
     pub destination: Destination,
-    /// The registry login, written for skopeo.
-    pub authfile: Option<AuthFile>,
+    /// What the destination's tag states and uploads need: skopeo, the
+    /// registry login written for it, the cache.
+    pub tools: Tools,
     /// The working flake.lock and its tags.
     pub target: Target,
     /// Where a bump's commit goes: None with --no-git-push (and in a
@@ -185,10 +184,8 @@ impl Preflight {
                 ));
             }
         }
-        let authfile = match (&connected.login, &cx.cfg.image) {
-            (Some(login), ImageRef::Docker { registry, .. }) => {
-                Some(auth::auth_file(login, registry)?)
-            }
+        let authfile = match (&connected.login, cx.cfg.image.registry()) {
+            (Some(login), Some(registry)) => Some(auth::auth_file(login, registry)?),
             _ => None,
         };
         let source = connected.login.map(|l| l.source);
@@ -390,10 +387,14 @@ impl Stage for Preflight {
             note,
             Prepared {
                 nix,
-                skopeo,
                 git,
                 destination,
-                authfile,
+                tools: Tools {
+                    skopeo,
+                    authfile,
+                    cache_dir: cx.cfg.cache_dir(),
+                    state_dir: cx.cfg.state_dir.clone(),
+                },
                 target,
                 upstream: upstream_to_push,
             },

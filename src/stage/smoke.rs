@@ -7,7 +7,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::build::Built;
-use super::push::Survey;
+use super::tags::Survey;
 use super::{Check, Ctx, Done, Stage};
 use crate::cli::SmokeMode;
 use crate::config::Config;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::build::Built;
 use super::preflight::Prepared;
-use super::push::Survey;
+use super::tags::Survey;
 use super::{Check, Ctx, Done, Stage};
 use crate::image::{archive, verify};
 

@@ -7,14 +7,20 @@
 //! - [`nix_env`]: the environment every `nix` call in the tests must use.
 //! - [`StandInNixpkgs`]: a tiny local flake standing in for nixpkgs.
 //! - [`RunnerRepo`]: a clone of the fixture runner flake with a bare remote.
-//! - [`Registry`]: a private docker-registry with htpasswd auth.
+//! - [`Registry`]: a private docker-registry with htpasswd (or token) auth.
 //! - [`PathShims`]: logging and fault-injecting wrappers to put first on PATH.
 //! - [`Run`]: runs the runnerctl binary with a timeout.
 //! - [`DockerArchive`]: reads a docker-archive (plain or gzip) for assertions.
+//! - [`World`]: all of the above together, as pipeline tests use them.
+//! - [`TcpService`]: a TCP server of the test's own (token server, proxy).
 //!
 //! One file per topic: `nix.rs`, `repo.rs`, `registry.rs`, `shims.rs`,
-//! `run.rs`, `archive.rs`; this file keeps the constants and the helpers
+//! `run.rs`, `archive.rs`, `world.rs`, `tcp.rs`; this file keeps the constants and the helpers
 //! that run commands.
+// Each test binary that declares this module uses a different part of it:
+// with the module split by topic, every file still has items that some of
+// those binaries leave unused, so the lint is off here (items that no
+// binary uses are removed by hand).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +82,9 @@ pub use archive::*;
 mod world;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use world::*;
+mod tcp;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use tcp::*;
 
 // ---------------------------------------------------------------------------
 // Running commands
@@ -98,6 +107,25 @@ pub fn run_checked(cmd: &mut Command) -> String {
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` with `input` on its stdin and returns its output (stdout and
+/// stderr captured), whatever its exit status. Panics if it cannot start.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {desc}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A child that exits without reading closes the pipe: its output says why.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{desc} did not finish: {e}"))
 }
 
 /// Environment for git commands run by the fixtures: a fixed identity and no
@@ -158,9 +186,32 @@ fn read_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("could not read {}: {e}", path.display()))
 }
 
-fn make_executable(path: &Path) {
+/// Writes a script (or any program) to `path`, mode 755.
+pub fn write_executable(path: &Path, contents: impl AsRef<[u8]>) {
+    write_file(path, contents);
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("could not chmod {}: {e}", path.display()));
+}
+
+/// Every regular file below `dir` (following no symlinks).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 pub fn new_tempdir(what: &str) -> TempDir {
@@ -175,12 +226,25 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The UTC date of a Unix time.
+pub fn utc_date(secs: i64) -> time::Date {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
+        .date()
+}
+
 /// `YYYYMMDD` of a Unix time, UTC: what runnerctl's `{date}` must be.
 pub fn date_tag(secs: i64) -> String {
-    let d = time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap_or_else(|e| panic!("bad timestamp {secs}: {e}"))
-        .date();
+    let d = utc_date(secs);
     format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// runnerctl's default commit subject, before the date tag.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "chore(ci): Update nixos to ";
+
+/// The default commit subject for a date tag.
+pub fn bump_subject(date: &str) -> String {
+    format!("{DEFAULT_SUBJECT_PREFIX}{date}")
 }
 
 /// `nix-<hash>`: the content-addressed tag of an out path.

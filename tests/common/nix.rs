@@ -129,18 +129,6 @@ impl StandInNixpkgs {
     pub fn rev(&self) -> String {
         git(self.path(), &["rev-parse", "main"])
     }
-
-    /// Committer time of `main`, which Nix reports as `lastModified`.
-    pub fn last_modified(&self) -> i64 {
-        let s = git(self.path(), &["log", "-1", "--format=%ct", "main"]);
-        s.parse()
-            .unwrap_or_else(|e| panic!("git log printed a bad commit time {s:?}: {e}"))
-    }
-
-    /// The payload string of the current commit.
-    pub fn payload(&self) -> String {
-        format!("stand-in nixpkgs generation {}", self.generation)
-    }
 }
 
 impl Default for StandInNixpkgs {

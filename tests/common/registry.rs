@@ -101,48 +101,58 @@ pub struct Registry {
     port: u16,
     user: String,
     password: String,
+    auth: RegistryAuth,
     child: Option<ServerProcess>,
 }
 
+/// How a [`Registry`] authenticates its clients.
+#[derive(Debug, Clone)]
+pub enum RegistryAuth {
+    /// htpasswd (bcrypt) with the registry's user and password.
+    Htpasswd,
+    /// Bearer tokens: `401` with a `WWW-Authenticate: Bearer realm=…,
+    /// service=…` challenge; tokens are JWTs by `issuer`, signed with the
+    /// key of a certificate in `rootcertbundle`.
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        rootcertbundle: PathBuf,
+    },
+}
+
 impl Registry {
-    /// Starts a registry on a free port. Panics with the log if it does not
-    /// come up.
+    /// Starts a registry with htpasswd auth on a free port. Panics with the
+    /// log if it does not come up.
     pub fn new() -> Self {
         let dir = new_tempdir("registry");
         let user = "runner".to_string();
         let password = "s3cret-runner-pw".to_string();
-        let htpasswd = dir.path().join("htpasswd");
-        let mut child = Command::new("htpasswd")
-            .args(["-iBc"])
-            .arg(&htpasswd)
-            .arg(&user)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start htpasswd (apache2-utils): {e}"));
-        child
-            .stdin
-            .take()
-            .map(|mut s| s.write_all(password.as_bytes()))
-            .transpose()
-            .unwrap_or_else(|e| panic!("could not send the password to htpasswd: {e}"));
-        let out = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("htpasswd did not finish: {e}"));
-        assert!(
-            out.status.success(),
-            "htpasswd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        htpasswd_add(&dir.path().join("htpasswd"), &user, &password, true);
+        Self::start_new(dir, user, password, RegistryAuth::Htpasswd)
+    }
+
+    /// Starts a registry with token auth ([`RegistryAuth::Token`]) on a
+    /// free port; `user` and `password` are what the token server takes
+    /// (the registry itself knows no password).
+    pub fn with_token_auth(user: &str, password: &str, auth: RegistryAuth) -> Self {
+        Self::start_new(
+            new_tempdir("token-registry"),
+            user.to_string(),
+            password.to_string(),
+            auth,
+        )
+    }
+
+    fn start_new(dir: TempDir, user: String, password: String, auth: RegistryAuth) -> Self {
         fs::create_dir_all(dir.path().join("storage"))
             .unwrap_or_else(|e| panic!("could not create registry storage: {e}"));
-
         let mut registry = Registry {
             dir,
             port: 0,
             user,
             password,
+            auth,
             child: None,
         };
         // Another process may grab the port between probing and binding.
@@ -160,19 +170,32 @@ impl Registry {
 
     fn write_config(&self) {
         let d = self.dir.path();
+        let auth = match &self.auth {
+            RegistryAuth::Htpasswd => format!(
+                "auth:\n  htpasswd:\n    realm: runnerctl-tests\n    path: {}\n",
+                d.join("htpasswd").display()
+            ),
+            RegistryAuth::Token {
+                realm,
+                service,
+                issuer,
+                rootcertbundle,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                rootcertbundle.display()
+            ),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  accesslog:\n    disabled: false\n  fields:\n    service: registry\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: runnerctl-tests\n\
-             auth:\n  htpasswd:\n    realm: runnerctl-tests\n    path: {htpasswd}\n",
+             {auth}",
             storage = d.join("storage").display(),
             port = self.port,
-            htpasswd = d.join("htpasswd").display(),
         );
         write_file(&d.join("config.yml"), config);
     }
-
     fn pid_file(&self) -> PathBuf {
         self.dir.path().join("registry.pid")
     }
@@ -217,6 +240,16 @@ impl Registry {
         }
     }
 
+    /// Adds a user to the htpasswd file and restarts the registry (it reads
+    /// the file at start). Only for [`RegistryAuth::Htpasswd`].
+    pub fn add_user(&mut self, user: &str, password: &str) {
+        let htpasswd = self.dir.path().join("htpasswd");
+        assert!(htpasswd.is_file(), "{} is missing", htpasswd.display());
+        htpasswd_add(&htpasswd, user, password, false);
+        self.stop();
+        self.start();
+    }
+
     /// Stops the registry and waits until the port refuses connections.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -227,10 +260,6 @@ impl Registry {
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// `kill -STOP` the registry: it keeps its port, the kernel still
@@ -300,15 +329,7 @@ impl Registry {
     pub fn blob_upload_count(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| is_blob_upload_line(l, None))
-            .count()
-    }
-
-    /// Blob uploads started in `repo`.
-    pub fn blob_upload_count_for(&self, repo: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| is_blob_upload_line(l, Some(repo)))
+            .filter(|l| is_blob_upload_line(l))
             .count()
     }
 
@@ -374,18 +395,36 @@ impl Registry {
     /// `Docker-Content-Digest` of `repo:tag` (HEAD, accepting docker v2
     /// schema2, OCI manifests and indexes), or `None` if the tag is unknown.
     pub fn digest(&self, repo: &str, tag: &str) -> Option<String> {
+        self.head_digest(repo, tag, &[], true)
+    }
+
+    /// [`digest`](Self::digest) asked with `authorization` (e.g. `Bearer
+    /// <token>` for a registry with token auth) instead of Basic auth.
+    pub fn digest_authorized(&self, repo: &str, tag: &str, authorization: &str) -> Option<String> {
+        self.head_digest(repo, tag, &[("Authorization", authorization)], false)
+    }
+
+    fn head_digest(
+        &self,
+        repo: &str,
+        tag: &str,
+        headers: &[(&str, &str)],
+        basic_auth: bool,
+    ) -> Option<String> {
         let accept = "application/vnd.docker.distribution.manifest.v2+json, \
              application/vnd.docker.distribution.manifest.list.v2+json, \
              application/vnd.oci.image.manifest.v1+json, \
              application/vnd.oci.image.index.v1+json";
+        let mut headers = headers.to_vec();
+        headers.push(("Accept", accept));
         let HttpResponse {
             status, headers, ..
         } = self
             .request(
                 "HEAD",
                 &format!("/v2/{repo}/manifests/{tag}"),
-                &[("Accept", accept)],
-                true,
+                &headers,
+                basic_auth,
             )
             .unwrap_or_else(|e| panic!("HEAD manifest {repo}:{tag} on {}: {e}", self.host()));
         match status {
@@ -396,7 +435,10 @@ impl Registry {
                     .cloned()
                     .unwrap_or_else(|| panic!("HEAD {repo}:{tag} has no Docker-Content-Digest")),
             ),
-            s => panic!("HEAD /v2/{repo}/manifests/{tag} answered {s}"),
+            s => panic!(
+                "HEAD /v2/{repo}/manifests/{tag} answered {s}; registry log:\n{}",
+                self.log()
+            ),
         }
     }
 
@@ -490,6 +532,23 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// Adds `user` with `password` (bcrypt) to the htpasswd file at `path`,
+/// creating the file if `create`.
+fn htpasswd_add(path: &Path, user: &str, password: &str, create: bool) {
+    let out = output_with_input(
+        Command::new("htpasswd")
+            .arg(if create { "-iBc" } else { "-iB" })
+            .arg(path)
+            .arg(user),
+        password.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "htpasswd (apache2-utils) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Self::new()
@@ -502,7 +561,8 @@ impl Drop for Registry {
     }
 }
 
-pub fn is_blob_upload_line(line: &str, repo: Option<&str>) -> bool {
+/// An access-log line of a blob upload started (in any repository).
+pub fn is_blob_upload_line(line: &str) -> bool {
     // Access log: 127.0.0.1 - - [date] "POST /v2/infra/runners/nixos/blobs/uploads/ HTTP/1.1" 202 0 "" "skopeo/1.9.3"
     let Some(start) = line.find("\"POST /v2/") else {
         return false;
@@ -511,14 +571,8 @@ pub fn is_blob_upload_line(line: &str, repo: Option<&str>) -> bool {
         .split_whitespace()
         .next()
         .unwrap_or("");
-    let Some(name) = uri
-        .strip_prefix("/v2/")
-        .and_then(|rest| rest.split_once("/blobs/uploads/"))
-        .map(|(name, _)| name)
-    else {
-        return false;
-    };
-    repo.is_none_or(|r| r == name)
+    uri.strip_prefix("/v2/")
+        .is_some_and(|rest| rest.contains("/blobs/uploads/"))
 }
 
 /// SIGKILLs process `pid` (or its whole process group) with bash's builtin

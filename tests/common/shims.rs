@@ -189,9 +189,7 @@ impl PathShims {
             );
         }
         s.push_str("exec \"$real\" \"$@\"\n");
-        let path = self.dir.path().join(tool);
-        write_file(&path, s);
-        make_executable(&path);
+        write_executable(&self.dir.path().join(tool), s);
     }
 }
 

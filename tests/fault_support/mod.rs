@@ -1,9 +1,10 @@
 //! Helpers for the reliability suite (tests/faults.rs, tests/bad_input.rs,
 //! tests/secrets.rs), on top of tests/common:
 //!
-//! - [`World`]: a stand-in nixpkgs with one new commit to bump to, the
-//!   runner repository with its bare remote, a private registry, logging
-//!   shims for nix, skopeo and git, and [`Hooks`] in front of them.
+//! - [`World`]: the common `World` (stand-in nixpkgs, runner repository
+//!   with its bare remote, private registry, logging shims) with one new
+//!   nixpkgs commit to bump to, git calls logged too, and [`Hooks`] in
+//!   front of the shims.
 //! - [`Hooks`]: PATH shims that *hold* a chosen call (the Nth call of a tool
 //!   whose argv starts with given words) before, during or after the real
 //!   tool runs, signal that they got there, and wait to be released or killed;
@@ -12,19 +13,22 @@
 //! - [`Spawned`]: runnerctl started in its own process group, to be killed
 //!   with SIGKILL as a whole.
 //! - [`FaultProxy`]: an HTTP proxy in front of the registry that answers
-//!   500 to chosen manifest writes, or holds one until released.
+//!   500 to chosen manifest writes, or holds one until it is dropped.
 //! - Snapshots of everything a failed run must leave alone.
 //!
 //! One file per topic: `hooks.rs`, `spawned.rs`, `world.rs` (with the
 //! snapshots), `proxy.rs`, `files.rs`.
+// Each test binary that declares this module uses a different part of it:
+// with the module split by topic, every file still has items that some of
+// those binaries leave unused, so the lint is off here (items that no
+// binary uses are removed by hand).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,24 +43,6 @@ use crate::common::*;
 /// Where the tests push: `docker://HOST/infra/runners/nixos`.
 pub fn image_arg(host: &str) -> String {
     format!("docker://{host}/{IMAGE_REPO}")
-}
-
-/// The default commit subject for a date tag.
-pub fn bump_subject(date: &str) -> String {
-    format!("chore(ci): Update nixos to {date}")
-}
-
-/// A commit time that, with high probability, no other test (in this or an
-/// earlier run of the suite) uses, so that the fixture image's out path is
-/// new to the Nix store and `nix build` really has to run.
-pub fn unique_time() -> i64 {
-    fresh_time()
-}
-
-fn write_executable(path: &Path, text: &str) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// `text` with miette's gutters (`|`, `│`) removed and its line wrapping
@@ -137,6 +123,8 @@ pub use spawned::*;
 mod world;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use world::*;
+// This World, not common's (which it holds).
+pub use world::World;
 mod proxy;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use proxy::*;

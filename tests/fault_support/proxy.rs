@@ -7,9 +7,8 @@ use super::*;
 /// (`PUT /v2/…/manifests/…`) instead of forwarding them while
 /// [`fail_next`](Self::fail_next) allows.
 pub struct FaultProxy {
-    port: u16,
     c: Arc<ProxyCounters>,
-    thread: Option<thread::JoinHandle<()>>,
+    service: TcpService,
 }
 
 /// What a [`FaultProxy`] shares with its connection threads.
@@ -20,7 +19,6 @@ pub struct ProxyCounters {
     fail: AtomicUsize,
     hold: AtomicUsize,
     held: AtomicBool,
-    release: AtomicBool,
     injected: AtomicUsize,
     manifest_puts: AtomicUsize,
     /// Answer 401 to every blob upload's data (`PATCH`/`PUT` on
@@ -43,38 +41,25 @@ impl FaultProxy {
     /// A proxy to `127.0.0.1:upstream_port` that fails the next `fail`
     /// manifest writes.
     pub fn start(upstream_port: u16, fail: usize) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
         let counters = Arc::new(ProxyCounters {
             fail: AtomicUsize::new(fail),
             ..ProxyCounters::default()
         });
         let c = counters.clone();
-        let thread = thread::spawn(move || {
-            while !c.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let c = c.clone();
-                        thread::spawn(move || {
-                            let _ = proxy_one(client, upstream_port, &c);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        let service = TcpService::start(move |client| {
+            let c = c.clone();
+            thread::spawn(move || {
+                let _ = proxy_one(client, upstream_port, &c);
+            });
         });
         FaultProxy {
-            port,
             c: counters,
-            thread: Some(thread),
+            service,
         }
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.service.host()
     }
 
     /// Fail the next `n` manifest writes (0: forward everything).
@@ -91,8 +76,8 @@ impl FaultProxy {
         self.c.fail.store(n, Ordering::SeqCst);
     }
 
-    /// Hold the `nth` (1-based) manifest write, not failed, until
-    /// [`release`](Self::release): [`held`](Self::held) says it arrived.
+    /// Hold the `nth` (1-based) manifest write, not failed, until the proxy
+    /// is dropped: [`held`](Self::held) says it arrived.
     pub fn hold_manifest_put(&self, nth: usize) {
         self.c.hold.store(nth, Ordering::SeqCst);
     }
@@ -100,11 +85,6 @@ impl FaultProxy {
     /// The held manifest write has arrived (and is waiting).
     pub fn held(&self) -> bool {
         self.c.held.load(Ordering::SeqCst)
-    }
-
-    /// Forward the held manifest write.
-    pub fn release(&self) {
-        self.c.release.store(true, Ordering::SeqCst);
     }
 
     /// Answer 401 (`UNAUTHORIZED`) to the data of every blob upload from
@@ -156,11 +136,9 @@ impl FaultProxy {
 }
 
 impl Drop for FaultProxy {
+    /// Releases a held manifest write; the service then stops accepting.
     fn drop(&mut self) {
         self.c.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -270,8 +248,7 @@ pub fn proxy_one(
         }
         if counters.hold.load(Ordering::SeqCst) == nth {
             counters.held.store(true, Ordering::SeqCst);
-            while !counters.release.load(Ordering::SeqCst) && !counters.stop.load(Ordering::SeqCst)
-            {
+            while !counters.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(10));
             }
         }

@@ -2,13 +2,12 @@
 
 use super::*;
 
-/// A runner repository one nixpkgs commit behind, a registry, logging shims
-/// (nix, skopeo, git) and hooks in front of them.
+/// The common [`World`](crate::common::World) (stand-in nixpkgs, runner
+/// repository, registry, logging shims) with the runner repository one
+/// nixpkgs commit behind, git calls logged too, and hooks in front of the
+/// shims. Derefs to the common world.
 pub struct World {
-    pub nixpkgs: StandInNixpkgs,
-    pub repo: RunnerRepo,
-    pub registry: Registry,
-    pub shims: PathShims,
+    pub world: crate::common::World,
     pub hooks: Hooks,
     /// TMPDIR for runnerctl (where its temporary auth file goes).
     pub tmp: TempDir,
@@ -26,30 +25,22 @@ pub struct World {
     pub expect_clean_tree: bool,
 }
 
+crate::common::deref_to_world!(World, world);
+
 impl World {
     pub fn new() -> World {
-        let base = unique_time();
-        let mut nixpkgs = StandInNixpkgs::new_at(base);
-        let repo = RunnerRepo::new(&nixpkgs);
-        let new_time = base + DAY;
-        let new_rev = nixpkgs.commit(new_time);
-        let registry = Registry::new();
-        let mut shims = PathShims::new();
-        shims.log_calls("nix").log_calls("skopeo").log_calls("git");
-        let hooks = Hooks::new(Some(shims.bin_dir()));
-        let tmp = tempfile::Builder::new()
-            .prefix("runnerctl-tmpdir-")
-            .tempdir()
-            .expect("TMPDIR for runnerctl");
-        let user = registry.user().to_string();
-        let password = registry.password().to_string();
+        let mut world = crate::common::World::new();
+        let new_rev = world.upstream_commit(1);
+        let new_time = world.base + DAY;
+        world.shims.log_calls("git");
+        let hooks = Hooks::new(Some(world.shims.bin_dir()));
+        let tmp = new_tempdir("tmpdir");
+        let user = world.registry.user().to_string();
+        let password = world.registry.password().to_string();
         World {
-            initial_remote_head: repo.remote_head(),
-            initial_remote_commits: repo.commit_count_on_remote(),
-            nixpkgs,
-            repo,
-            registry,
-            shims,
+            initial_remote_head: world.repo.remote_head(),
+            initial_remote_commits: world.repo.commit_count_on_remote(),
+            world,
             hooks,
             tmp,
             new_rev,
@@ -59,10 +50,6 @@ impl World {
             extra_env: Vec::new(),
             expect_clean_tree: true,
         }
-    }
-
-    pub fn image(&self) -> String {
-        image_arg(&self.registry.host())
     }
 
     /// The date tag of the new nixpkgs commit.
@@ -110,32 +97,15 @@ impl World {
         self.run(&self.bump_args(extra))
     }
 
+    /// runnerctl with `args` as they are (unlike the common world's `run`,
+    /// which adds `--image`), in a process group of its own with
+    /// [`env`](Self::env).
     pub fn run(&self, args: &[String]) -> RunOutput {
         Spawned::start(args, self.repo.path(), &self.env()).wait(Duration::from_secs(240))
     }
 
     pub fn spawn_bump(&self, extra: &[&str]) -> Spawned {
         Spawned::start(&self.bump_args(extra), self.repo.path(), &self.env())
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        self.repo.path().join(".runnerctl")
-    }
-
-    pub fn state_path(&self) -> PathBuf {
-        self.state_dir().join("state.json")
-    }
-
-    /// state.json parsed with serde_json (panics with its text if it does
-    /// not parse).
-    pub fn state(&self) -> serde_json::Value {
-        let path = self.state_path();
-        let text =
-            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("state.json does not parse ({e}):\n{text}"));
-        assert_eq!(value["version"], 1, "state.json has no version 1:\n{text}");
-        value
     }
 
     /// The status of a stage in state.json, if recorded.
@@ -165,11 +135,6 @@ impl World {
             }
         }
         out
-    }
-
-    /// Real `nix build` runs so far (calls that reached the logging shim).
-    pub fn nix_builds(&self) -> usize {
-        self.shims.count("nix", &["build"])
     }
 
     pub fn git_pushes(&self) -> Vec<Vec<String>> {
@@ -274,13 +239,7 @@ impl World {
         }
 
         let out = self.expected_out_path();
-        let hash = out
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.split('-').next())
-            .expect("store path hash")
-            .to_string();
-        let nix_tag = format!("nix-{hash}");
+        let nix_tag = nix_tag(&out.display().to_string());
         let mut expected_tags = vec![
             "latest".to_string(),
             "unstable".to_string(),

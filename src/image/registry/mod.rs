@@ -458,6 +458,19 @@ impl Registry {
             .map(str::to_string);
         Ok(reported.unwrap_or_else(|| sha256_digest(bytes)))
     }
+
+    /// Delete the manifest `digest` (every tag that points at it goes with
+    /// it). `false`: the repository has no such manifest.
+    pub fn delete_manifest(&self, digest: &str) -> Result<bool, RegistryError> {
+        let response = self.execute(Request {
+            method: "DELETE",
+            path: format!("manifests/{digest}"),
+            accept: None,
+            content_type: None,
+            body: None,
+        })?;
+        Ok(response.is_some())
+    }
 }
 
 use std::io::Read as _;

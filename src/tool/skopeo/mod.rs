@@ -172,10 +172,35 @@ impl Skopeo {
             .skopeo_progress()
     }
 
-    /// Run `skopeo inspect` with argv from [`inspect_args`] (the raw
-    /// manifest, whose sha256 is the digest) or [`config_args`] (the config
-    /// blob). `None` if the tag does not exist.
-    pub async fn inspect(
+    /// The raw manifest at a registry reference (`docker://…`), whose
+    /// sha256 is its digest; `None` if the tag does not exist.
+    pub async fn manifest(
+        &self,
+        runner: &Runner,
+        reference: &str,
+        authfile: Option<&Path>,
+        tls_verify: bool,
+    ) -> Result<Option<String>, ToolError> {
+        let args = inspect_args(reference, authfile, tls_verify, true);
+        self.inspect(runner, args).await
+    }
+
+    /// The config blob of the image at a registry reference; `None` if the
+    /// tag does not exist.
+    pub async fn config(
+        &self,
+        runner: &Runner,
+        reference: &str,
+        authfile: Option<&Path>,
+        tls_verify: bool,
+    ) -> Result<Option<String>, ToolError> {
+        let args = config_args(reference, authfile, tls_verify, true);
+        self.inspect(runner, args).await
+    }
+
+    /// Run `skopeo inspect` with argv from [`inspect_args`] or
+    /// [`config_args`]. `None` if the tag does not exist.
+    async fn inspect(
         &self,
         runner: &Runner,
         args: Vec<String>,
