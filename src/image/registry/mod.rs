@@ -468,6 +468,7 @@ impl Registry {
             accept: None,
             content_type: None,
             body: None,
+            extra: Vec::new(),
         })?;
         Ok(response.is_some())
     }
