@@ -129,6 +129,7 @@ fn push(
         journal,
         workers,
         chunk,
+        current: None,
     };
     upload::push(client, &plan, "latest", &|_, _| {})
 }

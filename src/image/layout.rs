@@ -20,11 +20,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use super::codec::Codec;
 use crate::digest::{hex, sha256_digest};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub use super::codec::OCI_LAYER_GZIP;
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -288,7 +289,12 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Compress one layer into `blobs/sha256/<digest>` (temp file + rename).
-fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::Result<Descriptor> {
+fn compress_layer(
+    archive: &Path,
+    entry: &LayerEntry,
+    blobs: &Path,
+    codec: Codec,
+) -> std::io::Result<Descriptor> {
     let mut file = File::open(archive)?;
     file.seek(SeekFrom::Start(entry.offset))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file.take(entry.size));
@@ -302,15 +308,16 @@ fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::
         hash: Sha256::new(),
         size: 0,
     };
-    if super::archive::is_gzip(&head[..n]) {
+    let passthrough = super::archive::is_gzip(&head[..n]);
+    if passthrough {
         // Already gzip: use the bytes as they are.
         out.write_all(&head[..n])?;
         std::io::copy(&mut reader, &mut out)?;
     } else {
-        let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-        gz.write_all(&head[..n])?;
-        std::io::copy(&mut reader, &mut gz)?;
-        gz.finish()?;
+        let mut enc = codec.encoder(&mut out)?;
+        enc.write_all(&head[..n])?;
+        std::io::copy(&mut reader, &mut enc)?;
+        enc.finish()?;
     }
     out.flush()?;
     let Hashing { inner, hash, size } = out;
@@ -319,7 +326,12 @@ fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::
     tmp.as_file().sync_all()?;
     tmp.persist(blobs.join(&digest)).map_err(|e| e.error)?;
     Ok(Descriptor {
-        media_type: OCI_LAYER_GZIP.to_string(),
+        media_type: if passthrough {
+            OCI_LAYER_GZIP
+        } else {
+            codec.media_type()
+        }
+        .to_string(),
         digest: format!("sha256:{digest}"),
         size,
         annotations: None,
@@ -387,6 +399,7 @@ pub fn write(
     dir: &Path,
     reuse: &ReuseMap,
     tags: &[String],
+    codec: Codec,
     on_layer: &(dyn Fn(bool, u64) + Sync),
 ) -> Result<Written, LayoutError> {
     let werr = |source: std::io::Error| LayoutError::Write {
@@ -414,7 +427,7 @@ pub fn write(
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&i) = todo.get(k) else { break };
-                match compress_layer(archive, &layers[i], &blobs) {
+                match compress_layer(archive, &layers[i], &blobs, codec) {
                     Ok(desc) => {
                         on_layer(false, desc.size);
                         if let Ok(mut r) = results.lock() {

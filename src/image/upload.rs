@@ -68,6 +68,9 @@ pub struct Plan<'a> {
     pub workers: usize,
     /// A worker's buffer and chunk size; 0: [`DEFAULT_CHUNK`].
     pub chunk: usize,
+    /// The digest the tag points at now: a manifest with this digest is
+    /// not written again.
+    pub current: Option<&'a str>,
 }
 
 /// What the push did.
@@ -87,6 +90,8 @@ pub struct Uploaded {
     pub config_sent: bool,
     /// Layer uploads tried a second time.
     pub retried: usize,
+    /// Whether the manifest was written (not: the tag was already there).
+    pub manifest_put: bool,
 }
 
 /// One layer's outcome in a worker.
@@ -205,10 +210,15 @@ pub fn push(
         index: 0,
         source: std::io::Error::other(e),
     })?;
-    registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)?;
+    let manifest_digest = sha256_digest(&manifest_bytes);
+    let manifest_put = plan.current != Some(manifest_digest.as_str());
+    if manifest_put {
+        registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)?;
+    }
     journal.clear();
     Ok(Uploaded {
-        manifest_digest: sha256_digest(&manifest_bytes),
+        manifest_digest,
+        manifest_put,
         manifest_bytes,
         layers: count,
         reused: count - todo.len(),

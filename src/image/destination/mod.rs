@@ -117,6 +117,8 @@ pub struct Upload<'a> {
     pub name: &'a str,
     /// Every tag to write, in order, and where it points now.
     pub states: &'a [TagState],
+    /// How new layers are compressed.
+    pub codec: crate::image::codec::Codec,
 }
 
 /// The image at the destination after an upload (or found there).
@@ -313,14 +315,14 @@ impl Destination {
 
     /// What [`upload`](Self::upload) and the retags would run, for the
     /// dry-run plan (`out`: the image's out path).
-    pub fn plan(&self, tools: &Tools, out: &str, tags: &[Tag]) -> Vec<String> {
+    pub fn plan(&self, out: &str, tags: &[Tag], codec: crate::image::codec::Codec) -> Vec<String> {
         let Some(first) = tags.first() else {
             return Vec::new();
         };
         match self {
             Destination::Layout(l) => vec![l.plan(out, tags)],
             Destination::Registry(r) => {
-                let mut cmds = r.plan(tools, out, first);
+                let mut cmds = r.plan(out, first, codec);
                 for tag in &tags[1..] {
                     cmds.push(format!(
                         "(built in) {}  (the same manifest: a retag, no blob is sent)",
@@ -434,6 +436,7 @@ fn write_layout(
     dir: &Path,
     reuse: &oci::ReuseMap,
     tags: &[String],
+    codec: crate::image::codec::Codec,
 ) -> miette::Result<oci::Written> {
     reporter.emit(Event::Push(PushEvent::LayersPlanned {
         total: scanned.layer_count(),
@@ -442,7 +445,7 @@ fn write_layout(
     let on_layer = move |skipped: bool, bytes: u64| {
         reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
     };
-    Ok(oci::write(scanned, dir, reuse, tags, &on_layer)?)
+    Ok(oci::write(scanned, dir, reuse, tags, codec, &on_layer)?)
 }
 
 /// Drop what the cache holds for pushed images: decompressed or streamed

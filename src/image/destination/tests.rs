@@ -1,6 +1,7 @@
 //! The layout side of the destination, on temporary directories.
 
 use super::*;
+use crate::image::codec::Codec;
 use crate::image::layout::{Descriptor, Index, OCI_INDEX, OCI_MANIFEST, REF_NAME};
 use crate::progress::Reporter;
 
@@ -204,9 +205,9 @@ fn layout_plan_names_every_tag() {
     let (dir, _, _) = layout();
     let dest = open(dir.path());
     let plan = dest.plan(
-        &tools(),
         "/nix/store/x-image",
         &[tag("nix-x"), tag("latest")],
+        Codec::default(),
     );
     assert_eq!(
         plan,
@@ -215,7 +216,9 @@ fn layout_plan_names_every_tag() {
             dir.path().display()
         )]
     );
-    assert!(dest.plan(&tools(), "/nix/store/x-image", &[]).is_empty());
+    assert!(dest
+        .plan("/nix/store/x-image", &[], Codec::default())
+        .is_empty());
 }
 
 /// A registry that answers `GET /v2/` and deletes a manifest once; it
