@@ -246,7 +246,7 @@ fn many_new_layers_go_up_in_parallel_and_skopeo_pulls_them() {
     // One upload session per layer plus the config; the big layers went in
     // chunks, the small ones whole.
     let log = registry.log();
-    assert_eq!(registry.blob_upload_count_for(REPO), 25, "{log}");
+    assert_eq!(registry.blob_upload_count(), 25, "{log}");
     assert!(log.lines().any(|l| l.contains("\"PATCH /v2/")), "chunked");
     assert_eq!(blob_puts(&log).len(), 25);
     assert_skopeo_pulls(&registry, &host, dir.path(), &diff_ids);
@@ -272,18 +272,22 @@ fn many_new_layers_go_up_in_parallel_and_skopeo_pulls_them() {
         journal: None,
         workers: 0,
         chunk: 0,
+        current: Some(&pushed.manifest_digest),
     };
+    let puts = registry.manifest_put_count();
     let again = upload::push(&c, &plan, "latest", &|_, _| {}).expect("again");
     assert_eq!(
         (again.sent, again.reused, again.config_sent),
         (0, 24, false)
     );
-    assert_eq!(again.manifest_digest, pushed.manifest_digest);
+    assert!(!again.manifest_put);
     assert_eq!(
-        registry.blob_upload_count_for(REPO),
-        25,
-        "nothing sent again"
+        registry.manifest_put_count(),
+        puts,
+        "the tag was already there"
     );
+    assert_eq!(again.manifest_digest, pushed.manifest_digest);
+    assert_eq!(registry.blob_upload_count(), 25, "nothing sent again");
 }
 
 #[test]
@@ -349,7 +353,7 @@ fn a_500_on_one_blob_is_retried_once() {
     // Seven blobs (six layers, the config) reached the registry; the
     // failed layer opened a second upload session.
     assert_eq!(blob_puts(&registry.log()).len(), 7);
-    assert_eq!(registry.blob_upload_count_for(REPO), 8);
+    assert_eq!(registry.blob_upload_count(), 8);
     assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
 
     // Two 500s for one layer: no third try; the error says what failed.
@@ -464,7 +468,7 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
 
     // Resume (straight to the registry): HEAD for the journal's blobs, an
     // upload for every other one.
-    let uploads_before = registry.blob_upload_count_for(REPO);
+    let uploads_before = registry.blob_upload_count();
     let c = client(&registry.host(), &registry);
     let pushed = push(&c, &archive, Codec::default(), Some(&journal), 0, chunk).expect("resume");
     assert_eq!(pushed.resumed, done);
@@ -480,7 +484,7 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     }
     assert_eq!(second.len(), layers - done + 1, "missing layers and config");
     assert_eq!(
-        registry.blob_upload_count_for(REPO) - uploads_before,
+        registry.blob_upload_count() - uploads_before,
         layers - done + 1
     );
     assert!(!journal.exists(), "the journal is dropped after the push");
