@@ -35,7 +35,7 @@ use super::registry::{Registry, RegistryError};
 use crate::digest::{hex, sha256_digest};
 
 /// The default size of a worker's buffer, and of a chunk sent.
-pub const DEFAULT_CHUNK: usize = 4 * 1024 * 1024;
+pub const DEFAULT_CHUNK: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum UploadError {
@@ -88,7 +88,7 @@ pub struct Uploaded {
     pub sent_bytes: u64,
     /// Whether the config blob was sent (it was not there yet).
     pub config_sent: bool,
-    /// Layer uploads tried a second time.
+    /// Uploads (layers, the config, the manifest) tried a second time.
     pub retried: usize,
     /// Whether the manifest was written (not: the tag was already there).
     pub manifest_put: bool,
@@ -193,7 +193,7 @@ pub fn push(
             }
         }
     }
-    let (config_digest, config_sent) = registry.put_blob(scanned.config())?;
+    let (config_digest, config_sent) = once_more(&retried, || registry.put_blob(scanned.config()))?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
@@ -213,7 +213,9 @@ pub fn push(
     let manifest_digest = sha256_digest(&manifest_bytes);
     let manifest_put = plan.current != Some(manifest_digest.as_str());
     if manifest_put {
-        registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)?;
+        once_more(&retried, || {
+            registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)
+        })?;
     }
     journal.clear();
     Ok(Uploaded {
@@ -228,6 +230,20 @@ pub fn push(
         config_sent,
         retried: retried.into_inner(),
     })
+}
+
+/// `f`, and once more after a transient failure.
+fn once_more<T>(
+    retried: &AtomicUsize,
+    f: impl Fn() -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    match f() {
+        Err(e) if e.is_transient() => {
+            retried.fetch_add(1, Ordering::SeqCst);
+            f()
+        }
+        other => other,
+    }
 }
 
 /// Push layer `i`: found through the journal, or compressed and sent (once

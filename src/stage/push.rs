@@ -96,9 +96,12 @@ impl Stage for Push<'_, '_> {
 
     fn plan(&self, cx: &Ctx, _: &Vec<TagState>) -> Vec<String> {
         let tags = self.survey.all_tags(&cx.cfg, &self.built.eval);
-        self.prepared
-            .destination
-            .plan(self.built.eval.out_path.as_str(), &tags, cx.cfg.codec)
+        self.prepared.destination.plan(
+            &self.prepared.tools,
+            self.built.eval.out_path.as_str(),
+            &tags,
+            cx.cfg.codec,
+        )
     }
 
     async fn dry_run(&mut self, cx: &mut Ctx, _: Vec<TagState>) -> miette::Result<Done<Pushed>> {

@@ -34,6 +34,13 @@ pub struct ProxyCounters {
     /// for good (until the proxy stops); 0: none.
     patch_hold: AtomicUsize,
     patches: AtomicUsize,
+    /// Hold the nth (1-based) blob upload start (`POST …/blobs/uploads/`)
+    /// like a held manifest write, until [`release`](FaultProxy::release);
+    /// 0: none.
+    post_hold: AtomicUsize,
+    posts: AtomicUsize,
+    /// Lets a held blob upload start go on.
+    release: AtomicBool,
     log: Mutex<Vec<String>>,
 }
 
@@ -114,6 +121,17 @@ impl FaultProxy {
         self.c.patch_hold.store(nth, Ordering::SeqCst);
     }
 
+    /// Hold the `nth` (1-based) blob upload start (`POST`) until
+    /// [`release`](Self::release); [`held`](Self::held) says it arrived.
+    pub fn hold_blob_post(&self, nth: usize) {
+        self.c.post_hold.store(nth, Ordering::SeqCst);
+    }
+
+    /// Let a held blob upload start go on (to the registry as it is then).
+    pub fn release(&self) {
+        self.c.release.store(true, Ordering::SeqCst);
+    }
+
     /// Blob chunk `PATCH`es seen so far (the held one included).
     pub fn patches(&self) -> usize {
         self.c.patches.load(Ordering::SeqCst)
@@ -191,6 +209,16 @@ pub fn proxy_one(
         return Ok(());
     }
     let blob_upload = path.starts_with("/v2/") && path.contains("/blobs/uploads/");
+    if blob_upload && method == "POST" {
+        let nth = counters.posts.fetch_add(1, Ordering::SeqCst) + 1;
+        if counters.post_hold.load(Ordering::SeqCst) == nth {
+            counters.held.store(true, Ordering::SeqCst);
+            while !counters.release.load(Ordering::SeqCst) && !counters.stop.load(Ordering::SeqCst)
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
     if blob_upload && method == "PATCH" {
         let nth = counters.patches.fetch_add(1, Ordering::SeqCst) + 1;
         if counters.patch_hold.load(Ordering::SeqCst) == nth {

@@ -68,6 +68,7 @@ impl Manifest {
 
 mod layout;
 mod registry;
+mod skopeo_copy;
 #[cfg(test)]
 mod tests;
 
@@ -315,14 +316,20 @@ impl Destination {
 
     /// What [`upload`](Self::upload) and the retags would run, for the
     /// dry-run plan (`out`: the image's out path).
-    pub fn plan(&self, out: &str, tags: &[Tag], codec: crate::image::codec::Codec) -> Vec<String> {
+    pub fn plan(
+        &self,
+        tools: &Tools,
+        out: &str,
+        tags: &[Tag],
+        codec: crate::image::codec::Codec,
+    ) -> Vec<String> {
         let Some(first) = tags.first() else {
             return Vec::new();
         };
         match self {
             Destination::Layout(l) => vec![l.plan(out, tags)],
             Destination::Registry(r) => {
-                let mut cmds = r.plan(out, first, codec);
+                let mut cmds = r.plan(tools, out, first, codec);
                 for tag in &tags[1..] {
                     cmds.push(format!(
                         "(built in) {}  (the same manifest: a retag, no blob is sent)",

@@ -5,7 +5,8 @@
 //! diff_id against the images at the run's tags) on every core and streams
 //! each to the registry as it is compressed ([`upload::push`]); the config,
 //! the manifest and the first tag follow. skopeo only reads what the tags
-//! point at.
+//! point at, and uploads when the user gave a trust policy (--policy),
+//! which only skopeo applies (see skopeo_copy.rs).
 
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ pub const JOURNAL: &str = "upload-journal";
 pub struct Registry {
     pub(super) client: Arc<RegistryClient>,
     pub(super) image: ImageRef,
-    tls_verify: bool,
+    pub(super) tls_verify: bool,
 }
 
 impl Registry {
@@ -73,7 +74,7 @@ impl Registry {
 
     /// What the registry's current images teach about layers: diff_id →
     /// compressed blob already in this repository.
-    async fn reuse(
+    pub(super) async fn reuse(
         &self,
         runner: &Runner,
         tools: &Tools,
@@ -117,6 +118,9 @@ impl Registry {
         tools: &Tools,
         up: &Upload<'_>,
     ) -> miette::Result<Pushed> {
+        if tools.skopeo.user_policy {
+            return self.upload_with_skopeo(runner, tools, up).await;
+        }
         let reporter = runner.reporter();
         let first = up.first.clone();
         let scanned = oci::Scanned::new(up.archive)?;
@@ -129,20 +133,32 @@ impl Registry {
             .states
             .iter()
             .find(|s| s.tag == first)
-            .and_then(|s| s.digest.as_deref());
-        let plan = upload::Plan {
-            scanned: &scanned,
-            reuse: &reuse,
-            codec: up.codec,
-            journal: Some(&journal),
-            workers: 0,
-            chunk: 0,
-            current,
-        };
-        let on_layer = |skipped: bool, bytes: u64| {
-            reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
-        };
-        let done = upload::push(&self.client, &plan, first.as_str(), &on_layer)?;
+            .and_then(|s| s.digest.clone());
+        // On a thread of its own: the runtime stays free to see a signal
+        // (the pipeline stops on SIGTERM or SIGINT without waiting for the
+        // upload to end).
+        let (client, codec, tag) = (self.client.clone(), up.codec, first.to_string());
+        let progress = reporter.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let plan = upload::Plan {
+                scanned: &scanned,
+                reuse: &reuse,
+                codec,
+                journal: Some(&journal),
+                workers: 0,
+                chunk: 0,
+                current: current.as_deref(),
+            };
+            let on_layer = |skipped: bool, bytes: u64| {
+                progress.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
+            };
+            upload::push(&client, &plan, &tag, &on_layer).map(|done| (done, scanned))
+        });
+        let (done, scanned) = task.await.map_err(|e| upload::UploadError::Read {
+            path: up.archive.to_path_buf(),
+            index: 0,
+            source: std::io::Error::other(format!("the upload thread ended: {e}")),
+        })??;
         let config = scanned.config().len() as u64;
         let blobs = done.sent + usize::from(done.config_sent) + usize::from(done.manifest_put);
         let bytes = done.sent_bytes
@@ -188,7 +204,10 @@ impl Registry {
     }
 
     /// The upload's lines for the plan.
-    pub(super) fn plan(&self, out: &str, first: &Tag, codec: Codec) -> Vec<String> {
+    pub(super) fn plan(&self, tools: &Tools, out: &str, first: &Tag, codec: Codec) -> Vec<String> {
+        if tools.skopeo.user_policy {
+            return self.skopeo_plan(tools, out, first);
+        }
         vec![format!(
             "(built in) push {out} to {} as {first}: the layers the registry lacks compressed ({}) on every core and uploaded as they are compressed, then the config and the manifest",
             self.image,

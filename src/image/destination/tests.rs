@@ -205,6 +205,7 @@ fn layout_plan_names_every_tag() {
     let (dir, _, _) = layout();
     let dest = open(dir.path());
     let plan = dest.plan(
+        &tools(),
         "/nix/store/x-image",
         &[tag("nix-x"), tag("latest")],
         Codec::default(),
@@ -217,7 +218,7 @@ fn layout_plan_names_every_tag() {
         )]
     );
     assert!(dest
-        .plan("/nix/store/x-image", &[], Codec::default())
+        .plan(&tools(), "/nix/store/x-image", &[], Codec::default())
         .is_empty());
 }
 
