@@ -39,7 +39,7 @@ pub struct ProxyCounters {
     /// 0: none.
     post_hold: AtomicUsize,
     posts: AtomicUsize,
-    /// Lets a held blob upload start go on.
+    /// Lets a held blob upload start or manifest write go on.
     release: AtomicBool,
     log: Mutex<Vec<String>>,
 }
@@ -84,7 +84,8 @@ impl FaultProxy {
     }
 
     /// Hold the `nth` (1-based) manifest write, not failed, until the proxy
-    /// is dropped: [`held`](Self::held) says it arrived.
+    /// is dropped or [`release`](Self::release)d: [`held`](Self::held) says
+    /// it arrived.
     pub fn hold_manifest_put(&self, nth: usize) {
         self.c.hold.store(nth, Ordering::SeqCst);
     }
@@ -127,7 +128,8 @@ impl FaultProxy {
         self.c.post_hold.store(nth, Ordering::SeqCst);
     }
 
-    /// Let a held blob upload start go on (to the registry as it is then).
+    /// Let a held blob upload start or manifest write go on (to the
+    /// registry as it is then).
     pub fn release(&self) {
         self.c.release.store(true, Ordering::SeqCst);
     }
@@ -276,7 +278,8 @@ pub fn proxy_one(
         }
         if counters.hold.load(Ordering::SeqCst) == nth {
             counters.held.store(true, Ordering::SeqCst);
-            while !counters.stop.load(Ordering::SeqCst) {
+            while !counters.stop.load(Ordering::SeqCst) && !counters.release.load(Ordering::SeqCst)
+            {
                 thread::sleep(Duration::from_millis(10));
             }
         }
