@@ -33,6 +33,7 @@ use super::codec::{Codec, OCI_LAYER_GZIP};
 use super::layout::{Descriptor, Manifest, ReuseMap, Scanned, OCI_CONFIG, OCI_MANIFEST};
 use super::registry::{Registry, RegistryError};
 use crate::digest::{hex, sha256_digest};
+use crate::tool::children::Interrupted;
 
 /// The default size of a worker's buffer, and of a chunk sent.
 pub const DEFAULT_CHUNK: usize = 2 * 1024 * 1024;
@@ -54,6 +55,20 @@ pub enum UploadError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Registry(#[from] RegistryError),
+
+    /// A signal came: nothing more is sent (as no new command starts).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Interrupted(#[from] Interrupted),
+}
+
+/// Stop once a signal came (SIGINT, SIGTERM, SIGHUP): the pipeline then
+/// lets running work end and starts nothing new.
+fn check_signal() -> Result<(), Interrupted> {
+    match crate::tool::children::interrupted() {
+        Some(signal) => Err(Interrupted { signal }),
+        None => Ok(()),
+    }
 }
 
 /// What to push, and how.
@@ -193,6 +208,7 @@ pub fn push(
             }
         }
     }
+    check_signal()?;
     let (config_digest, config_sent) = once_more(&retried, || registry.put_blob(scanned.config()))?;
     let manifest = Manifest {
         schema_version: 2,
@@ -213,6 +229,7 @@ pub fn push(
     let manifest_digest = sha256_digest(&manifest_bytes);
     let manifest_put = plan.current != Some(manifest_digest.as_str());
     if manifest_put {
+        check_signal()?;
         once_more(&retried, || {
             registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)
         })?;
@@ -256,6 +273,7 @@ fn one_layer(
     chunk: usize,
     retried: &AtomicUsize,
 ) -> Result<Outcome, UploadError> {
+    check_signal()?;
     let (offset, size, diff_id) = plan.scanned.layer(i).ok_or_else(|| UploadError::Read {
         path: plan.scanned.path.clone(),
         index: i,
@@ -286,8 +304,8 @@ struct ChunkSink<'r> {
     chunk: usize,
     hash: Sha256,
     size: u64,
-    /// The registry's error behind an I/O error given to the encoder.
-    failed: Option<RegistryError>,
+    /// The error behind an I/O error given to the encoder.
+    failed: Option<UploadError>,
 }
 
 impl Write for ChunkSink<'_> {
@@ -298,7 +316,10 @@ impl Write for ChunkSink<'_> {
         self.hash.update(&data[..n]);
         self.size += n as u64;
         if self.buf.len() >= self.chunk {
-            if let Err(e) = self.upload.append(&self.buf) {
+            let sent = check_signal()
+                .map_err(UploadError::from)
+                .and_then(|_| self.upload.append(&self.buf).map_err(UploadError::from));
+            if let Err(e) = sent {
                 let io = std::io::Error::other(e.to_string());
                 self.failed = Some(e);
                 return Err(io);
@@ -351,7 +372,7 @@ fn send_layer(
     };
     if let Err(e) = written {
         return Err(match sink.failed.take() {
-            Some(registry_error) => UploadError::Registry(registry_error),
+            Some(failed) => failed,
             None => read_err(e),
         });
     }
