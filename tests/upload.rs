@@ -367,6 +367,45 @@ fn a_500_on_one_blob_is_retried_once() {
     assert_eq!(code.as_deref(), Some("runnerctl::registry::http"));
 }
 
+#[test]
+fn a_registry_that_refuses_chunks_gets_whole_blobs() {
+    let registry = Registry::new();
+    let proxy = FaultProxy::start(registry.port(), 0);
+    proxy.refuse_patches();
+    let dir = new_tempdir("upload-whole");
+    let (archive, diff_ids) = make_archive(dir.path(), 6, &sizes(6));
+    let journal = dir.path().join("journal");
+    let c = client(&proxy.host(), &registry);
+    let pushed = push(&c, &archive, Codec::default(), Some(&journal), 1, 64 * 1024).expect("push");
+    assert_eq!(pushed.sent, 6);
+    // One chunk was refused: that layer's session was dropped, and every
+    // layer went up whole (one PUT with the blob) from then on.
+    // (The refused chunk may be sent again on the same session before
+    // the client reads the 405.)
+    assert!(
+        (1..=3).contains(&proxy.patches()),
+        "{:#?}",
+        proxy.requests()
+    );
+    assert!(
+        !registry.log().contains("\"PATCH /v2/"),
+        "no chunk got through"
+    );
+    assert_eq!(registry.blob_upload_count(), 6 + 1 + 1);
+    assert_eq!(blob_puts(&registry.log()).len(), 7);
+    assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".runnerctl-blob-")
+        })
+        .collect();
+    assert!(left.is_empty(), "spilled blobs left behind: {left:?}");
+}
+
 /// The child of [`a_push_killed_mid_upload_resumes_with_the_missing_blobs`]:
 /// pushes what `UPLOAD_CHILD` names (archive, host, user, password,
 /// journal, one per line), one layer at a time.

@@ -11,6 +11,10 @@
 //!   (`PATCH`); the last bytes close the upload with the digest (`PUT`). A
 //!   layer that fits one buffer goes monolithic, in that `PUT`. Memory is
 //!   so bounded by the workers' buffers, whatever the image's size.
+//! - A registry that refuses a chunk (`PATCH` answered 400, 405, 411, 415,
+//!   416 or 501) gets whole blobs from then on: each layer is compressed
+//!   into a file next to the journal, hashed as it is written, and sent in
+//!   one `PUT` streamed from that file.
 //! - A layer whose upload fails with a transient failure (the classes
 //!   skopeo retries: 5xx, refused or reset connections) is compressed and
 //!   sent once more, in a new upload session.
@@ -22,7 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use miette::Diagnostic;
@@ -31,7 +35,7 @@ use thiserror::Error;
 
 use super::codec::{Codec, OCI_LAYER_GZIP};
 use super::layout::{Descriptor, Manifest, ReuseMap, Scanned, OCI_CONFIG, OCI_MANIFEST};
-use super::registry::{Registry, RegistryError};
+use super::registry::{BlobUpload, Registry, RegistryError};
 use crate::digest::{hex, sha256_digest};
 use crate::tool::children::Interrupted;
 
@@ -142,10 +146,19 @@ pub fn push(
         n => n,
     }
     .min(todo.len().max(1));
-    let chunk = if plan.chunk == 0 {
-        DEFAULT_CHUNK
-    } else {
-        plan.chunk
+    let how = How {
+        chunk: if plan.chunk == 0 {
+            DEFAULT_CHUNK
+        } else {
+            plan.chunk
+        },
+        whole: AtomicBool::new(false),
+        spill: plan
+            .journal
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir),
     };
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -155,7 +168,7 @@ pub fn push(
                 }
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&i) = todo.get(k) else { break };
-                let outcome = one_layer(registry, plan, &journal, i, chunk, &retried);
+                let outcome = one_layer(registry, plan, &journal, i, &how, &retried);
                 match outcome {
                     Ok(outcome) => {
                         match &outcome {
@@ -280,7 +293,7 @@ fn one_layer(
     plan: &Plan,
     journal: &Journal,
     i: usize,
-    chunk: usize,
+    how: &How,
     retried: &AtomicUsize,
 ) -> Result<Outcome, UploadError> {
     check_signal()?;
@@ -295,15 +308,36 @@ fn one_layer(
         }
     }
     let layer = (offset, size, i);
-    let desc = match send_layer(registry, plan, layer, chunk) {
+    let send = || {
+        if how.whole.load(Ordering::SeqCst) {
+            return send_whole(registry, plan, layer, &how.spill);
+        }
+        match send_layer(registry, plan, layer, how.chunk) {
+            Err(UploadError::Registry(e)) if BlobUpload::refuses_chunks(&e) => {
+                // This registry takes no chunks: whole blobs from now on.
+                how.whole.store(true, Ordering::SeqCst);
+                send_whole(registry, plan, layer, &how.spill)
+            }
+            other => other,
+        }
+    };
+    let desc = match send() {
         Err(UploadError::Registry(e)) if e.is_transient() => {
             retried.fetch_add(1, Ordering::SeqCst);
-            send_layer(registry, plan, layer, chunk)?
+            send()?
         }
         other => other?,
     };
     journal.record(diff_id, &desc);
     Ok(Outcome::Sent(desc))
+}
+
+/// How layers go up: in chunks of `chunk` bytes, or, once the registry
+/// refused a chunk, whole, from a file in `spill`.
+struct How {
+    chunk: usize,
+    whole: AtomicBool,
+    spill: PathBuf,
 }
 
 /// Where a worker's compressed bytes go: a buffer, hashed and counted as
@@ -343,23 +377,52 @@ impl Write for ChunkSink<'_> {
     }
 }
 
-/// Compress layer `(offset, size, index)` and stream it to the registry.
+/// Compress layer `(offset, size, index)` of the archive into `out`
+/// (a layer that is gzip already goes as it is). Returns whether it was
+/// passed through.
+fn compress(
+    plan: &Plan,
+    (offset, size, _): (u64, u64, usize),
+    out: &mut dyn Write,
+) -> std::io::Result<bool> {
+    let mut file = File::open(&plan.scanned.path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file.take(size));
+    let mut head = [0u8; 2];
+    let n = reader.read(&mut head)?;
+    let passthrough = super::archive::is_gzip(&head[..n]);
+    if passthrough {
+        out.write_all(&head[..n])?;
+        std::io::copy(&mut reader, out)?;
+    } else {
+        let mut enc = plan.codec.encoder(out)?;
+        enc.write_all(&head[..n])?;
+        std::io::copy(&mut reader, &mut enc)?;
+        enc.finish()?;
+    }
+    Ok(passthrough)
+}
+
+fn descriptor(plan: &Plan, passthrough: bool, hash: Sha256, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: if passthrough {
+            OCI_LAYER_GZIP.to_string()
+        } else {
+            plan.codec.media_type().to_string()
+        },
+        digest: format!("sha256:{}", hex(&hash.finalize())),
+        size,
+        annotations: None,
+    }
+}
+
+/// Compress a layer and stream it to the registry in chunks.
 fn send_layer(
     registry: &Registry,
     plan: &Plan,
-    (offset, size, index): (u64, u64, usize),
+    layer: (u64, u64, usize),
     chunk: usize,
 ) -> Result<Descriptor, UploadError> {
-    let read_err = |source: std::io::Error| UploadError::Read {
-        path: plan.scanned.path.clone(),
-        index,
-        source,
-    };
-    let mut file = File::open(&plan.scanned.path).map_err(read_err)?;
-    file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file.take(size));
-    let mut head = [0u8; 2];
-    let n = reader.read(&mut head).map_err(read_err)?;
     let mut sink = ChunkSink {
         upload: registry.start_upload()?,
         buf: Vec::with_capacity(chunk),
@@ -368,24 +431,15 @@ fn send_layer(
         size: 0,
         failed: None,
     };
-    let passthrough = super::archive::is_gzip(&head[..n]);
-    let written = if passthrough {
-        // Already gzip: its bytes are the blob.
-        sink.write_all(&head[..n])
-            .and_then(|_| std::io::copy(&mut reader, &mut sink).map(|_| ()))
-    } else {
-        plan.codec.encoder(&mut sink).and_then(|mut enc| {
-            enc.write_all(&head[..n])?;
-            std::io::copy(&mut reader, &mut enc)?;
-            enc.finish().map(|_| ())
-        })
+    let passthrough = match compress(plan, layer, &mut sink) {
+        Ok(passthrough) => passthrough,
+        Err(e) => {
+            return Err(match sink.failed.take() {
+                Some(failed) => failed,
+                None => read_error(plan, layer.2, e),
+            })
+        }
     };
-    if let Err(e) = written {
-        return Err(match sink.failed.take() {
-            Some(failed) => failed,
-            None => read_err(e),
-        });
-    }
     let ChunkSink {
         upload,
         buf,
@@ -393,18 +447,65 @@ fn send_layer(
         size,
         ..
     } = sink;
-    let digest = format!("sha256:{}", hex(&hash.finalize()));
-    upload.finish(&digest, &buf)?;
-    Ok(Descriptor {
-        media_type: if passthrough {
-            OCI_LAYER_GZIP.to_string()
-        } else {
-            plan.codec.media_type().to_string()
-        },
-        digest,
-        size,
-        annotations: None,
-    })
+    let desc = descriptor(plan, passthrough, hash, size);
+    upload.finish(&desc.digest, &buf)?;
+    Ok(desc)
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashed<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// For a registry that takes no chunks: compress the layer into a file in
+/// `dir` (hashing as it goes), then send it whole, streamed from the file,
+/// in one `PUT`. Memory stays bounded; the disk holds one layer per worker.
+fn send_whole(
+    registry: &Registry,
+    plan: &Plan,
+    layer: (u64, u64, usize),
+    dir: &Path,
+) -> Result<Descriptor, UploadError> {
+    let io = |e| read_error(plan, layer.2, e);
+    let tmp = tempfile::Builder::new()
+        .prefix(".runnerctl-blob-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let mut out = Hashed {
+        inner: std::io::BufWriter::with_capacity(256 * 1024, tmp.reopen().map_err(io)?),
+        hash: Sha256::new(),
+        size: 0,
+    };
+    let passthrough = compress(plan, layer, &mut out).map_err(io)?;
+    out.flush().map_err(io)?;
+    let desc = descriptor(plan, passthrough, out.hash, out.size);
+    check_signal()?;
+    registry
+        .start_upload()?
+        .finish_file(&desc.digest, tmp.path())?;
+    Ok(desc)
+}
+
+fn read_error(plan: &Plan, index: usize, source: std::io::Error) -> UploadError {
+    UploadError::Read {
+        path: plan.scanned.path.clone(),
+        index,
+        source,
+    }
 }
 
 /// Blobs that reached the registry: one line per blob,

@@ -41,6 +41,9 @@ pub struct ProxyCounters {
     posts: AtomicUsize,
     /// Lets a held blob upload start or manifest write go on.
     release: AtomicBool,
+    /// Answer 405 to every blob chunk (`PATCH`), as a registry that takes
+    /// only whole blobs does.
+    refuse_patches: AtomicBool,
     log: Mutex<Vec<String>>,
 }
 
@@ -134,6 +137,11 @@ impl FaultProxy {
         self.c.release.store(true, Ordering::SeqCst);
     }
 
+    /// Answer 405 (`Method Not Allowed`) to every blob chunk from now on.
+    pub fn refuse_patches(&self) {
+        self.c.refuse_patches.store(true, Ordering::SeqCst);
+    }
+
     /// Blob chunk `PATCH`es seen so far (the held one included).
     pub fn patches(&self) -> usize {
         self.c.patches.load(Ordering::SeqCst)
@@ -223,6 +231,17 @@ pub fn proxy_one(
     }
     if blob_upload && method == "PATCH" {
         let nth = counters.patches.fetch_add(1, Ordering::SeqCst) + 1;
+        if counters.refuse_patches.load(Ordering::SeqCst) {
+            drain_body(&mut client, &text)?;
+            let msg = r#"{"errors":[{"code":"UNSUPPORTED","message":"injected: chunked uploads are not supported"}]}"#;
+            let resp = format!(
+                "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+            client.write_all(resp.as_bytes())?;
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
         if counters.patch_hold.load(Ordering::SeqCst) == nth {
             while !counters.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(10));

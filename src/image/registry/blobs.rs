@@ -48,6 +48,7 @@ impl Registry {
             content_type: None,
             body: None,
             extra: Vec::new(),
+            file: None,
         })?;
         Ok(response.map(|r| {
             r.header("Content-Length")
@@ -66,6 +67,7 @@ impl Registry {
             content_type: None,
             body: Some(&[]),
             extra: Vec::new(),
+            file: None,
         })?;
         let location = response
             .as_ref()
@@ -123,6 +125,7 @@ impl BlobUpload<'_> {
             content_type: Some("application/octet-stream"),
             body: Some(chunk),
             extra: vec![("Content-Range", format!("{}-{end}", self.sent))],
+            file: None,
         })?;
         let Some(response) = response else {
             return Err(self.gone("PATCH"));
@@ -155,12 +158,52 @@ impl BlobUpload<'_> {
             content_type: Some("application/octet-stream"),
             body: Some(last),
             extra,
+            file: None,
         })?;
         if response.is_none() {
             return Err(self.gone("PUT"));
         }
         self.sent += last.len() as u64;
         Ok(self.sent)
+    }
+
+    /// Close a fresh upload with the whole blob, streamed from `path`
+    /// (monolithic: one `PUT` with a `Content-Length`), as blob `digest`.
+    pub fn finish_file(self, digest: &str, path: &std::path::Path) -> Result<(), RegistryError> {
+        let sep = if self.location.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let response = self.registry.execute(Request {
+            method: "PUT",
+            path: format!("{}{sep}digest={digest}", self.location),
+            accept: None,
+            content_type: Some("application/octet-stream"),
+            body: None,
+            extra: Vec::new(),
+            file: Some(path),
+        })?;
+        match response {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::Http {
+                method: "PUT",
+                url: self.location.clone(),
+                status: 404,
+                body: "the upload session is unknown to the registry".into(),
+            }),
+        }
+    }
+
+    /// Whether a refused chunk means the registry takes no chunked
+    /// uploads (a `PATCH` it does not allow or understand), so the blob
+    /// must go up whole.
+    pub fn refuses_chunks(err: &RegistryError) -> bool {
+        matches!(
+            err,
+            RegistryError::Http { method: "PATCH", status, .. }
+                if matches!(status, 400 | 405 | 411 | 415 | 416 | 501)
+        )
     }
 
     fn gone(&mut self, method: &'static str) -> RegistryError {

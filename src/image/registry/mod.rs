@@ -142,6 +142,8 @@ struct Request<'a> {
     body: Option<&'a [u8]>,
     /// More headers (e.g. `Content-Range` for a chunk of a blob).
     extra: Vec<(&'static str, String)>,
+    /// A file to send as the body instead (a whole blob), streamed.
+    file: Option<&'a std::path::Path>,
 }
 
 impl Registry {
@@ -249,6 +251,13 @@ impl Registry {
         }
         for (name, value) in &req.extra {
             r = r.set(name, value);
+        }
+        if let Some(path) = req.file {
+            let file = std::fs::File::open(path).map_err(ureq::Error::from)?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            return r
+                .set("Content-Length", &len.to_string())
+                .send(std::io::BufReader::with_capacity(256 * 1024, file));
         }
         match req.body {
             Some(body) => r.send_bytes(body),
@@ -413,6 +422,7 @@ impl Registry {
             content_type: None,
             body: None,
             extra: Vec::new(),
+            file: None,
         })?
         else {
             return Ok(None);
@@ -451,6 +461,7 @@ impl Registry {
             content_type: Some(media_type),
             body: Some(bytes),
             extra: Vec::new(),
+            file: None,
         })?;
         let reported = response
             .as_ref()
@@ -469,6 +480,7 @@ impl Registry {
             content_type: None,
             body: None,
             extra: Vec::new(),
+            file: None,
         })?;
         Ok(response.is_some())
     }
