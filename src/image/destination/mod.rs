@@ -90,7 +90,8 @@ pub struct Tools {
     pub authfile: Option<AuthFile>,
     /// The temporary OCI layout is written here.
     pub cache_dir: PathBuf,
-    /// skopeo's digest file is written here.
+    /// skopeo's digest file (with --policy) and the upload journal
+    /// (`upload-journal`: blobs an interrupted upload sent) are written here.
     pub state_dir: PathBuf,
 }
 
