@@ -33,6 +33,11 @@ rollback target *args:
 status *args:
     {{ runnerctl }} status "$@"
 
+# Delete old date tags and the content tags left with them; never what a
+# floating, candidate, kept or unknown tag points to (runnerctl prune --keep N).
+prune *args:
+    {{ runnerctl }} prune "$@"
+
 # Install the test dependencies and run the tests.
 test:
     bash scripts/test

@@ -192,6 +192,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--created", default="2024-06-03T00:00:00Z")
     ap.add_argument("--measure", action="store_true")
+    ap.add_argument("--arch", default="amd64", help="the config's architecture (Go name)")
     args = ap.parse_args()
 
     text = corpus(args.seed)
@@ -216,7 +217,7 @@ def main():
             raw += size
             packed += zsize
         config = json.dumps({
-            "architecture": "amd64",
+            "architecture": args.arch,
             "os": "linux",
             "created": args.created,
             "config": {"Cmd": ["/bin/bash"], "Env": ENV, "WorkingDir": "/root"},

@@ -3,6 +3,7 @@
 # the same generated image and the same local registry. See BENCHMARKS.md.
 #
 #   bash bench/push.sh [--repeats N] [--seed S] [--cases a,b,c,d] [--keep] [--json-out FILE]
+#   bash bench/push.sh --multiarch [--keep]    the two-system bump (bench/multiarch.py)
 #
 # Installs what is missing (scripts/setup; python3 via apt-get), builds
 # runnerctl (`cargo build --release`) and the byte-counting proxy
@@ -44,7 +45,13 @@ if [ ! -x target/bench/push-proxy ] || [ bench/proxy.rs -nt target/bench/push-pr
 	rustc -O --edition 2021 -o target/bench/push-proxy bench/proxy.rs
 fi
 
-driver=(python3 bench/push.py "$@")
+# --multiarch: the two-system bump instead (bench/multiarch.py).
+if [ "${1:-}" = --multiarch ]; then
+	shift
+	driver=(python3 bench/multiarch.py "$@")
+else
+	driver=(python3 bench/push.py "$@")
+fi
 if [ "$(id -u)" -eq 0 ] && [ -z "${BENCH_SHARED_SKOPEO_CACHE:-}" ]; then
 	private=$(mktemp -d "${TMPDIR:-/tmp}/runnerctl-bench-skopeo-cache.XXXXXX")
 	trap 'rm -rf "$private"' EXIT

@@ -48,8 +48,15 @@ pub enum Command {
         after_help = "TARGET is a tag (a date tag such as 20260629, nix-<hash>, any tag) or a sha256: digest in the repository.\n\nExamples:\n  runnerctl rollback 20260629 --dry-run\n  runnerctl rollback 20260629 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl rollback sha256:… --tag latest"
     )]
     Rollback(RollbackArgs),
-    /// Show the saved state, stage by stage.
-    #[command(after_help = "Examples:\n  runnerctl status\n  runnerctl status --json")]
+    /// Delete old date tags and the content tags left with them; never what a floating, candidate, kept or unknown tag points to.
+    #[command(
+        after_help = "Deletes by digest (DELETE /v2/<name>/manifests/<digest>); the registry's garbage collection frees the blobs.\n\nExamples:\n  runnerctl prune --keep 30 --dry-run\n  runnerctl prune --keep 30 --keep-days 90 --image docker://registry.example.org/infra/runners/nixos\n  runnerctl prune --keep 5 --image oci:/srv/oci/nixos --json"
+    )]
+    Prune(PruneArgs),
+    /// Show the saved state, stage by stage; with --max-age, fail when the published image is too old.
+    #[command(
+        after_help = "Examples:\n  runnerctl status\n  runnerctl status --json\n  runnerctl status --max-age 14 --image docker://registry.example.org/infra/runners/nixos"
+    )]
     Status(StatusArgs),
     /// Run a real bump end to end in a throwaway workspace (stand-in nixpkgs, fixture flake, local OCI layout, bare remote).
     Demo(DemoArgs),
@@ -109,6 +116,15 @@ pub struct RunArgs {
         default_value = "nixos"
     )]
     pub attr: String,
+
+    /// Build for these systems (repeatable; RUNNERCTL_SYSTEMS comma-separated): DIR#packages.SYSTEM.NAME each, pushed under one OCI image index [default: this machine's system only, DIR#NAME].
+    #[arg(
+        long = "system",
+        env = "RUNNERCTL_SYSTEMS",
+        value_delimiter = ',',
+        value_name = "SYSTEM"
+    )]
+    pub systems: Vec<String>,
 
     /// The root input whose lastModified gives {date}.
     #[arg(
@@ -286,6 +302,58 @@ pub struct RollbackArgs {
     #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
     pub tags: Vec<String>,
 
+    /// The systems the tags should serve (repeatable; RUNNERCTL_SYSTEMS): a target that lacks one is still rolled back to, with a warning naming it.
+    #[arg(
+        long = "system",
+        env = "RUNNERCTL_SYSTEMS",
+        value_delimiter = ',',
+        value_name = "SYSTEM"
+    )]
+    pub systems: Vec<String>,
+
+    #[command(flatten)]
+    pub local: LocalArgs,
+
+    /// Show which tag would move from which digest to which, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N date tags (YYYYMMDD).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keep: u32,
+
+    /// Also keep every date tag at most D days old (a tag is kept if either rule keeps it).
+    #[arg(long, env = "RUNNERCTL_PRUNE_KEEP_DAYS", value_name = "D", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub keep_days: Option<u32>,
+
+    /// Floating tags, whose images are never deleted (repeatable) [default: latest, unstable].
+    #[arg(long = "tag", value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// The tag `release --hold` pushes; its image is never deleted.
+    #[arg(
+        long,
+        env = "RUNNERCTL_CANDIDATE_TAG",
+        value_name = "TAG",
+        default_value = "candidate"
+    )]
+    pub candidate_tag: String,
+
+    #[command(flatten)]
+    pub local: LocalArgs,
+
+    /// Print every tag and digest that would be deleted or kept, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What the commands that run without a flake pipeline (rollback, prune)
+/// share: where their state is, the destination, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
     /// A flake checkout whose state dir (DIR/.runnerctl) and default destination to use.
     #[arg(short = 'C', long = "flake", value_name = "DIR")]
     pub flake: Option<PathBuf>,
@@ -296,10 +364,6 @@ pub struct RollbackArgs {
 
     #[command(flatten)]
     pub destination: DestinationArgs,
-
-    /// Show which tag would move from which digest to which, and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
 
     /// Print one JSON document on stdout and nothing else there.
     #[arg(long)]
@@ -314,6 +378,41 @@ pub struct RollbackArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub common: Common,
+
+    /// Exit 1 when the published image is older than DAYS (from its config with --image, else from the last push's date tag).
+    #[arg(long, env = "RUNNERCTL_MAX_AGE", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_age: Option<u32>,
+
+    /// The floating tag whose image --max-age checks [default: latest].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// The root input the image is built from, for the message.
+    #[arg(
+        long,
+        env = "RUNNERCTL_INPUT",
+        value_name = "NAME",
+        default_value = "nixpkgs"
+    )]
+    pub input: String,
+
+    /// With --max-age: read the date from this image (docker://HOST[:PORT]/PATH or oci:DIR) instead of the state's last push.
+    #[arg(long, env = "RUNNERCTL_IMAGE", value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Verify TLS certificates of the registry (false for a plain-HTTP registry).
+    #[arg(long, env = "RUNNERCTL_TLS_VERIFY", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub tls_verify: bool,
+
+    /// Seconds the registry may take to answer one request.
+    #[arg(
+        long,
+        env = "RUNNERCTL_REGISTRY_TIMEOUT",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub registry_timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,6 +9,7 @@ use crate::auth::{AuthError, Credentials};
 use crate::cli::{Common, RunArgs, SmokeMode};
 use crate::image::reference::{ImageRef, Tag, TagTemplate, DEFAULT_TAGS};
 use crate::progress::{ProgressMode, Verbosity};
+use crate::system::System;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -68,6 +69,9 @@ pub struct Config {
     pub mode: Mode,
     pub flake: PathBuf,
     pub attr: String,
+    /// `--system`: the systems to build for, each as
+    /// `packages.SYSTEM.ATTR` (empty: this machine's, as `ATTR`).
+    pub systems: Vec<System>,
     pub input: String,
     pub update_inputs: Vec<String>,
     pub image: ImageRef,
@@ -147,6 +151,17 @@ pub enum ConfigError {
         help("drop --no-nix-tag (or RUNNERCTL_NO_NIX_TAG): `runnerctl promote` finds a held image by its nix-<hash> tag")
     )]
     HoldWithoutNixTag,
+
+    #[error("--system {systems} builds an image per system, and --no-nix-tag turns off the content tags they are found by")]
+    #[diagnostic(
+        code(runnerctl::config::systems_without_nix_tag),
+        help("drop --no-nix-tag (or RUNNERCTL_NO_NIX_TAG): each system's image keeps its own nix-<hash> tag, so a rerun skips the systems already pushed and the index is written only when all are there")
+    )]
+    SystemsWithoutNixTag { systems: String },
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    System(#[from] crate::system::UnknownSystem),
 
     #[error("the candidate tag `{tag}` is also one of the floating tags")]
     #[diagnostic(
@@ -286,11 +301,25 @@ impl Config {
         if args.hold && args.no_nix_tag {
             return Err(ConfigError::HoldWithoutNixTag);
         }
+        let mut systems: Vec<System> = Vec::new();
+        for text in args.systems.iter().filter(|s| !s.trim().is_empty()) {
+            let system: System = text.parse()?;
+            if !systems.contains(&system) {
+                systems.push(system);
+            }
+        }
+        if systems.len() > 1 && args.no_nix_tag {
+            let names: Vec<&str> = systems.iter().map(System::as_str).collect();
+            return Err(ConfigError::SystemsWithoutNixTag {
+                systems: names.join(","),
+            });
+        }
         let smoke = smoke_config(args)?;
         Ok(Config {
             mode,
             flake,
             attr: args.attr.clone(),
+            systems,
             input: args.input.clone(),
             update_inputs: args.update_inputs.clone(),
             image,
@@ -317,6 +346,23 @@ impl Config {
             output: output(&args.common),
             credentials: Credentials::from_env()?,
         })
+    }
+
+    /// Several systems: their images are published under one index.
+    pub fn multi_arch(&self) -> bool {
+        self.systems.len() > 1
+    }
+
+    /// What to build: each system's `packages.SYSTEM.ATTR` with
+    /// `--system`, else `ATTR` for this machine.
+    pub fn builds(&self) -> Vec<(Option<System>, String)> {
+        if self.systems.is_empty() {
+            return vec![(None, self.attr.clone())];
+        }
+        self.systems
+            .iter()
+            .map(|s| (Some(s.clone()), format!("packages.{s}.{}", self.attr)))
+            .collect()
     }
 
     pub fn lock_path(&self) -> PathBuf {

@@ -64,7 +64,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             .find(|a| {
                 matches!(
                     a.as_str(),
-                    "bump" | "release" | "promote" | "rollback" | "status"
+                    "bump" | "release" | "promote" | "rollback" | "prune" | "status"
                 )
             })
             .cloned()
@@ -134,18 +134,59 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Promote(args) => run_pipeline(Mode::Promote, args).await,
         Command::Rollback(args) => {
             let (report, err) = runnerctl::rollback::rollback(&args).await;
-            finish(&report, err, args.json, args.quiet)
+            finish(&report, err, args.local.json, args.local.quiet)
+        }
+        Command::Prune(args) => {
+            let (report, err) = runnerctl::prune::prune(&args).await;
+            if args.local.json {
+                print_json(&report);
+            } else if !args.local.quiet {
+                print_out(&report.render());
+            }
+            match err {
+                None => ExitCode::SUCCESS,
+                Some(err) => {
+                    print_error(err);
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status(args) => {
             let out = config::output(&args.common);
             match status::status(&args.common).await {
-                Ok(doc) => {
+                Ok(mut doc) => {
+                    let mut failure = None;
+                    if let Some(max_age) = args.max_age {
+                        match runnerctl::freshness::check(
+                            &args,
+                            max_age,
+                            &doc.state,
+                            &doc.state_file,
+                        ) {
+                            Ok(f) => {
+                                if !f.fresh {
+                                    failure = Some(runnerctl::freshness::stale_error(&f));
+                                }
+                                doc.freshness = Some(f);
+                            }
+                            Err(err) => failure = Some(err),
+                        }
+                    }
+                    if let Some(err) = &failure {
+                        doc.error = Some(runnerctl::report::ErrorReport::of(err));
+                    }
                     if out.json {
                         print_json(&doc);
                     } else {
                         print_out(&doc.render());
                     }
-                    ExitCode::SUCCESS
+                    match failure {
+                        None => ExitCode::SUCCESS,
+                        Some(err) => {
+                            print_error(err);
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(err) => {
                     if out.json {
@@ -192,10 +233,7 @@ async fn run_pipeline(mode: Mode, args: runnerctl::cli::RunArgs) -> ExitCode {
                 let mut report = runnerctl::report::Report::new(mode.as_str(), args.dry_run);
                 report.flake = args.common.flake.display().to_string();
                 report.image = args.destination.image.clone().unwrap_or_default();
-                report.error = Some(runnerctl::report::ErrorReport {
-                    message: runnerctl::diagnostic::message(&err),
-                    help: err.help().map(|h| h.to_string()),
-                });
+                report.error = Some(runnerctl::report::ErrorReport::of(&err));
                 print_json(&report);
             }
             print_error(err);

@@ -7,7 +7,7 @@ use miette::IntoDiagnostic;
 
 use crate::config::{Config, Mode};
 use crate::progress::{Event, Reporter};
-use crate::report::{ErrorReport, Outcome, Report, StageReport};
+use crate::report::{ErrorReport, Outcome, Report, StageReport, SystemReport};
 use crate::stage::build::{Build, Built};
 use crate::stage::commit::Commit;
 use crate::stage::git_push::GitPush;
@@ -187,10 +187,7 @@ pub async fn run(cfg: Config, reporter: Reporter) -> (Report, Option<miette::Rep
         }
         Err(err) => {
             report.outcome = Outcome::Failure;
-            report.error = Some(ErrorReport {
-                message: crate::diagnostic::message(&err),
-                help: err.help().map(|h| h.to_string()),
-            });
+            report.error = Some(ErrorReport::of(&err));
             (report, Some(err))
         }
     }
@@ -337,7 +334,7 @@ async fn stages(cx: &mut Ctx) -> miette::Result<Outcome> {
             },
         )
         .await?;
-        report_eval(&mut cx.report, &promoted.eval);
+        report_built(&mut cx.report, &promoted.built);
         cx.report.digest = Some(promoted.digest);
         return Ok(Outcome::Success);
     }
@@ -425,7 +422,7 @@ async fn publish(
         },
     )
     .await?;
-    report_eval(&mut cx.report, &built.eval);
+    report_built(&mut cx.report, &built);
     if cx.cfg.verify.enabled {
         run_stage(
             cx,
@@ -461,7 +458,29 @@ async fn publish(
     )
     .await?;
     cx.report.digest = pushed.digest.clone();
+    for (system, digest) in pushed.systems {
+        if let Some(entry) = cx.report.systems.iter_mut().find(|s| s.system == system) {
+            entry.digest = Some(digest);
+        }
+    }
     Ok(pushed.digest)
+}
+
+fn report_built(report: &mut Report, built: &Built) {
+    match built.images.as_slice() {
+        [single] => report_eval(report, &single.eval),
+        images => {
+            report.systems = images
+                .iter()
+                .map(|i| SystemReport {
+                    system: i.system.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    drv_path: i.eval.drv_path.to_string(),
+                    out_path: i.eval.out_path.to_string(),
+                    digest: None,
+                })
+                .collect()
+        }
+    }
 }
 
 fn report_eval(report: &mut Report, eval: &Evaluated) {

@@ -24,6 +24,41 @@ pub struct ErrorReport {
     pub help: Option<String>,
 }
 
+/// How a command that runs once (rollback, prune) ended, for its document:
+/// its outcome and error, and the error to print.
+pub fn conclude(
+    result: miette::Result<()>,
+    dry_run: bool,
+    outcome: &mut Outcome,
+    error: &mut Option<ErrorReport>,
+) -> Option<miette::Report> {
+    match result {
+        Ok(()) => {
+            *outcome = if dry_run {
+                Outcome::DryRun
+            } else {
+                Outcome::Success
+            };
+            None
+        }
+        Err(err) => {
+            *outcome = Outcome::Failure;
+            *error = Some(ErrorReport::of(&err));
+            Some(err)
+        }
+    }
+}
+
+impl ErrorReport {
+    /// What an error says, and what to do, for a JSON document.
+    pub fn of(err: &miette::Report) -> ErrorReport {
+        ErrorReport {
+            message: crate::diagnostic::message(err),
+            help: err.help().map(|h| h.to_string()),
+        }
+    }
+}
+
 /// How a run ended (`outcome` in the report and the state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -60,6 +95,16 @@ impl Outcome {
     }
 }
 
+/// One system's image in a multi-system run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemReport {
+    pub system: String,
+    pub drv_path: String,
+    pub out_path: String,
+    /// Its manifest's digest, once pushed.
+    pub digest: Option<String>,
+}
+
 /// One document per run. Every field is always present (null or empty when
 /// unknown), so success, no-op and failure have the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +121,9 @@ pub struct Report {
     pub digest: Option<String>,
     pub drv_path: Option<String>,
     pub out_path: Option<String>,
+    /// With several `--system`s: each system's image (`digest` is then
+    /// the index's); empty otherwise.
+    pub systems: Vec<SystemReport>,
     pub commit: Option<String>,
     pub commit_message: Option<String>,
     pub changes: Vec<String>,
@@ -100,6 +148,7 @@ impl Report {
             digest: None,
             drv_path: None,
             out_path: None,
+            systems: Vec::new(),
             commit: None,
             commit_message: None,
             changes: Vec::new(),
@@ -208,6 +257,7 @@ mod tests {
                 "digest",
                 "drv_path",
                 "out_path",
+                "systems",
                 "commit",
                 "commit_message",
                 "changes",

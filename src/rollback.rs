@@ -6,19 +6,18 @@
 //! rolled-back tags where they are (see `stage::push`), and the state
 //! records the rollback for `runnerctl status`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use miette::Diagnostic;
 use thiserror::Error;
 
-use crate::auth::Credentials;
 use crate::cli::RollbackArgs;
-use crate::image::destination::{self, describe_moves, Access, Destination, Manifest, TagMove};
-use crate::image::reference::{ImageRef, Tag};
+use crate::image::destination::{self, describe_moves, Destination, Manifest, TagMove};
+use crate::image::reference::Tag;
 use crate::report::{Outcome, Report, StageReport};
 use crate::state::Command;
 use crate::state::{self, StageStatus};
+use crate::system::System;
 
 /// The tag `runnerctl rollback` leaves on the image it rolled back to.
 pub const ROLLED_BACK: &str = "rolled-back";
@@ -83,30 +82,42 @@ pub enum RollbackError {
     NoStateDir,
 }
 
-/// Where rollback keeps its state: --state-dir, else the checkout's
-/// `.runnerctl` with -C, else `$XDG_STATE_HOME/runnerctl`.
-fn state_dir(args: &RollbackArgs) -> Result<PathBuf, RollbackError> {
-    let absolute = |dir: &PathBuf| {
-        std::env::current_dir()
-            .map(|cwd| cwd.join(dir))
-            .unwrap_or_else(|_| dir.clone())
-    };
-    if let Some(dir) = &args.state_dir {
-        return Ok(absolute(dir));
+/// With several `--system`s: which of them the target has no image for,
+/// as a warning (a rollback to a date from before multi-arch is allowed).
+fn lacking_systems(
+    args: &RollbackArgs,
+    destination: &destination::Destination,
+    target: &destination::Manifest,
+) -> miette::Result<Option<String>> {
+    let mut systems: Vec<System> = Vec::new();
+    for text in args.systems.iter().filter(|s| !s.trim().is_empty()) {
+        systems.push(text.parse()?);
     }
-    if let Some(flake) = &args.flake {
-        return Ok(absolute(flake).join(".runnerctl"));
+    if systems.len() < 2 {
+        return Ok(None);
     }
-    let xdg = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".local/state"));
-    xdg.or(home)
-        .map(|dir| dir.join("runnerctl"))
-        .ok_or(RollbackError::NoStateDir)
+    let has = destination.platforms(target)?;
+    let missing: Vec<String> = systems
+        .iter()
+        .filter(|s| {
+            let p = s.platform();
+            !has.contains(&format!("{}/{}", p.os, p.architecture))
+        })
+        .map(|s| s.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} has no image for {} (it is for {}): hosts of those systems get no image of their own from the moved tags until the next release",
+        args.target,
+        missing.join(", "),
+        if has.is_empty() {
+            "an unknown platform".to_string()
+        } else {
+            has.join(", ")
+        }
+    )))
 }
 
 fn check_target(target: &str) -> Result<(), RollbackError> {
@@ -126,24 +137,8 @@ pub async fn rollback(args: &RollbackArgs) -> (Report, Option<miette::Report>) {
     let mut report = Report::new("rollback", args.dry_run);
     let result = rollback_inner(args, &mut report);
     report.duration_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(()) => {
-            report.outcome = if args.dry_run {
-                Outcome::DryRun
-            } else {
-                Outcome::Success
-            };
-            (report, None)
-        }
-        Err(err) => {
-            report.outcome = Outcome::Failure;
-            report.error = Some(crate::report::ErrorReport {
-                message: crate::diagnostic::message(&err),
-                help: err.help().map(|h| h.to_string()),
-            });
-            (report, Some(err))
-        }
-    }
+    let err = crate::report::conclude(result, args.dry_run, &mut report.outcome, &mut report.error);
+    (report, err)
 }
 
 fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()> {
@@ -160,26 +155,12 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         }
         tags
     };
-    let state_dir = state_dir(args)?;
-    let image = match &args.destination.image {
-        Some(text) => text.parse::<ImageRef>()?,
-        None => ImageRef::Oci {
-            dir: state_dir.join("oci"),
-        },
-    };
+    let state_dir = args.local.state_dir().ok_or(RollbackError::NoStateDir)?;
+    let image = args.local.image(&state_dir)?;
     report.image = image.to_string();
     report.tags = tags.iter().map(|t| t.to_string()).collect();
     report.state_file = state_dir.join(state::STATE_FILE).display().to_string();
-    let credentials = Credentials::from_env()?;
-    let connected = destination::connect(
-        &image,
-        &Access {
-            credentials: &credentials,
-            tls_verify: args.destination.tls_verify,
-            timeout: std::time::Duration::from_secs(args.destination.registry_timeout),
-        },
-    )?;
-    let destination = connected.destination;
+    let destination = args.local.connect(&image)?.destination;
     let target =
         destination
             .manifest(&args.target)?
@@ -188,6 +169,12 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
                 image: image.to_string(),
             })?;
     report.digest = Some(target.digest.clone());
+    let lacking = lacking_systems(args, &destination, &target)?;
+    if let Some(warning) = &lacking {
+        if !args.local.quiet && !args.local.json {
+            eprintln!("warning: {warning}");
+        }
+    }
     let moves = destination.moves(tags.iter().map(|t| t.as_str()), &target.digest)?;
     let started = Instant::now();
     let commands: Vec<String> = moves
@@ -195,11 +182,15 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         .map(|m| destination.describe_retag(&image, &m.tag, &target.digest))
         .collect();
     let described = describe_moves(&moves, &target.digest);
+    let warned = |note: String| match &lacking {
+        Some(warning) => format!("{note}; warning: {warning}"),
+        None => note,
+    };
     if args.dry_run {
         report.stages.push(StageReport {
             name: "rollback".into(),
             status: StageStatus::Planned,
-            note: if moves.is_empty() {
+            note: warned(if moves.is_empty() {
                 format!(
                     "nothing to move: {} already at {}",
                     report.tags.join(", "),
@@ -207,7 +198,7 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
                 )
             } else {
                 format!("would move {described}")
-            },
+            }),
             duration_ms: 0,
             commands,
         });
@@ -222,11 +213,11 @@ fn rollback_inner(args: &RollbackArgs, report: &mut Report) -> miette::Result<()
         destination.retag(ROLLED_BACK, &target)?;
     }
     let at = state::now();
-    let note = if moves.is_empty() {
+    let note = warned(if moves.is_empty() {
         format!("{} already at {}", report.tags.join(", "), target.digest)
     } else {
         format!("moved {described}")
-    };
+    });
     saved.rollback = Some(state::Rollback {
         image: image.to_string(),
         target: args.target.clone(),

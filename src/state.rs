@@ -67,6 +67,10 @@ pub struct Outputs {
     pub digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// With several systems: `SYSTEM DIGEST` of each one's image (`digest`
+    /// is then the index's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub systems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +164,9 @@ pub struct State {
     /// promote has moved them since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// The last `runnerctl prune` (its plan and each delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::prune::PruneRecord>,
 }
 
 /// A rollback: which tags were moved back to which image, and when.
@@ -203,6 +210,7 @@ impl Default for State {
             images: BTreeMap::new(),
             pending_bump: None,
             rollback: None,
+            prune: None,
         }
     }
 }

@@ -25,11 +25,24 @@ pub struct StatusDoc {
     /// False when no run has saved state yet.
     pub exists: bool,
     pub state: State,
+    /// With --max-age: how old the published image is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<crate::freshness::Freshness>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::report::ErrorReport>,
 }
 
 impl StatusDoc {
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if let Some(f) = &self.freshness {
+            out.push_str(&format!(
+                "Freshness: {} ({}): {}\n\n",
+                f.message,
+                f.source,
+                if f.fresh { "fresh" } else { "TOO OLD" }
+            ));
+        }
         if !self.exists {
             out.push_str(&format!(
                 "No saved state at {}: runnerctl has not run here yet.\n",
@@ -38,15 +51,18 @@ impl StatusDoc {
             return out;
         }
         let s = &self.state;
-        out.push_str(&format!(
-            "Last run: {} — {} (started {}, finished {})\n\n",
-            s.command.map(|c| c.as_str()).unwrap_or("?"),
-            s.outcome
-                .map(|o| o.as_str())
-                .unwrap_or("unfinished (interrupted; the next run resumes it)"),
-            s.started_at.as_deref().unwrap_or("?"),
-            s.finished_at.as_deref().unwrap_or("-"),
-        ));
+        // A state dir that only prune or rollback wrote has no run to show.
+        if s.command.is_some() || !s.stages.is_empty() {
+            out.push_str(&format!(
+                "Last run: {} — {} (started {}, finished {})\n\n",
+                s.command.map(|c| c.as_str()).unwrap_or("?"),
+                s.outcome
+                    .map(|o| o.as_str())
+                    .unwrap_or("unfinished (interrupted; the next run resumes it)"),
+                s.started_at.as_deref().unwrap_or("?"),
+                s.finished_at.as_deref().unwrap_or("-"),
+            ));
+        }
         let mut names: Vec<&String> = s.stages.keys().collect();
         names.sort_by_key(|n| {
             STAGE_ORDER
@@ -86,6 +102,9 @@ impl StatusDoc {
             if !o.tags.is_empty() {
                 facts.push(format!("tags {}", o.tags.join(",")));
             }
+            for system in &o.systems {
+                facts.push(format!("system {system}"));
+            }
             if let Some(v) = &o.commit {
                 facts.push(format!("commit {v}"));
             }
@@ -106,6 +125,9 @@ impl StatusDoc {
                 r.at,
                 r.image,
             ));
+        }
+        if let Some(p) = &s.prune {
+            out.push_str(&format!("\n{}\n", p.summary()));
         }
         if !s.images.is_empty() {
             out.push_str("\nImages pushed:\n");
@@ -130,5 +152,7 @@ pub async fn status(common: &Common) -> miette::Result<StatusDoc> {
         state_file: path.display().to_string(),
         exists,
         state,
+        freshness: None,
+        error: None,
     })
 }

@@ -493,3 +493,71 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
         "{refused:#?}"
     );
 }
+
+/// `runnerctl prune` through Bearer tokens: its DELETE is answered with a
+/// token for the `delete` action (the registry's challenge names it), and
+/// only the older bump's digest goes.
+#[test]
+fn prune_deletes_through_a_registry_with_token_auth() {
+    let key_dir = tempfile::Builder::new()
+        .prefix("runnerctl-token-key-")
+        .tempdir()
+        .expect("tempdir");
+    let key = Arc::new(SigningKey::generate(key_dir.path()));
+    let tokens = TokenServer::start(key.clone());
+    let mut w = World::with_registry(token_registry(&tokens.realm(), &key));
+    let mut dates = Vec::new();
+    for days in [1, 2] {
+        w.upstream_commit(days);
+        let out = bump(&w, PASSWORD);
+        assert!(out.success(), "bump failed\n{out}\n{}", w.registry.log());
+        dates.push(out.json()["date"].as_str().expect("date").to_string());
+    }
+    let old = digest(&w.registry, &key, IMAGE_REPO, &dates[0]).expect("old digest");
+    let before = tokens.requests().len();
+
+    let image = w.image();
+    let args = [
+        "prune",
+        "-C",
+        ".",
+        "--keep",
+        "1",
+        "--image",
+        image.as_str(),
+        "--tls-verify",
+        "false",
+        "--json",
+    ];
+    let out = w
+        .prepare(Run::new(args).in_repo(&w.repo))
+        .env("RUNNERCTL_REGISTRY_USER", USER)
+        .env("RUNNERCTL_REGISTRY_PASSWORD", PASSWORD)
+        .timeout(TIMEOUT)
+        .run();
+    assert!(out.success(), "prune failed\n{out}\n{}", w.registry.log());
+    assert_eq!(out.json()["deleted"], 1, "{out}");
+    assert_eq!(digest(&w.registry, &key, IMAGE_REPO, &dates[0]), None);
+    assert!(
+        digest(&w.registry, &key, IMAGE_REPO, &old).is_none(),
+        "{old} is gone"
+    );
+    assert!(digest(&w.registry, &key, IMAGE_REPO, &dates[1]).is_some());
+    assert!(digest(&w.registry, &key, IMAGE_REPO, "latest").is_some());
+    let log = w.registry.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("\"DELETE /v2/{IMAGE_REPO}/manifests/{old} "))
+                && l.contains("\" 202 ")
+        ),
+        "{log}"
+    );
+    let requests = tokens.requests()[before..].to_vec();
+    assert!(
+        requests.iter().any(|r| r.user_agent.starts_with("ureq")
+            && r.scopes.iter().any(|s| s.ends_with(":delete"))
+            && r.issued),
+        "runnerctl asked for a delete token: {requests:#?}"
+    );
+    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
+}

@@ -526,7 +526,12 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
         registry.blob_upload_count() - uploads_before,
         layers - done + 1
     );
-    assert!(!journal.exists(), "the journal is dropped after the push");
+    // After the push the journal lists exactly this image's layers.
+    let kept = fs::read_to_string(&journal).expect("journal");
+    assert_eq!(kept.lines().count(), layers, "{kept}");
+    for diff_id in &diff_ids {
+        assert!(kept.contains(diff_id.as_str()), "{kept}");
+    }
     assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
     let _ = std::io::stdout().flush();
 }

@@ -592,7 +592,18 @@ fn image_and_bump_push_a_candidate_then_test_it_then_promote() {
     for (name, first, command) in CHAINS {
         let workflow = workflow(name);
         let names: Vec<String> = jobs(&workflow).into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, [first, "test", "promote"], "{name}: the jobs");
+        // bump.yml then prunes and checks freshness (bump_prunes_and_checks_
+        // freshness_after_promote).
+        let after: &[&str] = if name == "bump.yml" {
+            &["retention"]
+        } else {
+            &[]
+        };
+        let expected: Vec<&str> = [first, "test", "promote"]
+            .into_iter()
+            .chain(after.iter().copied())
+            .collect();
+        assert_eq!(names, expected, "{name}: the jobs");
 
         let candidate = job_named(name, &workflow, first);
         let test = job_named(name, &workflow, "test");
@@ -632,6 +643,7 @@ fn image_and_bump_push_a_candidate_then_test_it_then_promote() {
         // runnerctl command moves a tag.
         let runnerctl: Vec<(String, String)> = run_steps(name, &workflow)
             .into_iter()
+            .filter(|step| !step.place.contains("jobs.retention."))
             .flat_map(|step| {
                 let place = step.place.clone();
                 command_lines(&step.run)
@@ -651,6 +663,43 @@ fn image_and_bump_push_a_candidate_then_test_it_then_promote() {
             "{name}: {command} outside jobs.{first}"
         );
     }
+}
+
+/// bump.yml, once promote succeeded: `runnerctl prune --keep 30` (the
+/// repository variable PRUNE_KEEP overrides it), then `runnerctl status
+/// --max-age 14` against the registry (MAX_AGE_DAYS overrides it), even when
+/// prune failed. Nothing in the job moves a tag.
+#[test]
+fn bump_prunes_and_checks_freshness_after_promote() {
+    let bump = workflow("bump.yml");
+    let job = job_named("bump.yml", &bump, "retention");
+    assert_eq!(job["runs-on"], "nixos");
+    assert_eq!(
+        needs(job),
+        ["promote"],
+        "retention runs after a successful promote"
+    );
+    let (prune_at, prune) = step_running("bump.yml", job, "runnerctl prune --keep \"$PRUNE_KEEP\"");
+    assert_eq!(
+        env_of(prune).get("PRUNE_KEEP").map(String::as_str),
+        Some("${{ vars.PRUNE_KEEP || '30' }}")
+    );
+    assert_registry_env("bump.yml", &bump, prune);
+    let (status_at, status) = step_running(
+        "bump.yml",
+        job,
+        "runnerctl status --max-age \"$MAX_AGE_DAYS\"",
+    );
+    assert!(status_at > prune_at, "freshness is checked after prune");
+    assert_eq!(
+        env_of(status).get("MAX_AGE_DAYS").map(String::as_str),
+        Some("${{ vars.MAX_AGE_DAYS || '14' }}")
+    );
+    assert_eq!(
+        status["if"], "${{ !cancelled() }}",
+        "it runs even when prune failed"
+    );
+    assert_registry_env("bump.yml", &bump, status);
 }
 
 /// The candidate test job is the exception to "every run: calls runnerctl

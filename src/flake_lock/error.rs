@@ -189,89 +189,102 @@ impl LockError {
         self.site().span
     }
 
-    fn code_name(&self) -> &'static str {
+    /// The diagnostic's code (after `runnerctl::flake_lock::`), the label
+    /// on the offending span, and what to do: one arm per kind of error.
+    fn parts(&self) -> (&'static str, String, String) {
+        let inconsistent = || format!("the lock file is inconsistent; {RESTORE_HELP}");
         match self {
-            LockError::Json { .. } => "json",
-            LockError::UnsupportedVersion { .. } => "unsupported_version",
-            LockError::MissingRoot { .. } => "missing_root",
-            LockError::InputNotInRoot { .. } => "input_not_in_root",
-            LockError::MissingNode { .. } => "missing_node",
-            LockError::DanglingFollows { .. } => "dangling_follows",
-            LockError::FollowsCycle { .. } => "follows_cycle",
-            LockError::FollowsTooDeep { .. } => "follows_too_deep",
-            LockError::NoLastModified { .. } => "no_last_modified",
-            LockError::LastModifiedOutOfRange { .. } => "last_modified_range",
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            LockError::Json { message, .. } => message.clone(),
-            LockError::UnsupportedVersion { found, .. } => {
-                format!("version {found} is not supported")
-            }
-            LockError::MissingRoot { .. } => "no node with this name".to_owned(),
-            LockError::InputNotInRoot { .. } => {
-                "the root node's inputs are declared here".to_owned()
-            }
-            LockError::MissingNode { .. } => "refers to a missing node".to_owned(),
-            LockError::DanglingFollows { .. } => "this follows path does not resolve".to_owned(),
-            LockError::FollowsCycle { .. } => "this follows path leads back to itself".to_owned(),
-            LockError::FollowsTooDeep { .. } => "resolution starts here".to_owned(),
-            LockError::NoLastModified { .. } => "locked without lastModified".to_owned(),
-            LockError::LastModifiedOutOfRange { .. } => "lastModified out of range".to_owned(),
-        }
-    }
-
-    fn help_text(&self) -> String {
-        match self {
-            LockError::Json { shape: false, .. } => {
-                format!("flake.lock is not valid JSON; {RESTORE_HELP}")
-            }
-            LockError::Json { shape: true, .. } => format!(
-                "the file is JSON but not shaped like a flake.lock (`version`, `root` and \
-                 `nodes` with `inputs`/`locked` entries); {RESTORE_HELP}"
+            LockError::Json {
+                message,
+                shape: false,
+                ..
+            } => (
+                "json",
+                message.clone(),
+                format!("flake.lock is not valid JSON; {RESTORE_HELP}"),
             ),
-            LockError::UnsupportedVersion { .. } => format!(
-                "runnerctl reads flake.lock versions {}; regenerate the lock file with \
-                 `nix flake lock` using a Nix that writes one of those, or upgrade runnerctl",
-                supported_list()
+            LockError::Json {
+                message,
+                shape: true,
+                ..
+            } => (
+                "json",
+                message.clone(),
+                format!(
+                    "the file is JSON but not shaped like a flake.lock (`version`, `root` and \
+                     `nodes` with `inputs`/`locked` entries); {RESTORE_HELP}"
+                ),
             ),
-            LockError::MissingRoot { .. } | LockError::MissingNode { .. } => {
-                format!("the lock file is inconsistent; {RESTORE_HELP}")
-            }
-            LockError::InputNotInRoot { available, .. } if available.is_empty() => {
-                "the flake has no inputs at all, so there is nothing to take a date from; add \
-                 an input to flake.nix and run `nix flake lock`"
-                    .to_owned()
-            }
-            LockError::InputNotInRoot { available, .. } => format!(
-                "the flake's inputs are: {}; pass one of them with `--input NAME`",
-                available.join(", ")
+            LockError::UnsupportedVersion { found, .. } => (
+                "unsupported_version",
+                format!("version {found} is not supported"),
+                format!(
+                    "runnerctl reads flake.lock versions {}; regenerate the lock file with \
+                     `nix flake lock` using a Nix that writes one of those, or upgrade runnerctl",
+                    supported_list()
+                ),
             ),
-            LockError::DanglingFollows { .. } => {
+            LockError::MissingRoot { .. } => (
+                "missing_root",
+                "no node with this name".to_owned(),
+                inconsistent(),
+            ),
+            LockError::InputNotInRoot { available, .. } => (
+                "input_not_in_root",
+                "the root node's inputs are declared here".to_owned(),
+                if available.is_empty() {
+                    "the flake has no inputs at all, so there is nothing to take a date from; \
+                     add an input to flake.nix and run `nix flake lock`"
+                        .to_owned()
+                } else {
+                    format!(
+                        "the flake's inputs are: {}; pass one of them with `--input NAME`",
+                        available.join(", ")
+                    )
+                },
+            ),
+            LockError::MissingNode { .. } => (
+                "missing_node",
+                "refers to a missing node".to_owned(),
+                inconsistent(),
+            ),
+            LockError::DanglingFollows { .. } => (
+                "dangling_follows",
+                "this follows path does not resolve".to_owned(),
                 "fix the `follows` declaration in flake.nix (`nix flake metadata` shows the \
                  input tree), then run `nix flake lock`"
-                    .to_owned()
-            }
-            LockError::FollowsCycle { .. } => {
+                    .to_owned(),
+            ),
+            LockError::FollowsCycle { .. } => (
+                "follows_cycle",
+                "this follows path leads back to itself".to_owned(),
                 "fix the `follows` declarations in flake.nix so they do not refer to each \
                  other in a loop, then run `nix flake lock`"
-                    .to_owned()
-            }
-            LockError::FollowsTooDeep { .. } => {
+                    .to_owned(),
+            ),
+            LockError::FollowsTooDeep { .. } => (
+                "follows_too_deep",
+                "resolution starts here".to_owned(),
                 "simplify the `follows` declarations in flake.nix and run `nix flake lock`, \
                  or pick another input with `--input NAME`"
-                    .to_owned()
-            }
-            LockError::LastModifiedOutOfRange { input, .. } => format!(
-                "the lock entry's time cannot be a date tag; run `nix flake update {input}` to \
-                 lock it again, or pick another input with `--input NAME`"
+                    .to_owned(),
             ),
-            LockError::NoLastModified { input, kind, .. } => format!(
-                "the lock entry of type `{kind}` records no lastModified time (as for `path:` \
-                 inputs), so no date tag can be derived from `{input}`; pick another input, \
-                 e.g. a `github:` one, with `--input NAME`"
+            LockError::NoLastModified { input, kind, .. } => (
+                "no_last_modified",
+                "locked without lastModified".to_owned(),
+                format!(
+                    "the lock entry of type `{kind}` records no lastModified time (as for \
+                     `path:` inputs), so no date tag can be derived from `{input}`; pick \
+                     another input, e.g. a `github:` one, with `--input NAME`"
+                ),
+            ),
+            LockError::LastModifiedOutOfRange { input, .. } => (
+                "last_modified_range",
+                "lastModified out of range".to_owned(),
+                format!(
+                    "the lock entry's time cannot be a date tag; run `nix flake update {input}` \
+                     to lock it again, or pick another input with `--input NAME`"
+                ),
             ),
         }
     }
@@ -281,12 +294,12 @@ impl Diagnostic for LockError {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         Some(Box::new(format!(
             "runnerctl::flake_lock::{}",
-            self.code_name()
+            self.parts().0
         )))
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.help_text()))
+        Some(Box::new(self.parts().2))
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -297,7 +310,7 @@ impl Diagnostic for LockError {
         let site = self.site();
         let span = site.span.filter(|_| site.src.is_some())?;
         Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
-            Some(self.label()),
+            Some(self.parts().1),
             span,
         ))))
     }

@@ -3,11 +3,14 @@
 //! decompressed (skopeo 1.9 cannot read `.tar.gz`), and a stream script
 //! (nixpkgs' streamLayeredImage) is run into a file.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
+use oci_spec::image::ImageConfiguration;
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::tool::{Cmd, Runner, ToolError};
@@ -178,29 +181,101 @@ pub fn repo_tags(path: &Path) -> Result<Vec<String>, ArchiveError> {
 
 /// The RepoTags of the first `manifest.json` among `entries`.
 fn names_in<R: Read>(entries: tar::Entries<'_, R>) -> std::io::Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(rename = "RepoTags", default)]
-        repo_tags: Option<Vec<String>>,
-    }
     for entry in entries {
         let mut entry = entry?;
         let is_manifest = entry
             .path()
-            .map(|p| p.to_string_lossy().trim_start_matches("./") == "manifest.json")
+            .map(|p| normalize(&p.to_string_lossy()) == "manifest.json")
             .unwrap_or(false);
         if !is_manifest {
             continue;
         }
         let mut text = Vec::new();
         (&mut entry).take(1024 * 1024).read_to_end(&mut text)?;
-        let entries: Vec<Entry> = serde_json::from_slice(&text).unwrap_or_default();
-        return Ok(entries
+        let images: Vec<ArchiveImage> = serde_json::from_slice(&text).unwrap_or_default();
+        return Ok(images
             .into_iter()
             .flat_map(|e| e.repo_tags.unwrap_or_default())
             .collect());
     }
     Ok(Vec::new())
+}
+
+/// A path inside an archive or an image: no `./`, no empty parts, `..`
+/// applied. Entry names are compared in this form.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// One image in a docker-archive's `manifest.json`. That file is docker's
+/// own (`docker save`), not an OCI document, so oci-spec has no type for it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArchiveImage {
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "Layers")]
+    pub layers: Vec<String>,
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Option<Vec<String>>,
+}
+
+/// What a docker-archive holds, as its manifest.json says.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    /// The layers' entry names (normalized), in order.
+    pub layers: Vec<String>,
+    /// The image config's exact bytes: what is digested and uploaded.
+    pub config_bytes: Vec<u8>,
+    /// The same config, read as an OCI image configuration.
+    pub config: ImageConfiguration,
+}
+
+/// Keep `entry` in `jsons` (by its normalized `name`) when it is one of the
+/// archive's small JSON files: manifest.json or a config.
+pub fn keep_json<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &str,
+    jsons: &mut HashMap<String, Vec<u8>>,
+) -> std::io::Result<bool> {
+    if !name.ends_with(".json") || entry.size() >= 16 * 1024 * 1024 {
+        return Ok(false);
+    }
+    let mut buf = Vec::new();
+    entry.read_to_end(&mut buf)?;
+    jsons.insert(name.to_string(), buf);
+    Ok(true)
+}
+
+/// The first image that the archive's manifest.json lists, from the JSON
+/// files [`keep_json`] kept. The error says what is wrong with the archive.
+pub fn contents(mut jsons: HashMap<String, Vec<u8>>) -> Result<Contents, String> {
+    let text = jsons
+        .get("manifest.json")
+        .ok_or_else(|| "no manifest.json".to_string())?;
+    let image = serde_json::from_slice::<Vec<ArchiveImage>>(text)
+        .map_err(|e| format!("manifest.json: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "manifest.json lists no image".to_string())?;
+    let config_bytes = jsons
+        .remove(&normalize(&image.config))
+        .ok_or_else(|| format!("config {} is missing", image.config))?;
+    let config = serde_json::from_slice(&config_bytes).map_err(|e| format!("config: {e}"))?;
+    Ok(Contents {
+        layers: image.layers.iter().map(|l| normalize(l)).collect(),
+        config_bytes,
+        config,
+    })
 }
 
 #[cfg(test)]

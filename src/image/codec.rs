@@ -86,6 +86,14 @@ impl Codec {
         Ok(Codec { compression, level })
     }
 
+    /// The layer media type, as oci-spec names it.
+    pub fn oci_media_type(&self) -> oci_spec::image::MediaType {
+        match self.compression {
+            Compression::Gzip => oci_spec::image::MediaType::ImageLayerGzip,
+            Compression::Zstd => oci_spec::image::MediaType::ImageLayerZstd,
+        }
+    }
+
     pub fn media_type(&self) -> &'static str {
         match self.compression {
             Compression::Gzip => OCI_LAYER_GZIP,

@@ -16,18 +16,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use miette::Diagnostic;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest,
+    ImageManifestBuilder, MediaType, OciLayoutBuilder, ANNOTATION_REF_NAME as REF_NAME,
+    SCHEMA_VERSION,
+};
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use super::archive::{self, normalize};
 use super::codec::Codec;
 use crate::digest::{hex, sha256_digest};
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub use super::codec::OCI_LAYER_GZIP;
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum LayoutError {
@@ -64,81 +63,44 @@ pub enum LayoutError {
     },
 }
 
-/// A content descriptor (OCI image spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+/// An OCI document runnerctl writes, as bytes (oci-spec types have no
+/// other way to fail here).
+fn to_json<T: serde::Serialize>(doc: &T) -> std::io::Result<Vec<u8>> {
+    serde_json::to_vec(doc).map_err(std::io::Error::other)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Index {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ArchiveManifest {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigRootFs {
-    rootfs: RootFs,
+/// The descriptor of content runnerctl has just hashed.
+pub fn descriptor(media_type: MediaType, digest: &str, size: u64) -> std::io::Result<Descriptor> {
+    let digest = oci_spec::image::Digest::try_from(digest).map_err(std::io::Error::other)?;
+    Ok(Descriptor::new(media_type, size, digest))
 }
 
 /// diff_id → the compressed blob that holds it somewhere already.
 pub type ReuseMap = HashMap<String, Descriptor>;
 
-/// Record what an existing image's config and manifest say.
+/// Record what an existing image's config and manifest say (an OCI or a
+/// Docker schema 2 manifest; only read, never written back).
 pub fn learn(map: &mut ReuseMap, manifest: &[u8], config: &[u8]) {
     let (Ok(manifest), Ok(config)) = (
-        serde_json::from_slice::<Manifest>(manifest),
-        serde_json::from_slice::<ConfigRootFs>(config),
+        serde_json::from_slice::<ImageManifest>(manifest),
+        serde_json::from_slice::<ImageConfiguration>(config),
     ) else {
         return;
     };
-    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+    let diff_ids = config.rootfs().diff_ids();
+    if manifest.layers().len() != diff_ids.len() {
         return;
     }
-    for (diff_id, layer) in config.rootfs.diff_ids.into_iter().zip(manifest.layers) {
-        // Docker's and OCI's gzip types are one OCI type in a new manifest.
-        let media_type = if layer.media_type.ends_with("zstd") {
-            super::codec::OCI_LAYER_ZSTD
+    for (diff_id, layer) in diff_ids.iter().zip(manifest.layers()) {
+        // Docker's and OCI's gzip types are one OCI type in a new manifest;
+        // a zstd layer stays zstd.
+        let media_type = if layer.media_type().to_string().ends_with("zstd") {
+            MediaType::ImageLayerZstd
         } else {
-            OCI_LAYER_GZIP
+            MediaType::ImageLayerGzip
         };
-        map.entry(diff_id).or_insert(Descriptor {
-            media_type: media_type.to_string(),
-            digest: layer.digest,
-            size: layer.size,
-            annotations: None,
-        });
+        map.entry(diff_id.clone())
+            .or_insert_with(|| Descriptor::new(media_type, layer.size(), layer.digest().clone()));
     }
 }
 
@@ -218,54 +180,36 @@ fn scan(archive: &Path) -> Result<(Vec<u8>, Vec<LayerEntry>), LayoutError> {
     let mut jsons: HashMap<String, Vec<u8>> = HashMap::new();
     for entry in tar.entries_with_seek().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        let name = entry
-            .path()
-            .map_err(|e| bad(e.to_string()))?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        if name.ends_with(".json") && entry.size() < 16 * 1024 * 1024 {
-            let mut buf = Vec::new();
-            entry
-                .read_to_end(&mut buf)
-                .map_err(|e| bad(e.to_string()))?;
-            jsons.insert(name, buf);
-        } else {
+        let name = normalize(
+            &entry
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy(),
+        );
+        if !archive::keep_json(&mut entry, &name, &mut jsons).map_err(|e| bad(e.to_string()))? {
             positions.insert(name, (entry.raw_file_position(), entry.size()));
         }
     }
-    let manifest: Vec<ArchiveManifest> = serde_json::from_slice(
-        jsons
-            .get("manifest.json")
-            .ok_or_else(|| bad("no manifest.json".into()))?,
-    )
-    .map_err(|e| bad(format!("manifest.json: {e}")))?;
-    let image = manifest
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad("manifest.json lists no image".into()))?;
-    let config = jsons
-        .remove(image.config.trim_start_matches("./"))
-        .ok_or_else(|| bad(format!("config {} is missing", image.config)))?;
-    let rootfs: ConfigRootFs =
-        serde_json::from_slice(&config).map_err(|e| bad(format!("config: {e}")))?;
-    if rootfs.rootfs.diff_ids.len() != image.layers.len() {
+    let contents = archive::contents(jsons).map_err(bad)?;
+    let diff_ids = contents.config.rootfs().diff_ids();
+    if diff_ids.len() != contents.layers.len() {
         return Err(bad(
             "the config's diff_ids and the layers differ in number".into()
         ));
     }
     let mut layers = Vec::new();
-    for (name, diff_id) in image.layers.iter().zip(rootfs.rootfs.diff_ids) {
+    for (name, diff_id) in contents.layers.iter().zip(diff_ids) {
         let (offset, size) = positions
-            .get(name.trim_start_matches("./"))
+            .get(name)
             .copied()
             .ok_or_else(|| bad(format!("layer {name} is missing")))?;
         layers.push(LayerEntry {
             offset,
             size,
-            diff_id,
+            diff_id: diff_id.clone(),
         });
     }
+    let config = contents.config_bytes;
     Ok((config, layers))
 }
 
@@ -325,17 +269,12 @@ fn compress_layer(
     let digest = hex(&hash.finalize());
     tmp.as_file().sync_all()?;
     tmp.persist(blobs.join(&digest)).map_err(|e| e.error)?;
-    Ok(Descriptor {
-        media_type: if passthrough {
-            OCI_LAYER_GZIP
-        } else {
-            codec.media_type()
-        }
-        .to_string(),
-        digest: format!("sha256:{digest}"),
-        size,
-        annotations: None,
-    })
+    let media_type = if passthrough {
+        MediaType::ImageLayerGzip
+    } else {
+        codec.oci_media_type()
+    };
+    descriptor(media_type, &format!("sha256:{digest}"), size)
 }
 
 fn write_blob(blobs: &Path, bytes: &[u8]) -> std::io::Result<String> {
@@ -356,7 +295,7 @@ pub fn learn_from_layout(dir: &Path, map: &mut ReuseMap) {
     let Ok(index) = std::fs::read(dir.join("index.json")) else {
         return;
     };
-    let Ok(index) = serde_json::from_slice::<Index>(&index) else {
+    let Ok(index) = serde_json::from_slice::<ImageIndex>(&index) else {
         return;
     };
     let blob = |digest: &str| {
@@ -366,25 +305,21 @@ pub fn learn_from_layout(dir: &Path, map: &mut ReuseMap) {
         )
         .ok()
     };
-    for desc in index.manifests {
-        let Some(manifest) = blob(&desc.digest) else {
+    for desc in index.manifests() {
+        let Some(manifest) = blob(desc.digest().as_ref()) else {
             continue;
         };
-        let Ok(parsed) = serde_json::from_slice::<Manifest>(&manifest) else {
+        let Ok(parsed) = serde_json::from_slice::<ImageManifest>(&manifest) else {
             continue;
         };
-        let Some(config) = blob(&parsed.config.digest) else {
+        let Some(config) = blob(parsed.config().digest().as_ref()) else {
             continue;
         };
         // Only layers whose blob is really in this layout.
         let mut local = ReuseMap::new();
         learn(&mut local, &manifest, &config);
         for (diff_id, d) in local {
-            if dir
-                .join("blobs/sha256")
-                .join(d.digest.trim_start_matches("sha256:"))
-                .is_file()
-            {
+            if dir.join("blobs/sha256").join(d.digest().digest()).is_file() {
                 map.entry(diff_id).or_insert(d);
             }
         }
@@ -409,7 +344,11 @@ pub fn write(
     let (archive, config, layers) = (scanned.path.as_path(), &scanned.config, &scanned.layers);
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(werr)?;
-    std::fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").map_err(werr)?;
+    let marker = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(|e| werr(std::io::Error::other(e)))?;
+    std::fs::write(dir.join("oci-layout"), to_json(&marker).map_err(werr)?).map_err(werr)?;
 
     // Compress the layers nobody has yet, in parallel.
     let todo: Vec<usize> = (0..layers.len())
@@ -429,7 +368,7 @@ pub fn write(
                 let Some(&i) = todo.get(k) else { break };
                 match compress_layer(archive, &layers[i], &blobs, codec) {
                     Ok(desc) => {
-                        on_layer(false, desc.size);
+                        on_layer(false, desc.size());
                         if let Ok(mut r) = results.lock() {
                             r.insert(i, desc);
                         }
@@ -460,33 +399,32 @@ pub fn write(
                 let desc = results
                     .remove(&i)
                     .ok_or_else(|| werr(std::io::Error::other("a layer was not compressed")))?;
-                compressed_bytes += desc.size;
+                compressed_bytes += desc.size();
                 descriptors.push(desc);
             }
         }
     }
 
+    // The manifest is serialised once; its digest is that of these bytes,
+    // and these bytes are what gets written, uploaded and retagged.
     let config_digest = write_blob(&blobs, config).map_err(werr)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.to_string()),
-        config: Descriptor {
-            media_type: OCI_CONFIG.to_string(),
-            digest: config_digest,
-            size: config.len() as u64,
-            annotations: None,
-        },
-        layers: descriptors,
-    };
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| werr(std::io::Error::other(e)))?;
+    let config_desc =
+        descriptor(MediaType::ImageConfig, &config_digest, config.len() as u64).map_err(werr)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc)
+        .layers(descriptors)
+        .build()
+        .map_err(|e| werr(std::io::Error::other(e)))?;
+    let manifest_bytes = to_json(&manifest).map_err(werr)?;
     let manifest_digest = write_blob(&blobs, &manifest_bytes).map_err(werr)?;
-    let manifest_desc = Descriptor {
-        media_type: OCI_MANIFEST.to_string(),
-        digest: manifest_digest.clone(),
-        size: manifest_bytes.len() as u64,
-        annotations: None,
-    };
+    let manifest_desc = descriptor(
+        MediaType::ImageManifest,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+    )
+    .map_err(werr)?;
 
     set_tags(dir, &manifest_desc, tags).map_err(werr)?;
 
@@ -503,18 +441,24 @@ pub fn write(
 
 /// The layout's index.json; an empty index when there is none. One that
 /// does not parse is an error: replacing it would drop its tags.
-fn read_index(dir: &Path) -> std::io::Result<Index> {
+fn read_index(dir: &Path) -> std::io::Result<ImageIndex> {
     let path = dir.join("index.json");
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice::<Index>(&bytes)
+        Ok(bytes) => serde_json::from_slice::<ImageIndex>(&bytes)
             .map_err(|e| std::io::Error::other(format!("{} does not parse ({e})", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.to_string()),
-            manifests: Vec::new(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ImageIndexBuilder::default()
+            .schema_version(SCHEMA_VERSION)
+            .media_type(MediaType::ImageIndex)
+            .manifests(Vec::new())
+            .build()
+            .map_err(std::io::Error::other),
         Err(e) => Err(e),
     }
+}
+
+/// The tag an index entry names, if any.
+fn ref_name(desc: &Descriptor) -> Option<&String> {
+    desc.annotations().as_ref().and_then(|a| a.get(REF_NAME))
 }
 
 /// Is `dir` fit to be written as an OCI layout? Absent, empty, or a layout
@@ -554,21 +498,20 @@ pub fn check_destination(dir: &Path) -> Result<(), LayoutError> {
 /// kept), replacing the file atomically.
 fn set_tags(dir: &Path, manifest: &Descriptor, tags: &[String]) -> std::io::Result<()> {
     let mut index = read_index(dir)?;
-    index.manifests.retain(|d| {
-        let name = d.annotations.as_ref().and_then(|a| a.get(REF_NAME));
-        !name.is_some_and(|n| tags.contains(n))
-    });
+    let mut manifests = index.manifests().clone();
+    manifests.retain(|d| !ref_name(d).is_some_and(|n| tags.contains(n)));
     for tag in tags {
         let mut desc = manifest.clone();
-        desc.annotations = Some([(REF_NAME.to_string(), tag.clone())].into_iter().collect());
-        index.manifests.push(desc);
+        desc.set_annotations(Some([(REF_NAME.to_string(), tag.clone())].into()));
+        manifests.push(desc);
     }
+    index.set_manifests(manifests);
     write_index(dir, &index)
 }
 
 /// Replace the layout's index.json atomically.
-fn write_index(dir: &Path, index: &Index) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(index).map_err(std::io::Error::other)?;
+fn write_index(dir: &Path, index: &ImageIndex) -> std::io::Result<()> {
+    let bytes = to_json(index)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".index-")
         .tempfile_in(dir)?;
@@ -576,6 +519,25 @@ fn write_index(dir: &Path, index: &Index) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(dir.join("index.json")).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Store a manifest or an index the layout may not hold yet, and point
+/// `tags` at it.
+pub fn put_manifest(
+    dir: &Path,
+    bytes: &[u8],
+    media_type: &str,
+    tags: &[String],
+) -> Result<(), LayoutError> {
+    let werr = |source: std::io::Error| LayoutError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let digest = write_blob(&dir.join("blobs/sha256"), bytes).map_err(werr)?;
+    let digest = oci_spec::image::Digest::try_from(digest.as_str())
+        .map_err(|e| werr(std::io::Error::other(e)))?;
+    let desc = Descriptor::new(MediaType::from(media_type), bytes.len() as u64, digest);
+    set_tags(dir, &desc, tags).map_err(werr)
 }
 
 /// Add `tags` for a manifest the layout already holds (by digest).
@@ -586,15 +548,16 @@ pub fn add_tags(dir: &Path, digest: &str, tags: &[String]) -> Result<(), LayoutE
     };
     let mut desc = read_index(dir)
         .map_err(werr)?
-        .manifests
-        .into_iter()
-        .find(|d| d.digest == digest)
+        .manifests()
+        .iter()
+        .find(|d| d.digest().as_ref() == digest)
+        .cloned()
         .ok_or_else(|| {
             werr(std::io::Error::other(format!(
                 "{digest} is not in the layout's index"
             )))
         })?;
-    desc.annotations = None;
+    desc.set_annotations(None);
     set_tags(dir, &desc, tags).map_err(werr)
 }
 
@@ -606,10 +569,11 @@ pub fn remove_manifest(dir: &Path, digest: &str) -> Result<usize, LayoutError> {
         source,
     };
     let mut index = read_index(dir).map_err(werr)?;
-    let before = index.manifests.len();
-    index.manifests.retain(|d| d.digest != digest);
-    let removed = before - index.manifests.len();
+    let mut manifests = index.manifests().clone();
+    manifests.retain(|d| d.digest().as_ref() != digest);
+    let removed = index.manifests().len() - manifests.len();
     if removed > 0 {
+        index.set_manifests(manifests);
         write_index(dir, &index).map_err(werr)?;
     }
     Ok(removed)
@@ -617,23 +581,23 @@ pub fn remove_manifest(dir: &Path, digest: &str) -> Result<usize, LayoutError> {
 
 /// Whether the layout's index lists a manifest with this digest.
 pub fn has_manifest(dir: &Path, digest: &str) -> bool {
-    read_index(dir).is_ok_and(|index| index.manifests.iter().any(|d| d.digest == digest))
+    read_index(dir).is_ok_and(|index| {
+        index
+            .manifests()
+            .iter()
+            .any(|d| d.digest().as_ref() == digest)
+    })
 }
 
 /// The digest an OCI layout's index gives a tag, if any.
 pub fn tag_digest(dir: &Path, tag: &str) -> Option<String> {
     let index = std::fs::read(dir.join("index.json")).ok()?;
-    let index: Index = serde_json::from_slice(&index).ok()?;
+    let index: ImageIndex = serde_json::from_slice(&index).ok()?;
     index
-        .manifests
-        .into_iter()
-        .find(|d| {
-            d.annotations
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .is_some_and(|n| n == tag)
-        })
-        .map(|d| d.digest)
+        .manifests()
+        .iter()
+        .find(|d| ref_name(d).is_some_and(|n| n == tag))
+        .map(|d| d.digest().to_string())
 }
 
 #[cfg(test)]
@@ -642,19 +606,29 @@ mod tests {
 
     #[test]
     fn learns_diff_ids_in_manifest_order() {
-        let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:c","size":1},
-            "layers":[{"mediaType":"l","digest":"sha256:g1","size":10},{"mediaType":"l","digest":"sha256:g2","size":20}]}"#;
-        let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:u1","sha256:u2"]}}"#;
+        // oci-spec checks what it reads: digests are real sha256 digests, and
+        // a config names its architecture and os.
+        let (c, g1, g2) = (
+            format!("sha256:{}", "c".repeat(64)),
+            format!("sha256:{}", "1".repeat(64)),
+            format!("sha256:{}", "2".repeat(64)),
+        );
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{c}","size":1}},
+            "layers":[{{"mediaType":"l","digest":"{g1}","size":10}},{{"mediaType":"l","digest":"{g2}","size":20}}]}}"#
+        );
+        let manifest = manifest.as_bytes();
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:u1","sha256:u2"]}}"#;
         let mut map = ReuseMap::new();
         learn(&mut map, manifest, config);
-        assert_eq!(map["sha256:u1"].digest, "sha256:g1");
-        assert_eq!(map["sha256:u2"].size, 20);
+        assert_eq!(map["sha256:u1"].digest().as_ref(), g1);
+        assert_eq!(map["sha256:u2"].size(), 20);
         // Mismatched counts teach nothing.
         let mut other = ReuseMap::new();
         learn(
             &mut other,
             manifest,
-            br#"{"rootfs":{"diff_ids":["sha256:u1"]}}"#,
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:u1"]}}"#,
         );
         assert!(other.is_empty());
     }

@@ -20,7 +20,9 @@
 //!   sent once more, in a new upload session.
 //! - Each blob that reached the registry is written to a journal (diff_id,
 //!   codec → digest). A push killed midway, run again, asks the registry
-//!   (`HEAD`) for the journal's blobs and sends only the ones it lacks.
+//!   (`HEAD`) for the journal's blobs and sends only the ones it lacks; so
+//!   does the next image of a run (another system's) for the layers it
+//!   shares with the last one pushed.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -33,11 +35,15 @@ use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::codec::{Codec, OCI_LAYER_GZIP};
-use super::layout::{Descriptor, Manifest, ReuseMap, Scanned, OCI_CONFIG, OCI_MANIFEST};
+use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType, SCHEMA_VERSION};
+
+use super::codec::Codec;
+use super::layout::{descriptor as oci_descriptor, ReuseMap, Scanned};
 use super::registry::{BlobUpload, Registry, RegistryError};
 use crate::digest::{hex, sha256_digest};
 use crate::tool::children::Interrupted;
+
+const OCI_MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The default size of a worker's buffer, and of a chunk sent.
 pub const DEFAULT_CHUNK: usize = 2 * 1024 * 1024;
@@ -172,7 +178,7 @@ pub fn push(
                 match outcome {
                     Ok(outcome) => {
                         match &outcome {
-                            Outcome::Sent(d) => on_layer(false, d.size),
+                            Outcome::Sent(d) => on_layer(false, d.size()),
                             Outcome::Resumed(_) => on_layer(true, 0),
                         }
                         if let Ok(mut r) = results.lock() {
@@ -194,6 +200,7 @@ pub fn push(
     }
     let mut results = results.into_inner().unwrap_or_default();
     let mut layers = Vec::with_capacity(count);
+    let mut pushed = Vec::new();
     let (mut sent, mut sent_bytes, mut resumed) = (0, 0, 0);
     for i in 0..count {
         let diff_id = scanned.layer(i).map(|(_, _, d)| d).unwrap_or_default();
@@ -205,11 +212,13 @@ pub fn push(
         match results.remove(&i) {
             Some(Outcome::Sent(desc)) => {
                 sent += 1;
-                sent_bytes += desc.size;
+                sent_bytes += desc.size();
+                pushed.push((diff_id.to_string(), desc.clone()));
                 layers.push(desc);
             }
             Some(Outcome::Resumed(desc)) => {
                 resumed += 1;
+                pushed.push((diff_id.to_string(), desc.clone()));
                 layers.push(desc);
             }
             None => {
@@ -223,31 +232,34 @@ pub fn push(
     }
     check_signal()?;
     let (config_digest, config_sent) = once_more(&retried, || registry.put_blob(scanned.config()))?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.to_string()),
-        config: Descriptor {
-            media_type: OCI_CONFIG.to_string(),
-            digest: config_digest,
-            size: scanned.config().len() as u64,
-            annotations: None,
-        },
-        layers,
-    };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| UploadError::Read {
+    let bad = |e: String| UploadError::Read {
         path: scanned.path.clone(),
         index: 0,
         source: std::io::Error::other(e),
-    })?;
+    };
+    let config_desc = oci_descriptor(
+        MediaType::ImageConfig,
+        &config_digest,
+        scanned.config().len() as u64,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc)
+        .layers(layers)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
     let manifest_digest = sha256_digest(&manifest_bytes);
     let manifest_put = plan.current != Some(manifest_digest.as_str());
     if manifest_put {
         check_signal()?;
         once_more(&retried, || {
-            registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST)
+            registry.put_manifest(tag, &manifest_bytes, OCI_MANIFEST_TYPE)
         })?;
     }
-    journal.clear();
+    journal.keep_only(&pushed);
     Ok(Uploaded {
         manifest_digest,
         manifest_put,
@@ -303,7 +315,7 @@ fn one_layer(
         source: std::io::Error::other("no such layer"),
     })?;
     if let Some(desc) = journal.get(diff_id) {
-        if registry.blob_size(&desc.digest)? == Some(desc.size) {
+        if registry.blob_size(desc.digest().as_ref())? == Some(desc.size()) {
             return Ok(Outcome::Resumed(desc));
         }
     }
@@ -403,17 +415,22 @@ fn compress(
     Ok(passthrough)
 }
 
-fn descriptor(plan: &Plan, passthrough: bool, hash: Sha256, size: u64) -> Descriptor {
-    Descriptor {
-        media_type: if passthrough {
-            OCI_LAYER_GZIP.to_string()
-        } else {
-            plan.codec.media_type().to_string()
-        },
-        digest: format!("sha256:{}", hex(&hash.finalize())),
+fn descriptor(
+    plan: &Plan,
+    passthrough: bool,
+    hash: Sha256,
+    size: u64,
+) -> std::io::Result<Descriptor> {
+    let media_type = if passthrough {
+        MediaType::ImageLayerGzip
+    } else {
+        plan.codec.oci_media_type()
+    };
+    oci_descriptor(
+        media_type,
+        &format!("sha256:{}", hex(&hash.finalize())),
         size,
-        annotations: None,
-    }
+    )
 }
 
 /// Compress a layer and stream it to the registry in chunks.
@@ -447,8 +464,9 @@ fn send_layer(
         size,
         ..
     } = sink;
-    let desc = descriptor(plan, passthrough, hash, size);
-    upload.finish(&desc.digest, &buf)?;
+    let desc =
+        descriptor(plan, passthrough, hash, size).map_err(|e| read_error(plan, layer.2, e))?;
+    upload.finish(desc.digest().as_ref(), &buf)?;
     Ok(desc)
 }
 
@@ -492,11 +510,11 @@ fn send_whole(
     };
     let passthrough = compress(plan, layer, &mut out).map_err(io)?;
     out.flush().map_err(io)?;
-    let desc = descriptor(plan, passthrough, out.hash, out.size);
+    let desc = descriptor(plan, passthrough, out.hash, out.size).map_err(io)?;
     check_signal()?;
     registry
         .start_upload()?
-        .finish_file(&desc.digest, tmp.path())?;
+        .finish_file(desc.digest().as_ref(), tmp.path())?;
     Ok(desc)
 }
 
@@ -531,16 +549,11 @@ impl Journal {
                 let f: Vec<&str> = line.split(' ').collect();
                 if let [c, diff_id, digest, size, media_type] = f[..] {
                     let Ok(size) = size.parse() else { continue };
-                    if c == codec && digest.starts_with("sha256:") {
-                        known.insert(
-                            diff_id.to_string(),
-                            Descriptor {
-                                media_type: media_type.to_string(),
-                                digest: digest.to_string(),
-                                size,
-                                annotations: None,
-                            },
-                        );
+                    if c != codec {
+                        continue;
+                    }
+                    if let Ok(d) = oci_descriptor(MediaType::from(media_type), digest, size) {
+                        known.insert(diff_id.to_string(), d);
                     }
                 }
             }
@@ -567,7 +580,10 @@ impl Journal {
     fn line(&self, diff_id: &str, d: &Descriptor) -> String {
         format!(
             "{} {diff_id} {} {} {}\n",
-            self.codec, d.digest, d.size, d.media_type
+            self.codec,
+            d.digest(),
+            d.size(),
+            d.media_type()
         )
     }
 
@@ -581,13 +597,28 @@ impl Journal {
         }
     }
 
-    /// After a complete push its tags tell what the repository has: the
-    /// journal is emptied, so it never grows past one interrupted push.
-    fn clear(&self) {
+    /// After a complete push the journal keeps only that push's layers
+    /// (an image pushed next in the same run, another system's, may share
+    /// them: it finds them by `HEAD`), so it never grows past one image and
+    /// one interrupted push.
+    fn keep_only(&self, pushed: &[(String, Descriptor)]) {
         if let Ok(mut guard) = self.file.lock() {
             *guard = None;
         }
-        if let Some(path) = &self.path {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let text: String = pushed.iter().map(|(id, d)| self.line(id, d)).collect();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let written = tempfile::Builder::new()
+            .prefix(".upload-journal-")
+            .tempfile_in(dir)
+            .and_then(|mut tmp| {
+                tmp.write_all(text.as_bytes())?;
+                tmp.persist(path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        if written.is_err() {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -603,12 +634,12 @@ mod tests {
         let path = dir.path().join("journal");
         let gzip = Codec::default();
         let zstd = Codec::new(super::super::codec::Compression::Zstd, None).expect("zstd");
-        let desc = Descriptor {
-            media_type: OCI_LAYER_GZIP.into(),
-            digest: "sha256:aa".into(),
-            size: 42,
-            annotations: None,
-        };
+        let desc = oci_descriptor(
+            MediaType::ImageLayerGzip,
+            &format!("sha256:{}", "a".repeat(64)),
+            42,
+        )
+        .expect("descriptor");
         let j = Journal::open(Some(&path), gzip);
         j.record("sha256:u1", &desc);
         drop(j);
@@ -623,7 +654,8 @@ mod tests {
         );
         // Another codec made other bytes: nothing to resume.
         assert_eq!(Journal::open(Some(&path), zstd).get("sha256:u1"), None);
-        Journal::open(Some(&path), gzip).clear();
-        assert!(!path.exists());
+        // After a push only its layers stay.
+        Journal::open(Some(&path), gzip).keep_only(&[]);
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "");
     }
 }

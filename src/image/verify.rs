@@ -7,11 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
+use crate::system::System;
+
 use miette::Diagnostic;
-use serde::Deserialize;
 use thiserror::Error;
 
-use super::archive::{self, ArchiveError};
+use super::archive::{self, normalize, ArchiveError};
 use crate::config::VerifyConfig;
 
 #[derive(Debug, Error, Diagnostic)]
@@ -55,30 +56,6 @@ impl std::fmt::Display for Summary {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ManifestEntry {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ImageConfig {
-    #[serde(default)]
-    config: Option<RunConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RunConfig {
-    #[serde(rename = "Cmd", default)]
-    cmd: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Env", default)]
-    env: Option<Vec<String>>,
-}
-
 /// The merged view of the layers, limited to what the checks need.
 #[derive(Debug, Default)]
 pub struct Tree {
@@ -88,20 +65,6 @@ pub struct Tree {
     present: HashSet<String>,
     /// nix.conf contents when found at a wanted path.
     files: HashMap<String, Vec<u8>>,
-}
-
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
 }
 
 impl Tree {
@@ -154,14 +117,19 @@ fn wanted(cfg: &VerifyConfig, cert: Option<&str>) -> Vec<String> {
     paths
 }
 
-/// Verify an image archive (tar or gzip) against the configured checks.
-pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
+/// Verify an image archive (tar or gzip) against the configured checks;
+/// with `system`, its config must declare that system's platform too (an image
+/// built for aarch64-linux that says amd64 would be pulled by amd64 hosts).
+pub fn verify(
+    path: &Path,
+    cfg: &VerifyConfig,
+    system: Option<&System>,
+) -> Result<Summary, VerifyError> {
     let format = |reason: String| VerifyError::Format {
         path: path.to_path_buf(),
         reason,
     };
     // Pass 1: manifest.json and the config (small files).
-    let mut manifest: Option<Vec<ManifestEntry>> = None;
     let mut jsons: HashMap<String, Vec<u8>> = HashMap::new();
     {
         let mut outer = tar::Archive::new(archive::open(path)?);
@@ -173,39 +141,15 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
                     .map_err(|e| format(e.to_string()))?
                     .to_string_lossy(),
             );
-            if name == "manifest.json" {
-                let mut buf = Vec::new();
-                entry
-                    .read_to_end(&mut buf)
-                    .map_err(|e| format(e.to_string()))?;
-                manifest = Some(
-                    serde_json::from_slice(&buf)
-                        .map_err(|e| format(format!("manifest.json: {e}")))?,
-                );
-            } else if name.ends_with(".json") && entry.size() < 16 * 1024 * 1024 {
-                let mut buf = Vec::new();
-                entry
-                    .read_to_end(&mut buf)
-                    .map_err(|e| format(e.to_string()))?;
-                jsons.insert(name, buf);
-            }
+            archive::keep_json(&mut entry, &name, &mut jsons).map_err(|e| format(e.to_string()))?;
         }
     }
-    let manifest = manifest.ok_or_else(|| format("no manifest.json".into()))?;
-    let entry = manifest
-        .into_iter()
-        .next()
-        .ok_or_else(|| format("manifest.json lists no image".into()))?;
-    let config_bytes = jsons
-        .get(&normalize(&entry.config))
-        .ok_or_else(|| format(format!("config {} is missing", entry.config)))?;
-    let config: ImageConfig =
-        serde_json::from_slice(config_bytes).map_err(|e| format(format!("config: {e}")))?;
-    let run = config.config.unwrap_or_default();
+    let contents = archive::contents(jsons).map_err(format)?;
+    let run = contents.config.config().clone().unwrap_or_default();
     let env: HashMap<String, String> = run
-        .env
-        .unwrap_or_default()
-        .into_iter()
+        .env()
+        .iter()
+        .flatten()
         .filter_map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -214,11 +158,37 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
 
     let mut problems = Vec::new();
     let mut checks = 0;
+    if let Some(system) = system {
+        let platform = system.platform();
+        checks += 1;
+        let declared = (
+            contents.config.os().to_string(),
+            contents.config.architecture().to_string(),
+            contents.config.variant().clone(),
+        );
+        let expected = (
+            platform.os.to_string(),
+            platform.architecture.to_string(),
+            platform.variant.map(str::to_string),
+        );
+        // A variant the config leaves out is not a mismatch (arm64 images
+        // often omit `v8`); a different one is.
+        let variant_ok = declared.2.is_none() || declared.2 == expected.2;
+        if declared.0 != expected.0 || declared.1 != expected.1 || !variant_ok {
+            let mut said = format!("{}/{}", declared.0, declared.1);
+            if let Some(variant) = &declared.2 {
+                said.push_str(&format!("/{variant}"));
+            }
+            problems.push(format!(
+                "config: the image declares {said}, but it was built for {system}, which is {platform}"
+            ));
+        }
+    }
     let cert = env.get("SSL_CERT_FILE").cloned();
     if cfg.check_config {
         checks += 1;
-        let has_cmd = run.cmd.as_ref().is_some_and(|c| !c.is_empty())
-            || run.entrypoint.as_ref().is_some_and(|c| !c.is_empty());
+        let has_cmd = run.cmd().as_ref().is_some_and(|c| !c.is_empty())
+            || run.entrypoint().as_ref().is_some_and(|c| !c.is_empty());
         if !has_cmd {
             problems.push("config: Cmd is not set (expected e.g. [\"/bin/bash\"])".to_string());
         }
@@ -232,7 +202,7 @@ pub fn verify(path: &Path, cfg: &VerifyConfig) -> Result<Summary, VerifyError> {
 
     // Pass 2: stream the layers in order, keeping only what is needed.
     let want = wanted(cfg, cert.as_deref());
-    let layer_names: Vec<String> = entry.layers.iter().map(|l| normalize(l)).collect();
+    let layer_names = contents.layers;
     let mut tree = Tree::default();
     {
         let mut outer = tar::Archive::new(archive::open(path)?);

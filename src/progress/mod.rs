@@ -57,6 +57,9 @@ pub enum Event {
         line: String,
     },
     Nix(NixMsg),
+    /// A build of several images: each one's derivation and name (its
+    /// system), to show one line each.
+    BuildTargets(Vec<(String, String)>),
     /// Push progress: what happened to one layer or tag.
     Push(PushEvent),
 }

@@ -135,9 +135,52 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// Where one named derivation (a system's image) stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetState {
+    Waiting,
+    /// Its builder runs: here (`machine` None) or on a remote builder.
+    Building {
+        machine: Option<String>,
+        phase: Option<String>,
+    },
+    Built,
+}
+
+/// A derivation the progress follows by name (e.g. `aarch64-linux`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub drv: String,
+    pub label: String,
+    pub state: TargetState,
+    activity: Option<u64>,
+}
+
+impl Target {
+    /// `building on ssh-ng://… (buildPhase)`, `waiting`, `built`.
+    pub fn describe(&self) -> String {
+        match &self.state {
+            TargetState::Waiting => "waiting".into(),
+            TargetState::Built => "built".into(),
+            TargetState::Building { machine, phase } => {
+                let mut text = "building".to_string();
+                if let Some(machine) = machine {
+                    text.push_str(&format!(" on {machine}"));
+                }
+                if let Some(phase) = phase {
+                    text.push_str(&format!(" ({phase})"));
+                }
+                text
+            }
+        }
+    }
+}
+
 /// Build progress derived from a stream of messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildProgress {
+    /// The derivations followed by name, one line each.
+    pub targets: Vec<Target>,
     /// Derivations built so far.
     pub done: u64,
     /// Derivations expected to be built.
@@ -154,8 +197,22 @@ pub struct BuildProgress {
 }
 
 impl BuildProgress {
+    /// Follow these derivations (`(drv path, label)`) by name.
+    pub fn follow(&mut self, targets: &[(String, String)]) {
+        self.targets = targets
+            .iter()
+            .map(|(drv, label)| Target {
+                drv: drv.clone(),
+                label: label.clone(),
+                state: TargetState::Waiting,
+                activity: None,
+            })
+            .collect();
+    }
+
     /// Fold one message into the counters.
     pub fn apply(&mut self, msg: &NixMsg) {
+        self.apply_targets(msg);
         match msg {
             NixMsg::Start {
                 id, kind, fields, ..
@@ -206,6 +263,51 @@ impl BuildProgress {
     }
 }
 
+impl BuildProgress {
+    fn apply_targets(&mut self, msg: &NixMsg) {
+        match msg {
+            NixMsg::Start {
+                id,
+                kind: ACT_BUILD,
+                fields,
+                ..
+            } => {
+                let drv = fields.first().and_then(Value::as_str).unwrap_or_default();
+                let machine = fields
+                    .get(1)
+                    .and_then(Value::as_str)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string);
+                if let Some(t) = self.targets.iter_mut().find(|t| t.drv == drv) {
+                    t.state = TargetState::Building {
+                        machine,
+                        phase: None,
+                    };
+                    t.activity = Some(*id);
+                }
+            }
+            NixMsg::Result {
+                id,
+                kind: RES_SET_PHASE,
+                fields,
+            } => {
+                if let Some(t) = self.targets.iter_mut().find(|t| t.activity == Some(*id)) {
+                    if let TargetState::Building { phase, .. } = &mut t.state {
+                        *phase = fields.first().and_then(Value::as_str).map(str::to_string);
+                    }
+                }
+            }
+            NixMsg::Stop { id } => {
+                if let Some(t) = self.targets.iter_mut().find(|t| t.activity == Some(*id)) {
+                    t.state = TargetState::Built;
+                    t.activity = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// `/nix/store/abc…-name.drv` → `name`.
 pub fn short_drv_name(drv: &str) -> &str {
     let base = drv.rsplit('/').next().unwrap_or(drv);
@@ -245,5 +347,38 @@ mod tests {
             "nixos-image.tar"
         );
         assert_eq!(short_drv_name("odd"), "odd");
+    }
+
+    #[test]
+    fn followed_derivations_go_from_waiting_to_building_to_built() {
+        let mut progress = BuildProgress::default();
+        progress.follow(&[
+            ("/nix/store/a-x.drv".into(), "x86_64-linux".into()),
+            ("/nix/store/b-x.drv".into(), "aarch64-linux".into()),
+        ]);
+        let start = |id, drv: &str, machine: &str| NixMsg::Start {
+            id,
+            kind: ACT_BUILD,
+            level: LVL_INFO,
+            text: String::new(),
+            parent: 0,
+            fields: vec![drv.into(), machine.into()],
+        };
+        progress.apply(&start(7, "/nix/store/b-x.drv", "ssh-ng://builder"));
+        progress.apply(&NixMsg::Result {
+            id: 7,
+            kind: RES_SET_PHASE,
+            fields: vec!["buildPhase".into()],
+        });
+        assert_eq!(progress.targets[0].describe(), "waiting");
+        assert_eq!(
+            progress.targets[1].describe(),
+            "building on ssh-ng://builder (buildPhase)"
+        );
+        progress.apply(&start(8, "/nix/store/a-x.drv", ""));
+        assert_eq!(progress.targets[0].describe(), "building");
+        progress.apply(&NixMsg::Stop { id: 7 });
+        assert_eq!(progress.targets[1].state, TargetState::Built);
+        assert_eq!(progress.targets[0].describe(), "building");
     }
 }

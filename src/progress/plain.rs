@@ -57,12 +57,26 @@ impl Render for Plain {
             Event::ChildLine { program, line } if self.verbosity >= Verbosity::Verbose => {
                 self.line(&format!("  {program}: {line}"))
             }
+            Event::BuildTargets(targets) => {
+                if let Ok(mut build) = self.build.lock() {
+                    build.follow(targets);
+                }
+            }
             Event::Nix(msg) => {
                 let Ok(mut build) = self.build.lock() else {
                     return;
                 };
                 let before = (build.done, build.expected);
+                let states: Vec<String> = build.targets.iter().map(|t| t.describe()).collect();
                 build.apply(msg);
+                for (target, was) in build.targets.iter().zip(&states) {
+                    let now = target.describe();
+                    // A phase change alone is not worth a line.
+                    let phase_only = now.split(" (").next() == was.split(" (").next();
+                    if now != *was && !phase_only {
+                        self.line(&format!("build: {}: {now}", target.label));
+                    }
+                }
                 if (build.done, build.expected) != before && build.expected > 0 {
                     self.line(&format!(
                         "build: {}/{} derivations",

@@ -20,6 +20,9 @@ struct Inner {
     bars: HashMap<&'static str, ProgressBar>,
     current: Option<&'static str>,
     build: BuildProgress,
+    /// One line per followed derivation (a system's image), under the
+    /// build stage's line.
+    targets: Vec<ProgressBar>,
     push: super::PushProgress,
 }
 
@@ -67,6 +70,11 @@ impl Render for Term {
                 duration,
             } => {
                 let build = inner.build.clone();
+                for (bar, target) in inner.targets.drain(..).zip(&build.targets) {
+                    if !bar.is_finished() {
+                        bar.finish_with_message(target.describe());
+                    }
+                }
                 if let Some(bar) = inner.bars.get(stage) {
                     let mut note = note.clone();
                     if bar.length().is_some() && build.expected > 0 {
@@ -107,9 +115,38 @@ impl Render for Term {
                     }
                 }
             }
+            Event::BuildTargets(targets) => {
+                inner.build.follow(targets);
+                let mut after = inner.current.and_then(|s| inner.bars.get(s)).cloned();
+                let mut bars = Vec::new();
+                for (_, label) in targets {
+                    let bar = ProgressBar::new_spinner();
+                    let bar = match &after {
+                        Some(previous) => self.multi.insert_after(previous, bar),
+                        None => self.multi.add(bar),
+                    };
+                    bar.set_style(spinner_style());
+                    bar.set_prefix(format!("  {label}"));
+                    bar.set_message("waiting");
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    after = Some(bar.clone());
+                    bars.push(bar);
+                }
+                inner.targets = bars;
+            }
             Event::Nix(msg) => {
                 inner.build.apply(msg);
                 let progress = inner.build.clone();
+                for (bar, target) in inner.targets.iter().zip(&progress.targets) {
+                    if bar.is_finished() {
+                        continue;
+                    }
+                    if target.state == crate::progress::nix_log::TargetState::Built {
+                        bar.finish_with_message("built");
+                    } else {
+                        bar.set_message(target.describe());
+                    }
+                }
                 if let Some(bar) = inner.current.and_then(|s| inner.bars.get(s)) {
                     if progress.expected > 0 {
                         if bar.length().is_none() {

@@ -71,7 +71,7 @@ pub enum PreflightError {
     #[error("the flake has no output `{attr}` to build (`{command}` failed)\n{}", tail.join("\n"))]
     #[diagnostic(
         code(runnerctl::preflight::attr),
-        help("check --attr (RUNNERCTL_ATTR): `nix flake show` lists the flake's outputs; nothing was changed")
+        help("check --attr (RUNNERCTL_ATTR) and --system (RUNNERCTL_SYSTEMS): `nix flake show` lists the flake's outputs; nothing was changed")
     )]
     NoAttr {
         attr: String,
@@ -368,16 +368,19 @@ impl Stage for Preflight {
             }
         }
 
-        // The attr exists (a cheap evaluation, before anything changes).
-        let exists = nix.exists_cmd(&cx.cfg.flake, &cx.cfg.attr);
-        let out = cx.runner.run_unchecked(&exists).await?;
-        if !out.success() {
-            return Err(PreflightError::NoAttr {
-                attr: cx.cfg.attr.clone(),
-                command: exists.display(),
-                tail: out.stderr_tail,
+        // Each output to build exists (a cheap evaluation, before anything
+        // changes): with --system, each system's packages.SYSTEM.ATTR.
+        for (_, attr) in cx.cfg.builds() {
+            let exists = nix.exists_cmd(&cx.cfg.flake, &attr);
+            let out = cx.runner.run_unchecked(&exists).await?;
+            if !out.success() {
+                return Err(PreflightError::NoAttr {
+                    attr,
+                    command: exists.display(),
+                    tail: out.stderr_tail,
+                }
+                .into());
             }
-            .into());
         }
         let (destination, authfile, login) = Self::connect(cx)?;
         if let Some(source) = login {

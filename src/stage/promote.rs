@@ -9,13 +9,14 @@ use thiserror::Error;
 
 use std::path::Path;
 
+use super::build::{Built, Image};
 use super::preflight::Prepared;
+use super::tags::{index_tag, nix_tag};
 use super::target::Target;
 use super::{Check, Ctx, Done, Stage};
 use crate::image::destination::{describe_moves, Manifest, TagMove};
 use crate::progress::{Event, PushEvent};
 use crate::state::Outputs;
-use crate::tool::nix::Evaluated;
 
 /// The stage: the checkout's flake.lock and its tags.
 pub struct Promote<'a> {
@@ -27,7 +28,7 @@ pub struct Promote<'a> {
 /// The image the floating tags point at now.
 pub struct Promoted {
     pub digest: String,
-    pub eval: Evaluated,
+    pub built: Built,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -43,8 +44,10 @@ pub struct NotHeld {
 
 /// What promote found at the destination.
 pub struct Survey {
-    eval: Evaluated,
-    /// The image held for this flake.lock (its `nix-<hash>` tag).
+    /// The image (with --system, each system's) of this flake.lock.
+    built: Built,
+    /// The image held for this flake.lock (its `nix-<hash>` tag; with
+    /// several systems, the index over them).
     held: Manifest,
     /// The floating tags not at it yet.
     moves: Vec<TagMove>,
@@ -55,12 +58,21 @@ pub struct Survey {
 impl Promote<'_> {
     /// The held image and the tags that do not point at it yet.
     async fn survey(&self, cx: &Ctx) -> miette::Result<Survey> {
-        let eval = self
-            .prepared
-            .nix
-            .eval(&cx.runner, self.flake, &cx.cfg.attr)
-            .await?;
-        let nix_tag = format!("nix-{}", eval.out_path.hash_part());
+        let mut images = Vec::new();
+        for (system, attr) in cx.cfg.builds() {
+            let eval = self
+                .prepared
+                .nix
+                .eval(&cx.runner, self.flake, &attr)
+                .await?;
+            images.push(Image::new(system, eval));
+        }
+        let content = match images.as_slice() {
+            [single] => nix_tag(&single.eval)?,
+            several => index_tag(several.iter().map(|i| &i.eval))?,
+        };
+        let nix_tag = content.to_string();
+        let built = Built { images };
         let destination = &self.prepared.destination;
         let held = destination.manifest(&nix_tag)?.ok_or_else(|| NotHeld {
             tag: nix_tag.clone(),
@@ -74,25 +86,25 @@ impl Promote<'_> {
         let stray = candidate.filter(|d| *d != held.digest);
         let moves = destination.moves(self.target.tags.iter().map(|t| t.as_str()), &held.digest)?;
         Ok(Survey {
-            eval,
+            built,
             held,
             moves,
             stray,
         })
     }
 
-    fn done(&self, note: String, held: &Manifest, eval: Evaluated) -> Done<Promoted> {
+    fn done(&self, note: String, held: &Manifest, built: Built) -> Done<Promoted> {
         let outputs = Outputs {
             digest: Some(held.digest.clone()),
             tags: self.target.tags.iter().map(|t| t.to_string()).collect(),
-            out_path: Some(eval.out_path.to_string()),
+            out_path: built.images.first().map(|i| i.eval.out_path.to_string()),
             ..Outputs::default()
         };
         Done::new(
             note,
             Promoted {
                 digest: held.digest.clone(),
-                eval,
+                built,
             },
         )
         .with(outputs)
@@ -119,7 +131,7 @@ impl Stage for Promote<'_> {
         if survey.moves.is_empty() {
             let tags: Vec<String> = self.target.tags.iter().map(|t| t.to_string()).collect();
             let note = format!("{} already at {}", tags.join(", "), survey.held.digest);
-            return Ok(Check::Done(self.done(note, &survey.held, survey.eval)));
+            return Ok(Check::Done(self.done(note, &survey.held, survey.built)));
         }
         Ok(Check::Todo(
             describe_moves(&survey.moves, &survey.held.digest),
@@ -145,14 +157,14 @@ impl Stage for Promote<'_> {
             note,
             Promoted {
                 digest: survey.held.digest,
-                eval: survey.eval,
+                built: survey.built,
             },
         ))
     }
 
     async fn run(&mut self, cx: &mut Ctx, survey: Survey) -> miette::Result<Done<Promoted>> {
         let Survey {
-            eval, held, moves, ..
+            built, held, moves, ..
         } = survey;
         let destination = &self.prepared.destination;
         for m in &moves {
@@ -168,6 +180,6 @@ impl Stage for Promote<'_> {
         // The floating tags follow flake.lock again.
         cx.state.rollback = None;
         let note = format!("moved {}", describe_moves(&moves, &held.digest));
-        Ok(self.done(note, &held, eval))
+        Ok(self.done(note, &held, built))
     }
 }

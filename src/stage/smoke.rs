@@ -12,6 +12,7 @@ use super::{Check, Ctx, Done, Stage};
 use crate::cli::SmokeMode;
 use crate::config::Config;
 use crate::image::{archive, smoke};
+use crate::system::System;
 use crate::tool::engine::Engine;
 
 /// The stage, on the built image.
@@ -92,25 +93,57 @@ impl Smoke<'_, '_> {
     }
 }
 
+/// The images an engine here runs natively: this machine's (no --system),
+/// or those whose system is this machine's.
+fn native(built: &Built) -> (Vec<usize>, Vec<String>) {
+    let host = System::host();
+    let mut run = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, image) in built.images.iter().enumerate() {
+        match &image.system {
+            Some(system) if Some(system) != host.as_ref() => skipped.push(system.to_string()),
+            _ => run.push(i),
+        }
+    }
+    (run, skipped)
+}
+
 impl Stage for Smoke<'_, '_> {
     type Output = ();
-    /// The engine to run the image in.
-    type Found = Engine;
+    /// The engine to run the images in, and which images (by position).
+    type Found = (Engine, Vec<usize>, Vec<String>);
 
     fn name(&self) -> &'static str {
         "smoke"
     }
 
     fn fingerprint(&self, _cx: &Ctx) -> Option<String> {
-        Some(self.built.eval.out_path.to_string())
+        Some(self.built.fingerprint())
     }
 
-    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<(), Engine>> {
+    async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<(), Self::Found>> {
         // An image already published passed before it left: no engine is
         // asked.
-        if let Some(digest) = self.survey.published(cx, &self.built.eval).await? {
+        let mut published = Vec::new();
+        for image in &self.built.images {
+            match self.survey.published(cx, &image.eval).await? {
+                Some(digest) => published.push(format!("{}{digest}", image.label())),
+                None => break,
+            }
+        }
+        if published.len() == self.built.images.len() {
             return Ok(Check::Done(Done::new(
-                format!("already published as {digest}"),
+                format!("already published as {}", published.join("; ")),
+                (),
+            )));
+        }
+        let (run, skipped) = native(self.built);
+        if run.is_empty() {
+            return Ok(Check::Done(Done::new(
+                format!(
+                    "skipped: no image for this machine's system to run here ({} would need emulation)",
+                    skipped.join(", ")
+                ),
                 (),
             )));
         }
@@ -118,48 +151,77 @@ impl Stage for Smoke<'_, '_> {
             Pick::Skip(why) => Ok(Check::Done(Done::new(why, ()))),
             Pick::Use(engine) => Ok(Check::Todo(
                 "run the image as a job container".into(),
-                engine,
+                (engine, run, skipped),
             )),
         }
     }
 
-    fn plan(&self, cx: &Ctx, engine: &Engine) -> Vec<String> {
-        let archive = PathBuf::from(self.built.eval.out_path.as_str());
-        smoke::plan(engine, &archive, &cx.cfg.smoke.checks)
+    fn plan(&self, cx: &Ctx, (engine, run, _): &Self::Found) -> Vec<String> {
+        run.iter()
+            .filter_map(|i| self.built.images.get(*i))
+            .flat_map(|image| {
+                let archive = PathBuf::from(image.eval.out_path.as_str());
+                smoke::plan(engine, &archive, &cx.cfg.smoke.checks)
+            })
+            .collect()
     }
 
-    async fn dry_run(&mut self, cx: &mut Ctx, engine: Engine) -> miette::Result<Done<()>> {
-        Ok(Done::new(
-            format!(
-                "would run {} check(s) in {}: {}",
-                cx.cfg.smoke.checks.len(),
-                engine.name(),
-                cx.cfg.smoke.checks.join("; ")
-            ),
-            (),
-        ))
+    async fn dry_run(
+        &mut self,
+        cx: &mut Ctx,
+        (engine, _, skipped): Self::Found,
+    ) -> miette::Result<Done<()>> {
+        let mut note = format!(
+            "would run {} check(s) in {}: {}",
+            cx.cfg.smoke.checks.len(),
+            engine.name(),
+            cx.cfg.smoke.checks.join("; ")
+        );
+        if !skipped.is_empty() {
+            note.push_str(&format!(
+                " (not {}: not this machine's system)",
+                skipped.join(", ")
+            ));
+        }
+        Ok(Done::new(note, ()))
     }
 
-    async fn run(&mut self, cx: &mut Ctx, engine: Engine) -> miette::Result<Done<()>> {
-        // podman and docker read gzip too.
-        let archive = self.built.readable_archive(cx).await?;
-        // The name the archive carries (dockerTools: `nixos:DATE`) is left
-        // in the engine as it was before.
-        let names = archive::repo_tags(&archive)?;
-        let passed = smoke::run(
-            &cx.runner,
-            &engine,
-            &archive,
-            names.first().map(String::as_str),
-            &cx.cfg.smoke.checks,
-        )
-        .await?;
-        Ok(Done::new(
-            format!(
-                "{} check(s) passed in a {} job container",
-                passed.checks, passed.engine
-            ),
-            (),
-        ))
+    async fn run(
+        &mut self,
+        cx: &mut Ctx,
+        (engine, run, skipped): Self::Found,
+    ) -> miette::Result<Done<()>> {
+        let mut notes = Vec::new();
+        for i in run {
+            let Some(image) = self.built.images.get_mut(i) else {
+                continue;
+            };
+            // podman and docker read gzip too.
+            let archive = image.readable_archive(cx).await?;
+            // The name the archive carries (dockerTools: `nixos:DATE`) is
+            // left in the engine as it was before.
+            let names = archive::repo_tags(&archive)?;
+            let passed = smoke::run(
+                &cx.runner,
+                &engine,
+                &archive,
+                names.first().map(String::as_str),
+                &cx.cfg.smoke.checks,
+            )
+            .await?;
+            notes.push(format!(
+                "{}{} check(s) passed in a {} job container",
+                image.label(),
+                passed.checks,
+                passed.engine
+            ));
+        }
+        if !skipped.is_empty() {
+            notes.push(format!(
+                "skipped {}: not this machine's system",
+                skipped.join(", ")
+            ));
+        }
+        Ok(Done::new(notes.join("; "), ()))
     }
 }

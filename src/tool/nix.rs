@@ -116,12 +116,23 @@ pub fn exists_args(installable: &str) -> Vec<String> {
 /// Build, with a GC root at `out_link` so the image survives a garbage
 /// collection until it is pushed.
 pub fn build_args(installable: &str, out_link: Option<&Path>) -> Vec<String> {
+    build_all_args(&[installable.to_string()], out_link)
+}
+
+/// Build several installables in one call: Nix runs them concurrently
+/// (locally, on its `builders`, or emulated, as it is configured), and with
+/// `--keep-going` a failure of one does not stop the others, so a rerun
+/// finds those in the store.
+pub fn build_all_args(installables: &[String], out_link: Option<&Path>) -> Vec<String> {
     let mut args = vec![
         "build".to_string(),
         "--json".into(),
         "--log-format".into(),
         "internal-json".into(),
     ];
+    if installables.len() > 1 {
+        args.push("--keep-going".into());
+    }
     match out_link {
         Some(link) => {
             args.push("--out-link".into());
@@ -129,7 +140,7 @@ pub fn build_args(installable: &str, out_link: Option<&Path>) -> Vec<String> {
         }
         None => args.push("--no-link".into()),
     }
-    args.push(installable.to_string());
+    args.extend(installables.iter().cloned());
     args.extend(base_args());
     args
 }
@@ -193,6 +204,7 @@ struct EvalJson {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct BuildJson {
+    drv_path: String,
     outputs: std::collections::BTreeMap<String, String>,
 }
 
@@ -300,8 +312,12 @@ impl Nix {
     }
 
     pub fn build_cmd(&self, flake: &Path, attr: &str, out_link: Option<&Path>) -> Cmd {
-        self.cmd(build_args(&installable(flake, attr), out_link))
-            .nix_log()
+        self.build_all_cmd(flake, &[attr.to_string()], out_link)
+    }
+
+    pub fn build_all_cmd(&self, flake: &Path, attrs: &[String], out_link: Option<&Path>) -> Cmd {
+        let installables: Vec<String> = attrs.iter().map(|a| installable(flake, a)).collect();
+        self.cmd(build_all_args(&installables, out_link)).nix_log()
     }
 
     pub async fn eval(
@@ -332,14 +348,16 @@ impl Nix {
         Ok(out.success())
     }
 
-    pub async fn build(
+    /// Build every attr in one call (see [`build_all_args`]). Returns each
+    /// result's derivation and out path.
+    pub async fn build_all(
         &self,
         runner: &Runner,
         flake: &Path,
-        attr: &str,
+        attrs: &[String],
         out_link: Option<&Path>,
-    ) -> Result<NixPath, ToolError> {
-        let cmd = self.build_cmd(flake, attr, out_link);
+    ) -> Result<Vec<(NixPath, NixPath)>, ToolError> {
+        let cmd = self.build_all_cmd(flake, attrs, out_link);
         let out = runner.run(&cmd).await?;
         let bad = |reason: String| ToolError::BadOutput {
             command: cmd.display(),
@@ -347,11 +365,25 @@ impl Nix {
         };
         let results: Vec<BuildJson> =
             serde_json::from_str(out.stdout.trim()).map_err(|e| bad(e.to_string()))?;
-        let path = results
-            .first()
-            .and_then(|r| r.outputs.get("out"))
-            .ok_or_else(|| bad("no `out` output in the build result".into()))?;
-        NixPath::parse(path).map_err(|e| bad(e.to_string()))
+        if results.len() != attrs.len() {
+            return Err(bad(format!(
+                "{} build results for {} outputs",
+                results.len(),
+                attrs.len()
+            )));
+        }
+        results
+            .iter()
+            .map(|r| {
+                let drv = NixPath::parse(&r.drv_path).map_err(|e| bad(e.to_string()))?;
+                let path = r
+                    .outputs
+                    .get("out")
+                    .ok_or_else(|| bad("no `out` output in the build result".into()))?;
+                let out = NixPath::parse(path).map_err(|e| bad(e.to_string()))?;
+                Ok((drv, out))
+            })
+            .collect()
     }
 }
 

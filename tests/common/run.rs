@@ -66,6 +66,14 @@ impl Run {
         self
     }
 
+    /// Sets `key` unless the run already sets it.
+    pub fn env_default(self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        if self.env.iter().any(|(k, _)| k == key.as_ref()) {
+            return self;
+        }
+        self.env(key, value)
+    }
+
     pub fn envs<'a>(mut self, vars: impl IntoIterator<Item = &'a (String, String)>) -> Self {
         self.env.extend(vars.into_iter().cloned());
         self

@@ -89,7 +89,16 @@ impl World {
 
     /// `run` with the shims, the registry's credentials and a timeout.
     pub fn prepare(&self, run: Run) -> Run {
-        run.shims(&self.shims)
+        // A rollback or prune without -C keeps its state under
+        // $XDG_STATE_HOME: the world's own, never the machine's.
+        let xdg = self
+            .repo
+            .path()
+            .parent()
+            .unwrap_or(self.repo.path())
+            .join("xdg-state");
+        run.env_default("XDG_STATE_HOME", xdg.display().to_string())
+            .shims(&self.shims)
             .env("RUNNERCTL_REGISTRY_USER", self.registry.user())
             .env("RUNNERCTL_REGISTRY_PASSWORD", self.registry.password())
             .timeout(WORLD_TIMEOUT)

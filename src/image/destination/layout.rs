@@ -40,6 +40,15 @@ impl Layout {
         indexed.then_some(manifest)
     }
 
+    /// A blob of the layout by digest (None: absent or not a digest).
+    pub(super) fn blob(&self, digest: &str) -> Option<Vec<u8>> {
+        let hex = digest.strip_prefix("sha256:")?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        std::fs::read(self.dir.join("blobs/sha256").join(hex)).ok()
+    }
+
     pub(super) fn tag_states(&self, tags: &[Tag]) -> Vec<TagState> {
         tags.iter()
             .map(|tag| {

@@ -66,9 +66,9 @@ impl Manifest {
     }
 }
 
+pub mod index;
 mod layout;
 mod registry;
-mod skopeo_copy;
 #[cfg(test)]
 mod tests;
 
@@ -119,6 +119,9 @@ pub struct Upload<'a> {
     pub name: &'a str,
     /// Every tag to write, in order, and where it points now.
     pub states: &'a [TagState],
+    /// Other tags whose images may share layers with this one (with
+    /// several systems: the index the floating tags name now).
+    pub reuse_from: &'a [TagState],
     /// How new layers are compressed.
     pub codec: crate::image::codec::Codec,
 }
@@ -136,6 +139,16 @@ pub struct Pushed {
 }
 
 impl Pushed {
+    /// An index no tag names (every tag held back): nothing is sent.
+    fn found_nowhere(index: &Manifest) -> Pushed {
+        Pushed {
+            digest: index.digest.clone(),
+            manifest: Some(index.clone()),
+            how: "no tag to write".into(),
+            tagged: Vec::new(),
+        }
+    }
+
     /// The image is already there, at `state`'s tag: nothing is sent.
     pub fn found(state: &TagState) -> Pushed {
         Pushed {
@@ -362,6 +375,55 @@ impl Destination {
         Ok(moves)
     }
 
+    /// The config blob of the image `manifest` describes (for an index,
+    /// of its first image); None if it is not there.
+    pub fn config(&self, manifest: &Manifest) -> miette::Result<Option<Vec<u8>>> {
+        let mut manifest = manifest.clone();
+        if let Some(first) = index::listed(&manifest.bytes).first() {
+            match self.manifest(first)? {
+                Some(child) => manifest = child,
+                None => return Ok(None),
+            }
+        }
+        let Ok(parsed) = serde_json::from_slice::<oci_spec::image::ImageManifest>(&manifest.bytes)
+        else {
+            return Ok(None);
+        };
+        let digest = parsed.config().digest().to_string();
+        match self {
+            Destination::Registry(r) => Ok(r.client.blob(&digest, 4 * 1024 * 1024)?),
+            Destination::Layout(l) => Ok(l.blob(&digest)),
+        }
+    }
+
+    /// The platforms (`linux/amd64`, …) an image or an index is for.
+    pub fn platforms(&self, manifest: &Manifest) -> miette::Result<Vec<String>> {
+        if index::is_index(manifest) {
+            return Ok(index::platforms(&manifest.bytes));
+        }
+        let config = self.config(manifest)?;
+        Ok(config
+            .and_then(|c| serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&c).ok())
+            .map(|c| vec![format!("{}/{}", c.os(), c.architecture())])
+            .unwrap_or_default())
+    }
+
+    /// Store `index` (runnerctl's own bytes) under `tag`: a manifest PUT
+    /// at a registry, which checks that every manifest it lists is there;
+    /// a blob and an index entry in a layout.
+    pub fn put_index(&self, tag: &str, index: &Manifest) -> miette::Result<()> {
+        match self {
+            Destination::Registry(r) => {
+                r.client
+                    .put_manifest(tag, &index.bytes, &index.media_type)?;
+            }
+            Destination::Layout(l) => {
+                oci::put_manifest(&l.dir, &index.bytes, &index.media_type, &[tag.to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Point `tag` at `manifest`, which the destination already holds: the
     /// same bytes, no blob moves.
     pub fn retag(&self, tag: &str, manifest: &Manifest) -> miette::Result<()> {
@@ -409,6 +471,100 @@ impl Destination {
             }));
         }
         Ok(())
+    }
+
+    /// Point every tag of `states` that `sent` did not write itself at it,
+    /// reporting each; returns the note's tail (`; tagged …; skipped …`).
+    pub fn retag_states(
+        &self,
+        reporter: &Reporter,
+        sent: &Pushed,
+        states: &[TagState],
+    ) -> miette::Result<String> {
+        let (skipped, lagging): (Vec<_>, Vec<_>) = states
+            .iter()
+            .filter(|s| !sent.tagged.contains(&s.tag))
+            .partition(|s| s.digest.as_deref() == Some(&sent.digest));
+        for s in &skipped {
+            reporter.emit(Event::Push(PushEvent::TagWritten {
+                tag: s.tag.to_string(),
+                skipped: true,
+            }));
+        }
+        let lagging: Vec<Tag> = lagging.into_iter().map(|s| s.tag.clone()).collect();
+        self.retag_all(reporter, sent, &lagging)?;
+        let mut written: Vec<String> = lagging.iter().map(|t| t.to_string()).collect();
+        written.sort();
+        let mut note = String::new();
+        if !written.is_empty() {
+            note.push_str(&format!("; tagged {}", written.join(", ")));
+        }
+        if !skipped.is_empty() {
+            let skipped: Vec<String> = skipped.iter().map(|s| s.tag.to_string()).collect();
+            note.push_str(&format!("; skipped {} (already there)", skipped.join(", ")));
+        }
+        Ok(note)
+    }
+
+    /// Publish `index` over the images `systems` names (`(system,
+    /// digest)`) under the first of `states`, safely: each image read back
+    /// by digest first, the index written (unless that tag has it already)
+    /// and read back naming every image. Returns what was sent, for the
+    /// retags of the other tags; no other tag is touched here.
+    pub fn publish_index(
+        &self,
+        reporter: &Reporter,
+        index: &Manifest,
+        systems: &[(String, String)],
+        states: &[TagState],
+    ) -> miette::Result<Pushed> {
+        let image = self.image().to_string();
+        for (system, digest) in systems {
+            if self.manifest(digest)?.is_none() {
+                return Err(index::IndexError::MissingManifest {
+                    platform: system.clone(),
+                    digest: digest.clone(),
+                    image,
+                }
+                .into());
+            }
+        }
+        let Some(first) = states.first() else {
+            return Ok(Pushed::found_nowhere(index));
+        };
+        let mut tagged = Vec::new();
+        if first.digest.as_deref() != Some(&index.digest) {
+            reporter.emit(Event::Command {
+                command: self.describe_retag(&self.image(), first.tag.as_str(), &index.digest),
+            });
+            self.put_index(first.tag.as_str(), index)?;
+            reporter.emit(Event::Push(PushEvent::TagWritten {
+                tag: first.tag.to_string(),
+                skipped: false,
+            }));
+            tagged.push(first.tag.clone());
+        }
+        let served = self.manifest(first.tag.as_str())?;
+        let listed = served.map(|m| index::listed(&m.bytes)).unwrap_or_default();
+        let missing: Vec<&str> = systems
+            .iter()
+            .filter(|(_, d)| !listed.contains(d))
+            .map(|(s, _)| s.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(index::IndexError::Incomplete {
+                image,
+                tag: first.tag.to_string(),
+                missing: missing.join(", "),
+            }
+            .into());
+        }
+        Ok(Pushed {
+            digest: index.digest.clone(),
+            manifest: Some(index.clone()),
+            how: format!("index over {} system(s) as {}", systems.len(), first.tag),
+            tagged,
+        })
     }
 
     /// Delete the manifest `digest` and every tag on it: a `DELETE` of the

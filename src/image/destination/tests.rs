@@ -1,9 +1,10 @@
 //! The layout side of the destination, on temporary directories.
 
 use super::*;
-use crate::image::codec::Codec;
-use crate::image::layout::{Descriptor, Index, OCI_INDEX, OCI_MANIFEST, REF_NAME};
 use crate::progress::Reporter;
+use oci_spec::image::{
+    Descriptor, Digest, ImageIndexBuilder, MediaType, ANNOTATION_REF_NAME as REF_NAME,
+};
 
 fn tag(name: &str) -> Tag {
     name.parse().unwrap()
@@ -27,7 +28,8 @@ fn tools() -> Tools {
 /// A manifest blob (no layers: the index is all these tests read).
 fn manifest_bytes(config: &str) -> Vec<u8> {
     format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"sha256:{config}","size":1}},"layers":[]}}"#
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"x","digest":"sha256:{config}","size":1}},"layers":[]}}"#,
+        MediaType::ImageManifest
     )
     .into_bytes()
 }
@@ -50,20 +52,22 @@ fn layout() -> (tempfile::TempDir, String, String) {
         let digest = sha256_digest(&bytes);
         std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), &bytes).unwrap();
         for t in tags {
-            manifests.push(Descriptor {
-                media_type: OCI_MANIFEST.into(),
-                digest: digest.clone(),
-                size: bytes.len() as u64,
-                annotations: Some([(REF_NAME.to_string(), t.to_string())].into()),
-            });
+            let mut desc = Descriptor::new(
+                MediaType::ImageManifest,
+                bytes.len() as u64,
+                Digest::try_from(digest.as_str()).unwrap(),
+            );
+            desc.set_annotations(Some([(REF_NAME.to_string(), t.to_string())].into()));
+            manifests.push(desc);
         }
         digests.push(digest);
     }
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(OCI_INDEX.into()),
-        manifests,
-    };
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .unwrap();
     std::fs::write(
         dir.path().join("index.json"),
         serde_json::to_vec(&index).unwrap(),
@@ -208,7 +212,7 @@ fn layout_plan_names_every_tag() {
         &tools(),
         "/nix/store/x-image",
         &[tag("nix-x"), tag("latest")],
-        Codec::default(),
+        crate::image::codec::Codec::default(),
     );
     assert_eq!(
         plan,
@@ -218,7 +222,12 @@ fn layout_plan_names_every_tag() {
         )]
     );
     assert!(dest
-        .plan(&tools(), "/nix/store/x-image", &[], Codec::default())
+        .plan(
+            &tools(),
+            "/nix/store/x-image",
+            &[],
+            crate::image::codec::Codec::default()
+        )
         .is_empty());
 }
 

@@ -14,6 +14,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use oci_spec::image::MediaType;
+
 use crate::auth::Credentials;
 use crate::digest::sha256_digest;
 use crate::tool::skopeo::{explain_failure, Context, Failure};
@@ -21,10 +23,12 @@ use crate::tool::skopeo::{explain_failure, Context, Failure};
 mod auth;
 mod blobs;
 mod error;
+mod retention;
 
 pub use auth::{parse_challenge, Challenge};
 pub use blobs::BlobUpload;
 pub use error::RegistryError;
+pub use retention::{next_page, TagList, MANIFEST_ACCEPT, TAG_PAGE};
 
 use auth::{basic_for, Basic};
 use error::{classify, io_failure, is_timeout};
@@ -496,15 +500,19 @@ fn body_tail(resp: ureq::Response) -> String {
 }
 
 /// The media type a manifest declares (OCI manifests may leave it out).
+/// Only that field is read: the bytes are sent on as they are.
 pub fn media_type_of(manifest: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(manifest)
+    /// The one field every manifest and index may carry.
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: Option<MediaType>,
+    }
+    serde_json::from_slice::<Typed>(manifest)
         .ok()
-        .and_then(|v| {
-            v.get("mediaType")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| OCI_MANIFEST.to_string())
+        .and_then(|t| t.media_type)
+        .unwrap_or(MediaType::ImageManifest)
+        .to_string()
 }
 
 #[cfg(test)]
