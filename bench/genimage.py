@@ -3,13 +3,16 @@
 
     genimage.py --seed 1 --variant base --out nixos.tar
     genimage.py --seed 1 --variant bump --out nixos-bump.tar
+    genimage.py --seed 1 --variant mass --out nixos-mass.tar
 
 The image has LAYERS layers whose tars add up to about TOTAL bytes. Each
 layer is one fake store path (nix/store/<hash>-bench-NN/...) of files whose
 content interleaves incompressible random bytes with slices of a repetitive
 text corpus, so gzip -1 shrinks the image about 2:1, as it does real
 binaries. Layer CHANGED is about CHANGED_SIZE bytes; the `bump` variant
-changes only that layer's content (and so the config). The first layer
+changes only that layer's content (and so the config). The `mass` variant
+is a nixpkgs bump that rebuilt glibc: every layer but one in ten (36 of
+40) has new content. The first layer
 also holds what runnerctl's verify stage requires (bin/bash, bin/sh,
 usr/bin/env, bin/nix,
 bin/node, bin/git, bin/curl, the CA bundle, a flakes-enabled nix.conf).
@@ -104,9 +107,18 @@ def store_hash(r):
     return "".join(r.choice(NIX32) for _ in range(32))
 
 
+def changed(variant, index):
+    """Whether `variant` changes layer `index` from the base image."""
+    if variant == "bump":
+        return index == CHANGED
+    if variant == "mass":
+        return index % 10 != 0
+    return False
+
+
 def layer_plan(seed, index, variant, budget):
     """The entries of one layer: (path, size, kind, rng-for-content)."""
-    tag = f"{seed}:{index}" + (":bump" if variant == "bump" and index == CHANGED else "")
+    tag = f"{seed}:{index}" + (f":{variant}" if changed(variant, index) else "")
     r = random.Random(tag)
     root = f"nix/store/{store_hash(r)}-bench-{index:02d}"
     entries = [("nix", 0, tarfile.DIRTYPE), ("nix/store", 0, tarfile.DIRTYPE),
@@ -176,7 +188,7 @@ def write_layer(f, r, entries, text, measure):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", default="1")
-    ap.add_argument("--variant", choices=["base", "bump"], default="base")
+    ap.add_argument("--variant", choices=["base", "bump", "mass"], default="base")
     ap.add_argument("--out", required=True)
     ap.add_argument("--created", default="2024-06-03T00:00:00Z")
     ap.add_argument("--measure", action="store_true")

@@ -11,7 +11,14 @@ proxy; the seed and runnerctl push into separate repositories of it:
   (a) first push of the 300 MB / 40-layer image into an empty repository;
   (c) re-release of that same image (the registry has it in full);
   (b) bump: the image with one changed ~1 MB layer (the registry holds the
-      previous image, pushed by the same tool in (a)).
+      previous image, pushed by the same tool in (a));
+  (d) mass bump: 36 of the 40 layers changed (a nixpkgs bump that rebuilt
+      glibc), on top of what (a)-(b) left.
+
+runnerctl also runs (a) and (d) with --compression zstd into a repository
+of its own ("runnerctl-zstd"), beside the gzip default. Before the runs,
+examples/compress-limit measures one core's compress throughput of each
+codec on the images: the CPU limit of a push is that time over the cores.
 
 Before every timed run the skopeo blob-info cache is deleted and runnerctl
 gets a new, empty state dir and Nix cache dir, as on a fresh CI machine.
@@ -38,6 +45,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RUNNERCTL = os.path.join(REPO, "target", "release", "runnerctl")
+COMPRESS_LIMIT = os.path.join(REPO, "target", "release", "examples", "compress-limit")
 PROXY = os.path.join(REPO, "target", "bench", "push-proxy")
 GENIMAGE = os.path.join(HERE, "genimage.py")
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -48,17 +56,26 @@ PASSWORD = "bench-s3cret"
 # name is as long, so HTTP request lines cost both the same.
 SEED_REPO = "infra/seedrun/nixos"
 RCTL_REPO = "infra/runners/nixos"
+ZSTD_REPO = "infra/zstdrun/nixos"
+# The codecs runnerctl runs with, at their default levels (src/image/codec.rs).
+CODECS = {"runnerctl": "gzip:2", "runnerctl-zstd": "zstd:3"}
 # lastModified of the stand-in nixpkgs: gives runnerctl's {date} tag.
 T_BASE = 1717416000  # 2024-06-03T12:00:00Z
 T_BUMP = T_BASE + 7 * 86400  # 2024-06-10
-DATES = {"base": "20240603", "bump": "20240610"}
-CREATED = {"base": "2024-06-03T12:00:00Z", "bump": "2024-06-10T12:00:00Z"}
+T_MASS = T_BASE + 14 * 86400  # 2024-06-17
+T_AT = {"base": T_BASE, "bump": T_BUMP, "mass": T_MASS}
+DATES = {"base": "20240603", "bump": "20240610", "mass": "20240617"}
+CREATED = {"base": "2024-06-03T12:00:00Z", "bump": "2024-06-10T12:00:00Z",
+           "mass": "2024-06-17T12:00:00Z"}
 CASES = {
     "a": ("first push into an empty repository", "base"),
     "c": ("re-release, registry has the image in full", "base"),
     "b": ("bump: one ~1 MB layer changed", "bump"),
+    "d": ("mass bump: 36 of 40 layers changed", "mass"),
 }
-CASE_ORDER = ["a", "c", "b"]  # (c) and (b) build on what (a) pushed
+CASE_ORDER = ["a", "c", "b", "d"]  # (c), (b) and (d) build on what (a) pushed
+# Cases runnerctl also runs with --compression zstd.
+ZSTD_CASES = {"a", "d"}
 RSS_LIMIT_BYTES = 30_000_000
 
 MANIFEST_ACCEPT = ", ".join([
@@ -192,7 +209,7 @@ def git_commit(dir, at):
 def make_flake(work, variant, seed, python):
     nixpkgs = os.path.join(work, f"nixpkgs-{variant}")
     flake = os.path.join(work, f"flake-{variant}")
-    at = T_BASE if variant == "base" else T_BUMP
+    at = T_AT[variant]
     for d in (nixpkgs, flake):
         os.makedirs(d)
         run(["git", "init", "--quiet", "--initial-branch=main"], cwd=d, env=git_env())
@@ -408,10 +425,13 @@ def seed_run(ctx, reg, variant, tag_date, logdir):
     return {"rc": rc, "wall": wall, "tree_rss": tree_rss}
 
 
-def runnerctl_run(ctx, reg, variant, logdir, command=("release",), repo=RCTL_REPO):
+def runnerctl_run(ctx, reg, variant, logdir, command=("release",), repo=RCTL_REPO,
+                  compression=None):
     state = os.path.join(logdir, "state")
     shutil.rmtree(state, ignore_errors=True)
     env = nix_env(ctx["work"], os.path.join(logdir, "nix-cache"))
+    if compression:
+        env["RUNNERCTL_COMPRESSION"] = compression
     env["RUNNERCTL_REGISTRY_USER"] = USER
     env["RUNNERCTL_REGISTRY_PASSWORD"] = PASSWORD
     cmd = [RUNNERCTL, *command, "--json", "--state-dir", state,
@@ -512,6 +532,8 @@ def one(ctx, reg, tool, case, rep):
     start = reg.log_offset()
     if tool == "seed":
         r = seed_run(ctx, reg, variant, DATES[variant], logdir)
+    elif tool == "runnerctl-zstd":
+        r = runnerctl_run(ctx, reg, variant, logdir, repo=ZSTD_REPO, compression="zstd")
     else:
         r = runnerctl_run(ctx, reg, variant, logdir)
     time.sleep(0.05)  # the proxy logs a request once its body is through
@@ -524,12 +546,50 @@ def one(ctx, reg, tool, case, rep):
             tail = f.read()[-3000:]
         say(f"{tool} ({case}) failed with exit code {r['rc']}:\n{tail}")
     extra = ""
-    if tool == "runnerctl":
+    if tool.startswith("runnerctl"):
         extra = f", push stage {fmt_s((r.get('push_ms') or 0) / 1000)} s, peak RSS {r['own_rss'] / 1e6:.1f} MB"
     say(f"repeat {rep + 1} case ({case}) {tool:9}: {r['wall']:6.2f} s, "
         f"{r['up'] / 1e6:8.2f} MB to the registry, {r['requests']} requests, "
         f"{r['blob_uploads']} blob uploads, {r['manifest_puts']} manifest PUTs{extra}")
     return r
+
+
+def cpu_limits(ctx):
+    """One core's compress time of each codec over the layers a case sends,
+    from examples/compress-limit (CPU seconds: on a loaded machine the wall
+    clock of one thread says more about the neighbours), and the CPU limit:
+    that over the cores. (a) sends every layer of the base image; (d) the
+    layers of the mass image that neither earlier image has (its time is
+    the whole image's, scaled by their share of the bytes)."""
+    cores = os.cpu_count() or 1
+    limits = {}
+    for case, variant in (("a", "base"), ("d", "mass")):
+        info = ctx["images"].get(variant)
+        if not info:
+            continue
+        out = run([COMPRESS_LIMIT, info["path"], *CODECS.values()], capture_output=True,
+                  text=True).stdout
+        share = 1.0
+        if case == "d":
+            held = set(ctx["images"]["base"]["diff_ids"])
+            held |= set(ctx["images"].get("bump", {}).get("diff_ids", []))
+            new = sum(size for d, size in zip(info["diff_ids"], info["layer_sizes"])
+                      if d not in held)
+            share = new / info["layer_bytes"]
+        for line in out.splitlines():
+            m = json.loads(line)
+            tool = next(t for t, c in CODECS.items() if c.replace(":", "-") == m["codec"])
+            limits[(case, tool)] = {
+                "codec": m["codec"], "cores": cores, "share": share,
+                "cpu_s": m["cpu_seconds"] * share, "wall_1core_s": m["seconds"] * share,
+                "in_mb_s": m["in"] / 1e6 / m["cpu_seconds"] if m["cpu_seconds"] else 0,
+                "out_bytes": m["out"] * share,
+                "limit_s": m["cpu_seconds"] * share / cores,
+            }
+            say(f"CPU limit ({case}) {m['codec']}: {m['cpu_seconds'] * share:.2f} CPU-s on one core "
+                f"({m['in'] / 1e6 / max(m['cpu_seconds'], 1e-9):.0f} MB/s in) / {cores} cores = "
+                f"{m['cpu_seconds'] * share / cores:.2f} s")
+    return limits
 
 
 def budget_b(reg, ctx, runs):
@@ -579,7 +639,7 @@ def report(results, budgets, ctx):
         "| runnerctl push stage s | runnerctl peak RSS MB | runnerctl uploads / manifest PUTs |")
     out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     table = {}
-    for case in ["a", "b", "c"]:
+    for case in ["a", "b", "c", "d"]:
         s = [r for r in results if r["case"] == case and r["tool"] == "seed"]
         n = [r for r in results if r["case"] == case and r["tool"] == "runnerctl"]
         if not s or not n:
@@ -627,11 +687,42 @@ def report(results, budgets, ctx):
                f"{fmt_s(c['rctl_wall'])} s vs {fmt_s(c['seed_wall'])} s = {c['wall_ratio']:.3f}")
         target("(c) no blob upload, no manifest PUT", c["uploads"] == 0 and c["puts"] == 0,
                f"{c['uploads']} blob uploads, {c['puts']} manifest PUTs (max over runs)")
-    if "a" in table:
-        a = table["a"]
-        target("(a) wall <= seed", a["wall_ratio"] <= 1.0,
-               f"{fmt_s(a['rctl_wall'])} s vs {fmt_s(a['seed_wall'])} s = {a['wall_ratio']:.3f}")
-    rss = max(r["own_rss"] for r in results if r["tool"] == "runnerctl")
+    for case in ("a", "d"):
+        if case not in table:
+            continue
+        x = table[case]
+        target(f"({case}) wall <= 0.5 x seed", x["wall_ratio"] <= 0.5,
+               f"{fmt_s(x['rctl_wall'])} s vs {fmt_s(x['seed_wall'])} s = {x['wall_ratio']:.3f}")
+        target(f"({case}) bytes <= 1.05 x seed", x["bytes_ratio"] <= 1.05,
+               f"{x['rctl_up']:,.0f} B vs {x['seed_up']:,.0f} B = {x['bytes_ratio']:.4f}")
+    limits = ctx.get("limits") or {}
+    if limits:
+        out("")
+        out("gzip and zstd side by side, and the CPU limit (one core's compress CPU time of the "
+            "layers sent, over the cores; medians):")
+        out("| case | codec | runnerctl s | push stage s | CPU limit s | push / limit "
+            "| MB to the registry | vs seed MB | peak RSS MB |")
+        out("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for case in ("a", "d"):
+            seed_up = med([r for r in results if r["case"] == case and r["tool"] == "seed"], "up")
+            for tool in CODECS:
+                n = [r for r in results if r["case"] == case and r["tool"] == tool]
+                lim = limits.get((case, tool))
+                if not n or not lim:
+                    continue
+                push_s = (med(n, "push_ms") or 0) / 1000
+                up = med(n, "up")
+                ratio = push_s / lim["limit_s"] if lim["limit_s"] else float("nan")
+                out(f"| ({case}) | {lim['codec']} | {fmt_s(med(n, 'wall'))} | {fmt_s(push_s)} "
+                    f"| {lim['limit_s']:.2f} | {ratio:.2f} | {fmt_mb(up)} "
+                    f"| {up / seed_up if seed_up else float('nan'):.3f} "
+                    f"| {max(r['own_rss'] for r in n) / 1e6:.1f} |")
+                if case == "a" and tool == "runnerctl":
+                    target("(a) push stage <= 2 x the CPU limit (gzip)", ratio <= 2.0,
+                           f"{push_s:.2f} s vs {lim['limit_s']:.2f} s "
+                           f"({lim['cpu_s']:.2f} CPU-s at {lim['in_mb_s']:.0f} MB/s per core "
+                           f"/ {lim['cores']} cores) = {ratio:.2f}")
+    rss = max(r["own_rss"] for r in results if r["tool"].startswith("runnerctl"))
     target("runnerctl peak RSS <= 30 MB", rss <= RSS_LIMIT_BYTES,
            f"max {rss / 1e6:.1f} MB over all runs (VmHWM of the runnerctl process, "
            f"polled every 10 ms; skopeo and nix children not included)")
@@ -647,7 +738,7 @@ def report(results, budgets, ctx):
         line = (f"  ({r['case']}) #{r['repeat'] + 1} {r['tool']:9} {r['wall']:6.2f} s "
                 f"{r['up'] / 1e6:8.3f} MB ({r['up_headers'] / 1e3:5.1f} kB) {r['requests']:4} req "
                 f"{r['blob_uploads']:2} up {r['manifest_puts']} put  load {r['load']}")
-        if r["tool"] == "runnerctl":
+        if r["tool"].startswith("runnerctl"):
             st = " ".join(f"{k}={v['ms'] / 1000:.2f}" for k, v in (r.get("stages") or {}).items())
             line += f"  [{st}]  RSS {r['own_rss'] / 1e6:.1f} / {r['tree_rss'] / 1e6:.1f}"
         else:
@@ -692,24 +783,25 @@ def main():
     ap = argparse.ArgumentParser(description="runnerctl push benchmark (see bench/push.sh)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", default="1", help="image generator seed")
-    ap.add_argument("--cases", default="a,b,c", help="subset of a,b,c ((b), (c) need (a))")
+    ap.add_argument("--cases", default="a,b,c,d",
+                    help="subset of a,b,c,d ((b), (c), (d) need (a))")
     ap.add_argument("--work", help="work directory [default: a new one under $TMPDIR]")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json-out", help="also write all results as JSON here")
     args = ap.parse_args()
 
-    for tool in (RUNNERCTL, PROXY, REGISTRY_BIN):
+    for tool in (RUNNERCTL, PROXY, REGISTRY_BIN, COMPRESS_LIMIT):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} is missing: run bench/push.sh")
     wanted = set(args.cases.split(","))
-    cases = [c for c in CASE_ORDER if c in wanted or (c == "a" and wanted & {"b", "c"})]
+    cases = [c for c in CASE_ORDER if c in wanted or (c == "a" and wanted & {"b", "c", "d"})]
     work = args.work or tempfile.mkdtemp(prefix="runnerctl-bench-")
     os.makedirs(work, exist_ok=True)
     ctx = {"work": work, "repeats": args.repeats, "flakes": {}, "images": {}}
     python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     say(f"work directory {work}; skopeo blob-info cache {skopeo_cache_dir()}")
     try:
-        variants = sorted({CASES[c][1] for c in cases})
+        variants = sorted({CASES[c][1] for c in cases} | ({"base"} if "d" in cases else set()))
         for variant in variants:
             t0 = time.monotonic()
             flake = make_flake(work, variant, args.seed, python)
@@ -720,7 +812,8 @@ def main():
             ctx["images"][variant] = info
             say(f"image {variant}: {path}: {info['layers']} layers, "
                 f"{info['layer_bytes'] / 1e6:.1f} MB of layers ({time.monotonic() - t0:.1f} s)")
-        if len(variants) == 2:
+        both = "base" in variants and "bump" in variants
+        if both:
             a, b = ctx["images"]["base"]["diff_ids"], ctx["images"]["bump"]["diff_ids"]
             changed = [i for i in range(len(a)) if a[i] != b[i]]
             sizes = [ctx["images"]["bump"]["layer_sizes"][i] for i in changed]
@@ -728,6 +821,13 @@ def main():
             say(f"bump changes layer(s) {changed} ({', '.join(f'{s:,} B' for s in sizes)})")
             if len(changed) != 1:
                 raise SystemExit("the bump variant must change exactly one layer")
+        if "mass" in variants:
+            a, m = ctx["images"]["base"]["diff_ids"], ctx["images"]["mass"]["diff_ids"]
+            changed = sum(1 for x, y in zip(a, m) if x != y)
+            say(f"mass bump changes {changed} of {len(a)} layers")
+            if changed < 0.9 * len(a):
+                raise SystemExit("the mass variant must change at least 90 % of the layers")
+        ctx["limits"] = cpu_limits(ctx)
 
         results, budgets, promo = [], [], []
         for rep in range(args.repeats):
@@ -738,14 +838,14 @@ def main():
             try:
                 tools = ["seed", "runnerctl"] if rep % 2 == 0 else ["runnerctl", "seed"]
                 for case in cases:
-                    for tool in tools:
+                    for tool in tools + (["runnerctl-zstd"] if case in ZSTD_CASES else []):
                         r = one(ctx, reg, tool, case, rep)
                         results.append(r)
                         if r["rc"] != 0:
                             raise SystemExit(f"{tool} failed in case ({case}); logs in {r['logdir']}")
                         if case == "b" and tool == "runnerctl":
                             budgets.append(budget_b(reg, ctx, r))
-                if len(variants) == 2:
+                if both:
                     promo.append(promote_phase(ctx, reg, rep))
             finally:
                 reg.stop()
@@ -764,6 +864,8 @@ def main():
                 json.dump({"machine": m, "images": {k: {x: y for x, y in v.items() if x != "diff_ids"}
                                                     for k, v in ctx["images"].items()},
                            "changed": ctx.get("changed"), "budgets": budgets,
+                           "cpu_limits": {f"{c}/{t}": v for (c, t), v in
+                                          (ctx.get("limits") or {}).items()},
                            "results": results, "table": table, "promote": promo,
                            "verdicts": verdicts, "text": text}, f, indent=1)
         return 0 if all(ok for _, ok, _ in verdicts) else 1

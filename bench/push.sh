@@ -2,7 +2,7 @@
 # Push benchmark: runnerctl's push stage against the seed's skopeo loop, on
 # the same generated image and the same local registry. See BENCHMARKS.md.
 #
-#   bash bench/push.sh [--repeats N] [--seed S] [--cases a,b,c] [--keep] [--json-out FILE]
+#   bash bench/push.sh [--repeats N] [--seed S] [--cases a,b,c,d] [--keep] [--json-out FILE]
 #   bash bench/push.sh --multiarch [--keep]    the two-system bump (bench/multiarch.py)
 #
 # Installs what is missing (scripts/setup; python3 via apt-get), builds
@@ -35,8 +35,9 @@ for v in $(compgen -e); do
 	case "$v" in RUNNERCTL_*) unset "$v" ;; esac
 done
 
-say "building runnerctl (cargo build --release)"
+say "building runnerctl and examples/compress-limit (cargo build --release)"
 cargo build --release --locked
+cargo build --release --locked --example compress-limit
 
 mkdir -p target/bench
 if [ ! -x target/bench/push-proxy ] || [ bench/proxy.rs -nt target/bench/push-proxy ]; then

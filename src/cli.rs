@@ -182,6 +182,20 @@ pub struct RunArgs {
     #[arg(long, env = "RUNNERCTL_NO_NIX_TAG", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nix_tag: bool,
 
+    /// How new layers are compressed: gzip (every engine pulls it) or zstd (smaller and faster; Docker ≥ 23, containerd ≥ 1.5, podman).
+    #[arg(
+        long,
+        value_enum,
+        env = "RUNNERCTL_COMPRESSION",
+        value_name = "ALGO",
+        default_value = "gzip"
+    )]
+    pub compression: crate::image::codec::Compression,
+
+    /// Compression level for new layers: gzip 1–9 (default 2), zstd 1–19 (default 3).
+    #[arg(long, env = "RUNNERCTL_COMPRESSION_LEVEL", value_name = "N")]
+    pub compression_level: Option<u32>,
+
     /// Skip the verify stage.
     #[arg(long, env = "RUNNERCTL_NO_VERIFY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_verify: bool,

@@ -86,6 +86,8 @@ pub struct Config {
     /// Build despite uncommitted changes to tracked files (not flake.lock).
     pub allow_dirty: bool,
     pub nix_tag: bool,
+    /// How new layers are compressed.
+    pub codec: crate::image::codec::Codec,
     pub verify: VerifyConfig,
     pub smoke: SmokeConfig,
     /// Push only the content tag and the candidate tag; the floating tags
@@ -131,6 +133,10 @@ pub enum ConfigError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Auth(#[from] AuthError),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    CompressionLevel(#[from] crate::image::codec::LevelError),
 
     #[error("the state dir {} is the flake's directory or contains it", state_dir.display())]
     #[diagnostic(
@@ -325,6 +331,7 @@ impl Config {
             git_push: !args.no_git_push,
             allow_dirty: args.allow_dirty,
             nix_tag: !args.no_nix_tag,
+            codec: crate::image::codec::Codec::new(args.compression, args.compression_level)?,
             verify: VerifyConfig {
                 enabled: !args.no_verify,
                 required_paths,

@@ -31,8 +31,6 @@ enum Until {
     Now,
     /// Until Nix's builder has started (its build dir exists in TMPDIR).
     BuilderRunning,
-    /// Until the registry has seen a blob upload start.
-    BlobUploadStarted,
 }
 
 /// Where the kill lands.
@@ -50,6 +48,9 @@ enum At {
     /// The `nth` manifest write to the registry, held by a proxy in front
     /// of it (retags are PUTs runnerctl sends itself, not a child).
     ManifestPut(usize),
+    /// The `nth` blob upload start (`POST …/blobs/uploads/`), held by the
+    /// proxy: runnerctl uploads the blobs itself (issue 15).
+    BlobPost(usize),
 }
 
 /// One place to kill runnerctl.
@@ -94,6 +95,10 @@ fn kill_and_resume(kp: KillPoint) {
             proxy.hold_manifest_put(nth);
             image_arg(&proxy.host())
         }
+        At::BlobPost(nth) => {
+            proxy.hold_blob_post(nth);
+            image_arg(&proxy.host())
+        }
     };
     let args = w.bump_args_to(&image, &[]);
 
@@ -105,9 +110,6 @@ fn kill_and_resume(kp: KillPoint) {
                 Until::Now => true,
                 Until::BuilderRunning => wait_for(HOOK_TIMEOUT, || {
                     !files_named(w.tmp.path(), "nix-build-").is_empty() || hook.rc().is_some()
-                }),
-                Until::BlobUploadStarted => wait_for(HOOK_TIMEOUT, || {
-                    w.registry.blob_upload_count() > 0 || hook.rc().is_some()
                 }),
             };
             assert!(reached, "{kp:?}: the kill point was not reached");
@@ -319,18 +321,18 @@ kill_points! {
         done UPDATED, interrupts "build";
     kill_after_nix_build_before_it_is_recorded:
         call("nix", &["build"], 1, When::After), done UPDATED, interrupts "build";
+    // The push's first blob upload: nothing is uploaded yet.
     kill_between_verify_and_push:
-        call("skopeo", &["copy"], 1, When::Before), done BUILT, interrupts "push";
+        At::BlobPost(1), done BUILT, interrupts "push";
+    // The third blob upload: the first two are sent or under way.
     kill_in_the_middle_of_the_upload:
-        At::Call {
-            tool: "skopeo", words: &["copy"], nth: 1, when: When::During,
-            until: Until::BlobUploadStarted,
-        },
-        done BUILT, interrupts "push";
+        At::BlobPost(3), done BUILT, interrupts "push";
     kill_after_the_layers_before_the_manifest_write:
         At::ManifestPut(1), done BUILT, interrupts "push";
+    // The first tag is written (the upload's own manifest), the first
+    // retag held.
     kill_after_the_upload_before_it_is_recorded:
-        call("skopeo", &["copy"], 1, When::After), done BUILT, interrupts "push";
+        At::ManifestPut(2), done BUILT, interrupts "push";
     // Two tags written (the upload's and the first retag), the third held.
     kill_in_the_middle_of_the_retags:
         At::ManifestPut(3), done BUILT, interrupts "push";
@@ -511,52 +513,42 @@ fn a_lock_left_by_a_killed_run_does_not_block_the_next() {
 #[test]
 fn registry_stopped_mid_push_bounded_retries_clear_error_then_resume() {
     let mut w = World::new();
-    let hook = w.hooks.hold("skopeo", &["copy"], 1, When::Before);
-    let mut run = w.spawn_bump(&[]);
-    run.wait_hook(&hook, HOOK_TIMEOUT);
+    // runnerctl uploads the blobs itself (issue 15): hold its first blob
+    // upload at a proxy, stop the registry, let the upload go on.
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    proxy.hold_blob_post(1);
+    let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
+    let mut run = Spawned::start(&args, w.repo.path(), &w.env());
+    run.wait_until(HOOK_TIMEOUT, || proxy.held());
     w.registry.stop();
-    hook.release();
+    proxy.release();
     let released = Instant::now();
     let out = run.wait(Duration::from_secs(180));
     let took = released.elapsed();
     out.assert_code(1);
-    // Bounded: a few `skopeo copy` attempts by runnerctl, each with
-    // skopeo's own bounded `--retry-times`, all within a minute and a half.
+    // Bounded: each blob upload is tried once more after a refused
+    // connection, and the first failure stops the push.
     assert!(
         took < Duration::from_secs(90),
         "retries are not bounded: {took:?}"
     );
-    let copies: Vec<Vec<String>> = w
-        .shims
-        .calls("skopeo")
-        .into_iter()
-        .filter(|c| c.first().map(String::as_str) == Some("copy"))
-        .collect();
+    let posts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
+        .count();
+    // runnerctl's workers: one per core, plus one.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     assert!(
-        (1..=3).contains(&copies.len()),
-        "{} upload attempts: {copies:?}",
-        copies.len()
+        (1..=2 * workers).contains(&posts),
+        "{posts} upload attempts: {:#?}",
+        proxy.requests()
     );
-    for copy in &copies {
-        let retries = copy
-            .windows(2)
-            .find(|p| p[0] == "--retry-times")
-            .and_then(|p| p[1].parse::<u32>().ok());
-        assert!(
-            retries.is_some_and(|n| (1..=5).contains(&n)),
-            "skopeo's own retries are bounded: {copy:?}"
-        );
-    }
-    // A clear error: what failed, skopeo's own words, and what to do.
-    assert_diagnostic(&out, "runnerctl::skopeo::unavailable");
-    assert_stderr_mentions(
-        &out,
-        &[
-            "skopeo copy",
-            "connection refused",
-            "run the same command again",
-        ],
-    );
+    assert!(w.shims.calls("skopeo").iter().all(|c| c[0] != "copy"));
+    // A clear error: skopeo's class for a registry that is not there, and
+    // what to do.
+    assert_diagnostic(&out, "runnerctl::registry::unavailable");
+    assert_stderr_mentions(&out, &["run the same command again"]);
     // Nothing committed or pushed to git; the state says where it stopped.
     assert_eq!(w.repo.head(), w.initial_remote_head);
     assert_eq!(w.repo.remote_head(), w.initial_remote_head);
@@ -619,12 +611,11 @@ fn wrong_password_401_no_retry_credentials_message_nothing_committed() {
     assert_eq!(w.nix_builds(), 1);
 }
 
-/// The credentials may pull but not push: every `skopeo inspect` succeeds
-/// (the build stage's check, the push's tag check) and only the upload of
-/// `skopeo copy` gets a 401, from a proxy in front of the registry. The
-/// copy is not repeated: one `skopeo copy`, and the proxy sees no second
-/// attempt (no request after the copy's uploads were refused and skopeo
-/// gave up); the message is the credentials one.
+/// The credentials may pull but not push: every read succeeds (the build
+/// stage's check, the push's tag check) and only the blob uploads' data
+/// get a 401, from a proxy in front of the registry. The upload is not
+/// repeated (no new session after the refusal), and the message is the
+/// credentials one.
 #[test]
 fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
     let w = World::new();
@@ -633,24 +624,31 @@ fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
     let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
     let out = w.run(&args);
     out.assert_code(1);
-    assert_diagnostic(&out, "runnerctl::skopeo::unauthorized");
+    assert_diagnostic(&out, "runnerctl::registry::unauthorized");
     assert_stderr_mentions(
         &out,
         &[
-            "skopeo copy",
-            "unauthorized",
             "the registry rejected the credentials",
             "RUNNERCTL_REGISTRY_PASSWORD",
             "nothing was committed or pushed to git",
         ],
     );
-    // The inspects before the copy went through: the build ran.
+    // The reads before the upload went through: the build ran.
     assert_eq!(w.nix_builds(), 1);
-    // One copy, refused: the proxy refused at least one upload, and after
-    // the first refusal saw no new session (skopeo pings /v2/ once per
-    // run, before anything else); the shims saw one `skopeo copy`.
+    // Refused, not retried: at most one upload session per worker, each
+    // refused, and no new session or ping after them.
     assert!(proxy.denied() >= 1, "{:#?}", proxy.requests());
     let requests = proxy.requests();
+    let posts = requests
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
+        .count();
+    // runnerctl's workers: one per core, plus one.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    assert!(
+        (1..=workers).contains(&posts),
+        "{posts} upload sessions: {requests:#?}"
+    );
     let first_refused = requests
         .iter()
         .position(|r| {
@@ -665,8 +663,6 @@ fn a_401_on_the_upload_only_is_not_retried_and_names_the_credentials() {
         pings_after.is_empty(),
         "a second attempt after the 401: {requests:#?}"
     );
-    let copies = w.shims.count("skopeo", &["copy"]);
-    assert_eq!(copies, 1, "skopeo copy ran {copies} times\n{out}");
     assert!(
         !squash(&out.stderr).contains("retrying"),
         "a 401 is not retried\n{out}"
@@ -697,14 +693,13 @@ fn a_500_on_every_manifest_write_fails_clearly_then_resumes() {
     let args = w.bump_args_to(&image, &[]);
     let started = Instant::now();
     let out = w.run(&args);
-    assert_diagnostic(&out, "runnerctl::skopeo::unavailable");
+    assert_diagnostic(&out, "runnerctl::registry::http");
     assert!(
         started.elapsed() < Duration::from_secs(90),
         "bounded retries"
     );
-    // Retried, and bounded: the first tag's manifest write is tried again
-    // (by skopeo's `--retry-times` or by runnerctl), a few times at most;
-    // runnerctl gives up there, before any other tag.
+    // Retried, and bounded: the first tag's manifest write is tried once
+    // more by runnerctl; it gives up there, before any other tag.
     assert!(
         (2..=8).contains(&proxy.manifest_puts()),
         "manifest writes: {:#?}\n{out}",
@@ -713,10 +708,10 @@ fn a_500_on_every_manifest_write_fails_clearly_then_resumes() {
     assert_stderr_mentions(
         &out,
         &[
-            "skopeo copy",
-            "writing manifest",
-            "500 Internal Server Error",
-            "run the same command again",
+            "/manifests/",
+            "HTTP 500",
+            "injected fault",
+            "probably temporary: run again",
         ],
     );
     assert_eq!(w.repo.head(), w.initial_remote_head);

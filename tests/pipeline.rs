@@ -9,6 +9,7 @@
 //! cannot hide a build or a missing one.
 
 mod common;
+mod fault_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -20,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fault_support::FaultProxy;
 
 /// Generous: the tests run in parallel on two cores.
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -427,14 +429,13 @@ fn rerun_after_a_bump_is_a_no_op() {
     let lock = w.repo.lock_bytes();
     let digests = w.registry_digests();
     assert_eq!(digests.len(), 4, "{digests:?}");
-    let (builds, uploads, puts, copies) = (
+    let (builds, uploads, puts) = (
         w.nix_builds(),
         w.registry.blob_upload_count(),
         w.registry.manifest_put_count(),
-        w.skopeo_copies().len(),
     );
     assert_eq!(builds, 1);
-    assert!(uploads > 0 && puts > 0 && copies > 0);
+    assert!(uploads > 0 && puts > 0);
 
     let out = w.bump(&["--json"]);
     out.assert_success();
@@ -449,7 +450,7 @@ fn rerun_after_a_bump_is_a_no_op() {
         "blobs uploaded again"
     );
     assert_eq!(w.registry.manifest_put_count(), puts, "manifests PUT again");
-    assert_eq!(w.skopeo_copies().len(), copies, "skopeo copy ran again");
+    assert!(w.skopeo_copies().is_empty(), "runnerctl uploads itself");
     assert_eq!(w.registry_digests(), digests);
 }
 
@@ -525,7 +526,7 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
         image.as_str(),
         &format!("{DEFAULT_SUBJECT_PREFIX}{date}"),
         "nix flake update",
-        "skopeo copy",
+        "uploaded as they are compressed",
     ] {
         assert!(plan.contains(needle), "plan lacks {needle:?}\n{out}");
     }
@@ -574,27 +575,27 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
 #[test]
 fn resume_after_a_failed_push_does_not_rebuild() {
     let mut w = World::new();
-    // runnerctl runs a failed `skopeo copy` twice (COPY_ATTEMPTS): fail both.
-    w.shims.fail_times(
-        "skopeo",
-        &["copy"],
-        2,
-        1,
-        "injected failure: connection reset by peer",
-    );
+    // runnerctl uploads the blobs itself (issue 15) and tries a failed blob
+    // once more: a proxy in front of the registry fails every blob write.
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    proxy.fail_blob_puts(usize::MAX);
     let head = w.repo.head();
     let remote = w.repo.remote_head();
     w.upstream_commit(4);
     let date = date_tag(w.base + 4 * DAY);
 
-    let first = w.bump(&[]);
+    let image = format!("docker://{}/{IMAGE_REPO}", proxy.host());
+    let first = w
+        .cmd(&["bump", "--image", &image, "--tls-verify", "false"])
+        .env("RUNNERCTL_REGISTRY_USER", w.registry.user())
+        .env("RUNNERCTL_REGISTRY_PASSWORD", w.registry.password())
+        .run();
     first.assert_code(1);
-    assert_eq!(
-        w.shims.faults_fired("skopeo"),
-        2,
+    assert!(
+        proxy.blob_injected() >= 2,
         "the fault did not fire\n{first}"
     );
-    assert!(first.stderr.contains("injected failure"), "{first}");
+    assert!(first.stderr.contains("injected fault"), "{first}");
     assert_eq!(w.repo.head(), head, "committed before the push succeeded");
     assert_eq!(w.repo.remote_head(), remote);
     assert_eq!(w.nix_builds(), 1);
@@ -624,41 +625,22 @@ fn resume_after_a_failed_push_does_not_rebuild() {
 // 6. kill -9 during the push, then resume
 // ---------------------------------------------------------------------------
 
-/// Writes a `skopeo` wrapper into `dir` that, on its first `copy`, records
-/// its parent (runnerctl) in `dir/copy-started` and sleeps 30 s before
-/// running `real` (the logging shim).
-fn sleepy_skopeo(dir: &Path, real: &Path) {
-    let marker = dir.join("copy-started");
-    let script = format!(
-        "#!/bin/sh\n\
-         case \" $* \" in\n\
-         *' copy '*)\n\
-           if [ ! -e '{marker}' ]; then\n\
-             echo \"$PPID\" >'{marker}.tmp' && mv '{marker}.tmp' '{marker}'\n\
-             sleep 30\n\
-           fi;;\n\
-         esac\n\
-         exec '{real}' \"$@\"\n",
-        marker = marker.display(),
-        real = real.display(),
-    );
-    write_executable(&dir.join("skopeo"), script);
-}
-
 #[test]
 fn kill_9_during_push_then_resume_without_rebuild() {
     let mut w = World::new();
     let head = w.repo.head();
     w.upstream_commit(5);
     let date = date_tag(w.base + 5 * DAY);
-    let sleepy = tempfile::tempdir().expect("tempdir");
-    sleepy_skopeo(sleepy.path(), &w.shims.bin_dir().join("skopeo"));
-    let path = format!("{}:{}", sleepy.path().display(), w.shims.path_env());
+    // runnerctl uploads the blobs itself (issue 15): a proxy in front of
+    // the registry holds its second blob upload, mid-push.
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    proxy.hold_blob_post(2);
+    let path = w.shims.path_env();
     let logs = tempfile::tempdir().expect("tempdir");
 
     // Start runnerctl in its own process group, as Run does, but keep the
     // child so its group can be killed.
-    let image = w.image();
+    let image = format!("docker://{}/{IMAGE_REPO}", proxy.host());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnerctl"));
     cmd.args(["bump", "--image", &image, "--tls-verify", "false"])
         .current_dir(w.repo.path())
@@ -688,9 +670,8 @@ fn kill_9_during_push_then_resume_without_rebuild() {
         )
     };
 
-    let marker = sleepy.path().join("copy-started");
     let deadline = Instant::now() + TIMEOUT;
-    while !marker.exists() {
+    while !proxy.held() {
         if let Some(status) = child.try_wait().expect("wait for runnerctl") {
             panic!(
                 "runnerctl ended ({status}) before its push started\n{}",
@@ -701,16 +682,13 @@ fn kill_9_during_push_then_resume_without_rebuild() {
             let _ = Command::new("bash")
                 .args(["-c", "kill -KILL -- \"-$1\"", "kill", &pid.to_string()])
                 .status();
-            panic!("runnerctl never ran skopeo copy\n{}", output());
+            panic!(
+                "runnerctl never started its second blob upload\n{}",
+                output()
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let parent = fs::read_to_string(&marker).expect("read marker");
-    assert_eq!(
-        parent.trim(),
-        pid.to_string(),
-        "skopeo was not started by runnerctl"
-    );
     let killed = Command::new("bash")
         .args(["-c", "kill -KILL -- \"-$1\"", "kill", &pid.to_string()])
         .status()
@@ -738,7 +716,7 @@ fn kill_9_during_push_then_resume_without_rebuild() {
     assert!(w.registry.tags(IMAGE_REPO).is_empty());
     assert_eq!(w.nix_builds(), 1);
 
-    // The same command again (the wrapper no longer sleeps) resumes.
+    // The same command again, straight to the registry, resumes.
     let out = w
         .against_registry("bump", &["--json"])
         .env("PATH", &path)

@@ -370,13 +370,14 @@ fn a_failure_shows_the_tail_and_where_the_full_log_is() {
     let mut nixpkgs = StandInNixpkgs::new();
     let repo = RunnerRepo::new(&nixpkgs);
     nixpkgs.commit(T0 + 9 * DAY);
-    // A skopeo that fails with 30 lines of output: the diagnostic shows the
-    // last 20 and names the log that has them all.
+    // A skopeo whose reads fail with 30 lines of output (runnerctl asks
+    // skopeo what the tags point at; it uploads itself): the diagnostic
+    // shows the last 20 and names the log that has them all.
     let shim_dir = tempfile::tempdir().expect("shim dir");
     let shim = shim_dir.path().join("skopeo");
     write_executable(
         &shim,
-        "#!/bin/sh\ncase \"$1\" in copy) for i in $(seq 1 30); do echo \"skopeo line $i\" >&2; done; exit 1;; esac\nexec /usr/bin/skopeo \"$@\"\n",
+        "#!/bin/sh\ncase \"$1\" in inspect) for i in $(seq 1 30); do echo \"skopeo line $i\" >&2; done; exit 1;; esac\nexec /usr/bin/skopeo \"$@\"\n",
     );
     let path = format!(
         "{}:{}",

@@ -216,9 +216,14 @@ fn auth_file_of_a_killed_run_does_not_outlive_the_next_run() {
     w.user = SECRET_USER.to_string();
     w.password = SECRET.to_string();
     w.hooks.probe_secret(SECRET);
-    let hook = w.hooks.hold("skopeo", &["copy"], 1, When::Before);
-    let mut run = w.spawn_bump(&[]);
-    run.wait_hook(&hook, std::time::Duration::from_secs(120));
+    // Killed mid-upload (its first blob upload held at a proxy): the
+    // run's auth file is there.
+    let proxy = FaultProxy::start(w.registry.port(), 0);
+    proxy.hold_blob_post(1);
+    let args = w.bump_args_to(&image_arg(&proxy.host()), &[]);
+    let mut run = Spawned::start(&args, w.repo.path(), &w.env());
+    run.wait_until(std::time::Duration::from_secs(120), || proxy.held());
+    assert_eq!(files_named(w.tmp.path(), "runnerctl-auth-").len(), 1);
     let killed = run.kill_and_wait();
     assert_eq!(killed.code, None, "{killed}");
     // The killed run had handed skopeo an auth file.

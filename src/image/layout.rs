@@ -25,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use super::archive::{self, normalize};
+use super::codec::Codec;
 use crate::digest::{hex, sha256_digest};
 
 #[derive(Debug, Error, Diagnostic)]
@@ -69,7 +70,7 @@ fn to_json<T: serde::Serialize>(doc: &T) -> std::io::Result<Vec<u8>> {
 }
 
 /// The descriptor of content runnerctl has just hashed.
-fn descriptor(media_type: MediaType, digest: &str, size: u64) -> std::io::Result<Descriptor> {
+pub fn descriptor(media_type: MediaType, digest: &str, size: u64) -> std::io::Result<Descriptor> {
     let digest = oci_spec::image::Digest::try_from(digest).map_err(std::io::Error::other)?;
     Ok(Descriptor::new(media_type, size, digest))
 }
@@ -91,13 +92,15 @@ pub fn learn(map: &mut ReuseMap, manifest: &[u8], config: &[u8]) {
         return;
     }
     for (diff_id, layer) in diff_ids.iter().zip(manifest.layers()) {
-        map.entry(diff_id.clone()).or_insert_with(|| {
-            Descriptor::new(
-                MediaType::ImageLayerGzip,
-                layer.size(),
-                layer.digest().clone(),
-            )
-        });
+        // Docker's and OCI's gzip types are one OCI type in a new manifest;
+        // a zstd layer stays zstd.
+        let media_type = if layer.media_type().to_string().ends_with("zstd") {
+            MediaType::ImageLayerZstd
+        } else {
+            MediaType::ImageLayerGzip
+        };
+        map.entry(diff_id.clone())
+            .or_insert_with(|| Descriptor::new(media_type, layer.size(), layer.digest().clone()));
     }
 }
 
@@ -149,6 +152,19 @@ impl Scanned {
 
     pub fn layer_count(&self) -> usize {
         self.layers.len()
+    }
+
+    /// The image's config, as the archive holds it.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Layer `i`: where its bytes are in the archive (offset, size), and
+    /// its diff_id.
+    pub fn layer(&self, i: usize) -> Option<(u64, u64, &str)> {
+        self.layers
+            .get(i)
+            .map(|l| (l.offset, l.size, l.diff_id.as_str()))
     }
 }
 
@@ -217,7 +233,12 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Compress one layer into `blobs/sha256/<digest>` (temp file + rename).
-fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::Result<Descriptor> {
+fn compress_layer(
+    archive: &Path,
+    entry: &LayerEntry,
+    blobs: &Path,
+    codec: Codec,
+) -> std::io::Result<Descriptor> {
     let mut file = File::open(archive)?;
     file.seek(SeekFrom::Start(entry.offset))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file.take(entry.size));
@@ -231,15 +252,16 @@ fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::
         hash: Sha256::new(),
         size: 0,
     };
-    if super::archive::is_gzip(&head[..n]) {
+    let passthrough = super::archive::is_gzip(&head[..n]);
+    if passthrough {
         // Already gzip: use the bytes as they are.
         out.write_all(&head[..n])?;
         std::io::copy(&mut reader, &mut out)?;
     } else {
-        let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-        gz.write_all(&head[..n])?;
-        std::io::copy(&mut reader, &mut gz)?;
-        gz.finish()?;
+        let mut enc = codec.encoder(&mut out)?;
+        enc.write_all(&head[..n])?;
+        std::io::copy(&mut reader, &mut enc)?;
+        enc.finish()?;
     }
     out.flush()?;
     let Hashing { inner, hash, size } = out;
@@ -247,7 +269,12 @@ fn compress_layer(archive: &Path, entry: &LayerEntry, blobs: &Path) -> std::io::
     let digest = hex(&hash.finalize());
     tmp.as_file().sync_all()?;
     tmp.persist(blobs.join(&digest)).map_err(|e| e.error)?;
-    descriptor(MediaType::ImageLayerGzip, &format!("sha256:{digest}"), size)
+    let media_type = if passthrough {
+        MediaType::ImageLayerGzip
+    } else {
+        codec.oci_media_type()
+    };
+    descriptor(media_type, &format!("sha256:{digest}"), size)
 }
 
 fn write_blob(blobs: &Path, bytes: &[u8]) -> std::io::Result<String> {
@@ -307,6 +334,7 @@ pub fn write(
     dir: &Path,
     reuse: &ReuseMap,
     tags: &[String],
+    codec: Codec,
     on_layer: &(dyn Fn(bool, u64) + Sync),
 ) -> Result<Written, LayoutError> {
     let werr = |source: std::io::Error| LayoutError::Write {
@@ -338,7 +366,7 @@ pub fn write(
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&i) = todo.get(k) else { break };
-                match compress_layer(archive, &layers[i], &blobs) {
+                match compress_layer(archive, &layers[i], &blobs, codec) {
                     Ok(desc) => {
                         on_layer(false, desc.size());
                         if let Ok(mut r) = results.lock() {

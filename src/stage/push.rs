@@ -114,6 +114,7 @@ impl Push<'_, '_> {
                     name: &image.eval.out_path.hash_part(),
                     states,
                     reuse_from,
+                    codec: cx.cfg.codec,
                 };
                 destination
                     .upload(&cx.runner, &self.prepared.tools, &upload)
@@ -275,6 +276,7 @@ impl Stage for Push<'_, '_> {
                 &self.prepared.tools,
                 image.eval.out_path.as_str(),
                 &tags,
+                cx.cfg.codec,
             ));
         }
         if self.built.multi() {

@@ -124,6 +124,7 @@ mod world;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use world::*;
 // This World, not common's (which it holds).
+#[allow(unused_imports)] // each test binary uses a different part
 pub use world::World;
 mod proxy;
 #[allow(unused_imports)] // each test binary uses a different part

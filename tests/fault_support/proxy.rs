@@ -26,6 +26,24 @@ pub struct ProxyCounters {
     /// pull but not push does.
     deny_uploads: AtomicBool,
     denied: AtomicUsize,
+    /// Answer 500 to the next this many blob-closing `PUT`s
+    /// (`PUT /v2/…/blobs/uploads/…?…digest=…`).
+    blob_fail: AtomicUsize,
+    blob_injected: AtomicUsize,
+    /// Hold the nth (1-based) blob chunk (`PATCH /v2/…/blobs/uploads/…`)
+    /// for good (until the proxy stops); 0: none.
+    patch_hold: AtomicUsize,
+    patches: AtomicUsize,
+    /// Hold the nth (1-based) blob upload start (`POST …/blobs/uploads/`)
+    /// like a held manifest write, until [`release`](FaultProxy::release);
+    /// 0: none.
+    post_hold: AtomicUsize,
+    posts: AtomicUsize,
+    /// Lets a held blob upload start or manifest write go on.
+    release: AtomicBool,
+    /// Answer 405 to every blob chunk (`PATCH`), as a registry that takes
+    /// only whole blobs does.
+    refuse_patches: AtomicBool,
     log: Mutex<Vec<String>>,
 }
 
@@ -69,7 +87,8 @@ impl FaultProxy {
     }
 
     /// Hold the `nth` (1-based) manifest write, not failed, until the proxy
-    /// is dropped: [`held`](Self::held) says it arrived.
+    /// is dropped or [`release`](Self::release)d: [`held`](Self::held) says
+    /// it arrived.
     pub fn hold_manifest_put(&self, nth: usize) {
         self.c.hold.store(nth, Ordering::SeqCst);
     }
@@ -88,6 +107,44 @@ impl FaultProxy {
     /// 401s answered to uploads so far.
     pub fn denied(&self) -> usize {
         self.c.denied.load(Ordering::SeqCst)
+    }
+
+    /// Answer 500 to the next `n` blob-closing `PUT`s.
+    pub fn fail_blob_puts(&self, n: usize) {
+        self.c.blob_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// 500s answered to blob `PUT`s so far.
+    pub fn blob_injected(&self) -> usize {
+        self.c.blob_injected.load(Ordering::SeqCst)
+    }
+
+    /// Hold the `nth` (1-based) blob chunk `PATCH` until the proxy stops;
+    /// [`patches`](Self::patches) counts the ones that arrived.
+    pub fn hold_patch(&self, nth: usize) {
+        self.c.patch_hold.store(nth, Ordering::SeqCst);
+    }
+
+    /// Hold the `nth` (1-based) blob upload start (`POST`) until
+    /// [`release`](Self::release); [`held`](Self::held) says it arrived.
+    pub fn hold_blob_post(&self, nth: usize) {
+        self.c.post_hold.store(nth, Ordering::SeqCst);
+    }
+
+    /// Let a held blob upload start or manifest write go on (to the
+    /// registry as it is then).
+    pub fn release(&self) {
+        self.c.release.store(true, Ordering::SeqCst);
+    }
+
+    /// Answer 405 (`Method Not Allowed`) to every blob chunk from now on.
+    pub fn refuse_patches(&self) {
+        self.c.refuse_patches.store(true, Ordering::SeqCst);
+    }
+
+    /// Blob chunk `PATCH`es seen so far (the held one included).
+    pub fn patches(&self) -> usize {
+        self.c.patches.load(Ordering::SeqCst)
     }
 
     /// 500s answered so far.
@@ -161,6 +218,56 @@ pub fn proxy_one(
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
+    let blob_upload = path.starts_with("/v2/") && path.contains("/blobs/uploads/");
+    if blob_upload && method == "POST" {
+        let nth = counters.posts.fetch_add(1, Ordering::SeqCst) + 1;
+        if counters.post_hold.load(Ordering::SeqCst) == nth {
+            counters.held.store(true, Ordering::SeqCst);
+            while !counters.release.load(Ordering::SeqCst) && !counters.stop.load(Ordering::SeqCst)
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    if blob_upload && method == "PATCH" {
+        let nth = counters.patches.fetch_add(1, Ordering::SeqCst) + 1;
+        if counters.refuse_patches.load(Ordering::SeqCst) {
+            drain_body(&mut client, &text)?;
+            let msg = r#"{"errors":[{"code":"UNSUPPORTED","message":"injected: chunked uploads are not supported"}]}"#;
+            let resp = format!(
+                "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+            client.write_all(resp.as_bytes())?;
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        if counters.patch_hold.load(Ordering::SeqCst) == nth {
+            while !counters.stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
+            }
+            return Ok(());
+        }
+    }
+    if blob_upload
+        && method == "PUT"
+        && path.contains("digest=")
+        && counters
+            .blob_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        counters.blob_injected.fetch_add(1, Ordering::SeqCst);
+        drain_body(&mut client, &text)?;
+        let msg = r#"{"errors":[{"code":"UNKNOWN","message":"injected fault: blob storage unavailable"}]}"#;
+        let resp = format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+            msg.len()
+        );
+        client.write_all(resp.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     if method == "PUT" && path.starts_with("/v2/") && path.contains("/manifests/") {
         let nth = counters.manifest_puts.fetch_add(1, Ordering::SeqCst) + 1;
         let take = nth > counters.skip.load(Ordering::SeqCst)
@@ -190,7 +297,8 @@ pub fn proxy_one(
         }
         if counters.hold.load(Ordering::SeqCst) == nth {
             counters.held.store(true, Ordering::SeqCst);
-            while !counters.stop.load(Ordering::SeqCst) {
+            while !counters.stop.load(Ordering::SeqCst) && !counters.release.load(Ordering::SeqCst)
+            {
                 thread::sleep(Duration::from_millis(10));
             }
         }

@@ -76,7 +76,7 @@ impl Layout {
         oci::learn_from_layout(&self.dir, &mut reuse);
         let scanned = oci::Scanned::new(up.archive)?;
         let all: Vec<String> = up.states.iter().map(|s| s.tag.to_string()).collect();
-        let written = write_layout(reporter, &scanned, &self.dir, &reuse, &all)?;
+        let written = write_layout(reporter, &scanned, &self.dir, &reuse, &all, up.codec)?;
         for s in up.states {
             reporter.emit(Event::Push(PushEvent::TagWritten {
                 tag: s.tag.to_string(),

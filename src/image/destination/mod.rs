@@ -90,7 +90,8 @@ pub struct Tools {
     pub authfile: Option<AuthFile>,
     /// The temporary OCI layout is written here.
     pub cache_dir: PathBuf,
-    /// skopeo's digest file is written here.
+    /// skopeo's digest file (with --policy) and the upload journal
+    /// (`upload-journal`: blobs an interrupted upload sent) are written here.
     pub state_dir: PathBuf,
 }
 
@@ -121,6 +122,8 @@ pub struct Upload<'a> {
     /// Other tags whose images may share layers with this one (with
     /// several systems: the index the floating tags name now).
     pub reuse_from: &'a [TagState],
+    /// How new layers are compressed.
+    pub codec: crate::image::codec::Codec,
 }
 
 /// The image at the destination after an upload (or found there).
@@ -327,14 +330,20 @@ impl Destination {
 
     /// What [`upload`](Self::upload) and the retags would run, for the
     /// dry-run plan (`out`: the image's out path).
-    pub fn plan(&self, tools: &Tools, out: &str, tags: &[Tag]) -> Vec<String> {
+    pub fn plan(
+        &self,
+        tools: &Tools,
+        out: &str,
+        tags: &[Tag],
+        codec: crate::image::codec::Codec,
+    ) -> Vec<String> {
         let Some(first) = tags.first() else {
             return Vec::new();
         };
         match self {
             Destination::Layout(l) => vec![l.plan(out, tags)],
             Destination::Registry(r) => {
-                let mut cmds = r.plan(tools, out, first);
+                let mut cmds = r.plan(tools, out, first, codec);
                 for tag in &tags[1..] {
                     cmds.push(format!(
                         "(built in) {}  (the same manifest: a retag, no blob is sent)",
@@ -591,6 +600,7 @@ fn write_layout(
     dir: &Path,
     reuse: &oci::ReuseMap,
     tags: &[String],
+    codec: crate::image::codec::Codec,
 ) -> miette::Result<oci::Written> {
     reporter.emit(Event::Push(PushEvent::LayersPlanned {
         total: scanned.layer_count(),
@@ -599,7 +609,7 @@ fn write_layout(
     let on_layer = move |skipped: bool, bytes: u64| {
         reporter.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
     };
-    Ok(oci::write(scanned, dir, reuse, tags, &on_layer)?)
+    Ok(oci::write(scanned, dir, reuse, tags, codec, &on_layer)?)
 }
 
 /// Drop what the cache holds for pushed images: decompressed or streamed

@@ -1,11 +1,14 @@
 //! The registry destination: runnerctl's registry client for manifests
-//! (one per run, so it authenticates once), skopeo for the blobs.
+//! and blobs (one per run, so it authenticates once).
 //!
-//! An upload writes the image as an OCI layout in the cache that reuses
-//! every layer the repository already has (matched by diff_id), compressing
-//! only new layers; skopeo copies it once and asks the registry before
-//! sending each blob. When the repository has none of the layers, the
-//! archive goes to skopeo directly, which compresses while it uploads.
+//! An upload compresses the layers the repository lacks (matched by
+//! diff_id against the images at the run's tags) on every core and streams
+//! each to the registry as it is compressed ([`upload::push`]); the config,
+//! the manifest and the first tag follow. skopeo only reads what the tags
+//! point at, and uploads when the user gave a trust policy (--policy),
+//! which only skopeo applies: then the image goes as an OCI layout in the
+//! cache that reuses every layer the repository has, or as the archive
+//! itself when it has none of them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,13 +17,19 @@ use oci_spec::image::ImageManifest;
 
 use super::{index, write_layout, Manifest, NotThere, Pushed, TagState, Tools, Upload};
 use crate::digest::sha256_digest;
+use crate::image::codec::Codec;
 use crate::image::layout as oci;
 use crate::image::reference::{ImageRef, Tag};
 use crate::image::registry::Registry as RegistryClient;
+use crate::image::upload;
 use crate::progress::{Event, PushEvent};
 use crate::state::StateError;
 use crate::tool::skopeo::{CopyOpts, RETRY_TIMES};
 use crate::tool::Runner;
+
+/// The upload's journal in the state dir: the blobs an interrupted upload
+/// sent, for the next run to find with `HEAD` instead of sending again.
+pub const JOURNAL: &str = "upload-journal";
 
 pub struct Registry {
     pub(super) client: Arc<RegistryClient>,
@@ -179,10 +188,110 @@ impl Registry {
         Ok(map)
     }
 
-    /// Upload the image to the first tag: through an OCI layout that reuses
-    /// what the repository has, or, when it has none of the layers,
-    /// straight from the archive (skopeo compresses while it uploads).
+    /// Upload the image to the first tag with runnerctl's own pipeline
+    /// ([`upload::push`]): the layers the repository lacks are compressed
+    /// on every core and streamed up as they are compressed; the config
+    /// and the manifest follow. Layers it has are reused by diff_id; blobs
+    /// a killed earlier upload sent are found through the journal in the
+    /// state dir.
     pub(super) async fn upload(
+        &self,
+        runner: &Runner,
+        tools: &Tools,
+        up: &Upload<'_>,
+    ) -> miette::Result<Pushed> {
+        if tools.skopeo.user_policy {
+            return self.upload_with_skopeo(runner, tools, up).await;
+        }
+        let reporter = runner.reporter();
+        let first = up.first.clone();
+        let scanned = oci::Scanned::new(up.archive)?;
+        let known: Vec<TagState> = up.states.iter().chain(up.reuse_from).cloned().collect();
+        let reuse = self.reuse(runner, tools, &known).await?;
+        reporter.emit(Event::Push(PushEvent::LayersPlanned {
+            total: scanned.layer_count(),
+        }));
+        let journal = tools.state_dir.join(JOURNAL);
+        let current = up
+            .states
+            .iter()
+            .find(|s| s.tag == first)
+            .and_then(|s| s.digest.clone());
+        // On a thread of its own: the runtime stays free to see a signal
+        // (the pipeline stops on SIGTERM or SIGINT without waiting for the
+        // upload to end).
+        let (client, codec, tag) = (self.client.clone(), up.codec, first.to_string());
+        let progress = reporter.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let plan = upload::Plan {
+                scanned: &scanned,
+                reuse: &reuse,
+                codec,
+                journal: Some(&journal),
+                workers: 0,
+                chunk: 0,
+                current: current.as_deref(),
+            };
+            let on_layer = |skipped: bool, bytes: u64| {
+                progress.emit(Event::Push(PushEvent::LayerChecked { skipped, bytes }));
+            };
+            upload::push(&client, &plan, &tag, &on_layer).map(|done| (done, scanned))
+        });
+        let (done, scanned) = task.await.map_err(|e| upload::UploadError::Read {
+            path: up.archive.to_path_buf(),
+            index: 0,
+            source: std::io::Error::other(format!("the upload thread ended: {e}")),
+        })??;
+        let config = scanned.config().len() as u64;
+        let blobs = done.sent + usize::from(done.config_sent) + usize::from(done.manifest_put);
+        let bytes = done.sent_bytes
+            + if done.config_sent { config } else { 0 }
+            + if done.manifest_put {
+                done.manifest_bytes.len() as u64
+            } else {
+                0
+            };
+        reporter.emit(Event::Push(PushEvent::Uploaded { blobs, bytes }));
+        reporter.emit(Event::Push(PushEvent::TagWritten {
+            tag: first.to_string(),
+            skipped: !done.manifest_put,
+        }));
+        let how = if done.manifest_put {
+            let mut how = format!(
+                "uploaded as {first} ({}); {} of {} layers already in the registry, {} new ({} bytes compressed)",
+                up.codec.key(),
+                done.reused,
+                done.layers,
+                done.sent,
+                done.sent_bytes
+            );
+            if done.resumed > 0 {
+                how.push_str(&format!(
+                    ", {} sent by an interrupted push before",
+                    done.resumed
+                ));
+            }
+            if done.retried > 0 {
+                how.push_str(&format!(", {} retried once", done.retried));
+            }
+            how
+        } else {
+            format!("{first} already there")
+        };
+        Ok(Pushed {
+            digest: done.manifest_digest,
+            manifest: Some(Manifest::from_bytes(done.manifest_bytes)),
+            how,
+            tagged: vec![first],
+        })
+    }
+
+    /// The upload through skopeo, kept for a user's trust policy
+    /// (--policy): runnerctl does not evaluate containers policies, skopeo
+    /// does. Through an OCI layout that reuses what the repository has,
+    /// or, when it has none of the layers, straight from the archive
+    /// (skopeo compresses while it uploads).
+    async fn upload_with_skopeo(
         &self,
         runner: &Runner,
         tools: &Tools,
@@ -220,7 +329,14 @@ impl Registry {
             }
         } else {
             let dir = tools.cache_dir.join(format!("layout-{}", up.name));
-            let written = write_layout(reporter, &scanned, &dir, &reuse, &[first.to_string()])?;
+            let written = write_layout(
+                reporter,
+                &scanned,
+                &dir,
+                &reuse,
+                &[first.to_string()],
+                up.codec,
+            )?;
             if up.states.iter().any(|s| {
                 s.tag == first && s.digest.as_deref() == Some(written.manifest_digest.as_str())
             }) {
@@ -319,7 +435,19 @@ impl Registry {
 
     /// The upload's lines for the plan: the layout write and the `skopeo
     /// copy` [`upload`](Self::upload) runs.
-    pub(super) fn plan(&self, tools: &Tools, out: &str, first: &Tag) -> Vec<String> {
+    /// The upload's lines for the plan.
+    pub(super) fn plan(&self, tools: &Tools, out: &str, first: &Tag, codec: Codec) -> Vec<String> {
+        if tools.skopeo.user_policy {
+            return self.skopeo_plan(tools, out, first);
+        }
+        vec![format!(
+            "(built in) push {out} to {} as {first}: the layers the registry lacks compressed ({}) on every core and uploaded as they are compressed, then the config and the manifest",
+            self.image,
+            codec.key()
+        )]
+    }
+
+    fn skopeo_plan(&self, tools: &Tools, out: &str, first: &Tag) -> Vec<String> {
         let layout_dir = tools.cache_dir.join("layout");
         let digestfile = tools.state_dir.join("digest");
         let copy = tools

@@ -212,6 +212,7 @@ fn layout_plan_names_every_tag() {
         &tools(),
         "/nix/store/x-image",
         &[tag("nix-x"), tag("latest")],
+        crate::image::codec::Codec::default(),
     );
     assert_eq!(
         plan,
@@ -220,7 +221,14 @@ fn layout_plan_names_every_tag() {
             dir.path().display()
         )]
     );
-    assert!(dest.plan(&tools(), "/nix/store/x-image", &[]).is_empty());
+    assert!(dest
+        .plan(
+            &tools(),
+            "/nix/store/x-image",
+            &[],
+            crate::image::codec::Codec::default()
+        )
+        .is_empty());
 }
 
 /// A registry that answers `GET /v2/` and deletes a manifest once; it

@@ -21,10 +21,12 @@ use crate::digest::sha256_digest;
 use crate::tool::skopeo::{explain_failure, Context, Failure};
 
 mod auth;
+mod blobs;
 mod error;
 mod retention;
 
 pub use auth::{parse_challenge, Challenge};
+pub use blobs::BlobUpload;
 pub use error::RegistryError;
 pub use retention::{next_page, TagList, MANIFEST_ACCEPT, TAG_PAGE};
 
@@ -142,6 +144,10 @@ struct Request<'a> {
     accept: Option<&'a str>,
     content_type: Option<&'a str>,
     body: Option<&'a [u8]>,
+    /// More headers (e.g. `Content-Range` for a chunk of a blob).
+    extra: Vec<(&'static str, String)>,
+    /// A file to send as the body instead (a whole blob), streamed.
+    file: Option<&'a std::path::Path>,
 }
 
 impl Registry {
@@ -219,7 +225,15 @@ impl Registry {
         }
     }
 
+    /// A path below `/v2/<repo>/`, or one the registry gave (a blob
+    /// upload's `Location`: absolute, or from the host's root).
     fn url(&self, scheme: &str, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path.to_string();
+        }
+        if path.starts_with('/') {
+            return format!("{scheme}://{}{path}", self.registry);
+        }
         format!("{scheme}://{}/v2/{}/{path}", self.registry, self.repository)
     }
 
@@ -238,6 +252,16 @@ impl Registry {
         }
         if let Some(auth) = authorization {
             r = r.set("Authorization", auth);
+        }
+        for (name, value) in &req.extra {
+            r = r.set(name, value);
+        }
+        if let Some(path) = req.file {
+            let file = std::fs::File::open(path).map_err(ureq::Error::from)?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            return r
+                .set("Content-Length", &len.to_string())
+                .send(std::io::BufReader::with_capacity(256 * 1024, file));
         }
         match req.body {
             Some(body) => r.send_bytes(body),
@@ -401,6 +425,8 @@ impl Registry {
             accept: Some(accept),
             content_type: None,
             body: None,
+            extra: Vec::new(),
+            file: None,
         })?
         else {
             return Ok(None);
@@ -438,6 +464,8 @@ impl Registry {
             accept: None,
             content_type: Some(media_type),
             body: Some(bytes),
+            extra: Vec::new(),
+            file: None,
         })?;
         let reported = response
             .as_ref()
@@ -455,6 +483,8 @@ impl Registry {
             accept: None,
             content_type: None,
             body: None,
+            extra: Vec::new(),
+            file: None,
         })?;
         Ok(response.is_some())
     }

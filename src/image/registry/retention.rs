@@ -101,6 +101,8 @@ impl Registry {
                 accept: Some("application/json"),
                 content_type: None,
                 body: None,
+                extra: Vec::new(),
+                file: None,
             })?
             else {
                 // 404: no such repository (yet).
@@ -135,6 +137,8 @@ impl Registry {
             accept: Some(MANIFEST_ACCEPT),
             content_type: None,
             body: None,
+            extra: Vec::new(),
+            file: None,
         })?
         else {
             return Ok(None);
@@ -157,6 +161,8 @@ impl Registry {
             accept: None,
             content_type: None,
             body: None,
+            extra: Vec::new(),
+            file: None,
         })?
         else {
             return Ok(None);
