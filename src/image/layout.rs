@@ -21,12 +21,12 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType, OciLayoutBuilder, ANNOTATION_REF_NAME as REF_NAME,
     SCHEMA_VERSION,
 };
-use sha2::{Digest as _, Sha256};
+use sha2::Digest as _;
 use thiserror::Error;
 
 use super::archive::{self, normalize};
 use super::codec::Codec;
-use crate::digest::{hex, sha256_digest};
+use crate::digest::{hex, sha256_digest, Hashing};
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum LayoutError {
@@ -213,25 +213,6 @@ fn scan(archive: &Path) -> Result<(Vec<u8>, Vec<LayerEntry>), LayoutError> {
     Ok((config, layers))
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Compress one layer into `blobs/sha256/<digest>` (temp file + rename).
 fn compress_layer(
     archive: &Path,
@@ -247,11 +228,7 @@ fn compress_layer(
         .tempfile_in(blobs)?;
     let mut head = [0u8; 2];
     let n = reader.read(&mut head)?;
-    let mut out = Hashing {
-        inner: BufWriter::with_capacity(256 * 1024, tmp.reopen()?),
-        hash: Sha256::new(),
-        size: 0,
-    };
+    let mut out = Hashing::new(BufWriter::with_capacity(256 * 1024, tmp.reopen()?));
     let passthrough = super::archive::is_gzip(&head[..n]);
     if passthrough {
         // Already gzip: use the bytes as they are.

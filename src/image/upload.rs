@@ -40,7 +40,7 @@ use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType, SCHEMA_VERSIO
 use super::codec::Codec;
 use super::layout::{descriptor as oci_descriptor, ReuseMap, Scanned};
 use super::registry::{BlobUpload, Registry, RegistryError};
-use crate::digest::{hex, sha256_digest};
+use crate::digest::{hex, sha256_digest, Hashing};
 use crate::tool::children::Interrupted;
 
 const OCI_MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -470,25 +470,6 @@ fn send_layer(
     Ok(desc)
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashed<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for Hashed<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// For a registry that takes no chunks: compress the layer into a file in
 /// `dir` (hashing as it goes), then send it whole, streamed from the file,
 /// in one `PUT`. Memory stays bounded; the disk holds one layer per worker.
@@ -503,11 +484,10 @@ fn send_whole(
         .prefix(".runnerctl-blob-")
         .tempfile_in(dir)
         .map_err(io)?;
-    let mut out = Hashed {
-        inner: std::io::BufWriter::with_capacity(256 * 1024, tmp.reopen().map_err(io)?),
-        hash: Sha256::new(),
-        size: 0,
-    };
+    let mut out = Hashing::new(std::io::BufWriter::with_capacity(
+        256 * 1024,
+        tmp.reopen().map_err(io)?,
+    ));
     let passthrough = compress(plan, layer, &mut out).map_err(io)?;
     out.flush().map_err(io)?;
     let desc = descriptor(plan, passthrough, out.hash, out.size).map_err(io)?;
