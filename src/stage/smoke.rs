@@ -225,3 +225,41 @@ impl Stage for Smoke<'_, '_> {
         Ok(Done::new(notes.join("; "), ()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::build::Image;
+    use crate::store::NixPath;
+    use crate::tool::nix::Evaluated;
+
+    fn image(system: Option<&str>, hash: char) -> Image {
+        let hash: String = std::iter::repeat_n(hash, 32).collect();
+        Image::new(
+            system.map(|s| s.parse().expect("system")),
+            Evaluated {
+                drv_path: NixPath::parse(&format!("/nix/store/{hash}-image.drv")).expect("drv"),
+                out_path: NixPath::parse(&format!("/nix/store/{hash}-image.tar")).expect("out"),
+            },
+        )
+    }
+
+    #[test]
+    fn only_this_machines_system_runs_and_the_others_are_named() {
+        let host = System::host().expect("a Linux system runnerctl knows");
+        let other = if host.as_str() == "aarch64-linux" {
+            "x86_64-linux"
+        } else {
+            "aarch64-linux"
+        };
+        let built = Built {
+            images: vec![image(Some(other), 'a'), image(Some(host.as_str()), 'b')],
+        };
+        assert_eq!(native(&built), (vec![1], vec![other.to_string()]));
+        // Without --system the one image is this machine's.
+        let single = Built {
+            images: vec![image(None, 'c')],
+        };
+        assert_eq!(native(&single), (vec![0], Vec::<String>::new()));
+    }
+}
