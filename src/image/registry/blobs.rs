@@ -41,15 +41,7 @@ pub struct BlobUpload<'a> {
 impl Registry {
     /// The size of blob `digest` if the repository has it.
     pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, RegistryError> {
-        let response = self.execute(Request {
-            method: "HEAD",
-            path: format!("blobs/{digest}"),
-            accept: None,
-            content_type: None,
-            body: None,
-            extra: Vec::new(),
-            file: None,
-        })?;
+        let response = self.execute(Request::new("HEAD", format!("blobs/{digest}")))?;
         Ok(response.map(|r| {
             r.header("Content-Length")
                 .and_then(|v| v.trim().parse().ok())
@@ -61,13 +53,8 @@ impl Registry {
     pub fn start_upload(&self) -> Result<BlobUpload<'_>, RegistryError> {
         let path = "blobs/uploads/".to_string();
         let response = self.execute(Request {
-            method: "POST",
-            path: path.clone(),
-            accept: None,
-            content_type: None,
             body: Some(&[]),
-            extra: Vec::new(),
-            file: None,
+            ..Request::new("POST", path.clone())
         })?;
         let location = response
             .as_ref()
@@ -119,13 +106,10 @@ impl BlobUpload<'_> {
         }
         let end = self.sent + chunk.len() as u64 - 1;
         let response = self.registry.execute(Request {
-            method: "PATCH",
-            path: self.location.clone(),
-            accept: None,
             content_type: Some("application/octet-stream"),
             body: Some(chunk),
             extra: vec![("Content-Range", format!("{}-{end}", self.sent))],
-            file: None,
+            ..Request::new("PATCH", self.location.clone())
         })?;
         let Some(response) = response else {
             return Err(self.gone("PATCH"));
@@ -176,13 +160,9 @@ impl BlobUpload<'_> {
             '?'
         };
         let response = self.registry.execute(Request {
-            method: "PUT",
-            path: format!("{}{sep}digest={digest}", self.location),
-            accept: None,
             content_type: Some("application/octet-stream"),
-            body: None,
-            extra: Vec::new(),
             file: Some(path),
+            ..Request::new("PUT", format!("{}{sep}digest={digest}", self.location))
         })?;
         match response {
             Some(_) => Ok(()),

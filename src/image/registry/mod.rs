@@ -150,6 +150,21 @@ struct Request<'a> {
     file: Option<&'a std::path::Path>,
 }
 
+impl<'a> Request<'a> {
+    /// A request with no headers of its own and no body.
+    fn new(method: &'static str, path: impl Into<String>) -> Request<'a> {
+        Request {
+            method,
+            path: path.into(),
+            accept: None,
+            content_type: None,
+            body: None,
+            extra: Vec::new(),
+            file: None,
+        }
+    }
+}
+
 impl Registry {
     pub fn new(
         registry: &str,
@@ -418,35 +433,16 @@ impl Registry {
 
     /// The manifest bytes and media type at a tag or digest, if any.
     pub fn manifest(&self, reference: &str) -> Result<Option<(Vec<u8>, String)>, RegistryError> {
-        let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+        let path = format!("manifests/{reference}");
         let Some(response) = self.execute(Request {
-            method: "GET",
-            path: format!("manifests/{reference}"),
-            accept: Some(accept),
-            content_type: None,
-            body: None,
-            extra: Vec::new(),
-            file: None,
+            accept: Some(MANIFEST_ACCEPT),
+            ..Request::new("GET", path.clone())
         })?
         else {
             return Ok(None);
         };
         let media_type = response.content_type().to_string();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut response.into_reader().take(16 * 1024 * 1024),
-            &mut bytes,
-        )
-        .map_err(|e| {
-            self.failed(
-                &format!(
-                    "{}/v2/{}/manifests/{reference}",
-                    self.registry, self.repository
-                ),
-                io_failure(&e),
-                e.to_string(),
-            )
-        })?;
+        let bytes = self.read_body(response, 16 * 1024 * 1024, &path)?;
         Ok(Some((bytes, media_type)))
     }
 
@@ -459,13 +455,9 @@ impl Registry {
         media_type: &str,
     ) -> Result<String, RegistryError> {
         let response = self.execute(Request {
-            method: "PUT",
-            path: format!("manifests/{tag}"),
-            accept: None,
             content_type: Some(media_type),
             body: Some(bytes),
-            extra: Vec::new(),
-            file: None,
+            ..Request::new("PUT", format!("manifests/{tag}"))
         })?;
         let reported = response
             .as_ref()
@@ -477,15 +469,7 @@ impl Registry {
     /// Delete the manifest `digest` (every tag that points at it goes with
     /// it). `false`: the repository has no such manifest.
     pub fn delete_manifest(&self, digest: &str) -> Result<bool, RegistryError> {
-        let response = self.execute(Request {
-            method: "DELETE",
-            path: format!("manifests/{digest}"),
-            accept: None,
-            content_type: None,
-            body: None,
-            extra: Vec::new(),
-            file: None,
-        })?;
+        let response = self.execute(Request::new("DELETE", format!("manifests/{digest}")))?;
         Ok(response.is_some())
     }
 }

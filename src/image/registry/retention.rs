@@ -58,7 +58,9 @@ pub fn next_page(link: &str) -> Option<String> {
 }
 
 impl Registry {
-    fn read_body(
+    /// The body of `response`, at most `limit` bytes (`what`: its path,
+    /// for the error).
+    pub(super) fn read_body(
         &self,
         response: ureq::Response,
         limit: u64,
@@ -96,13 +98,8 @@ impl Registry {
                 });
             }
             let Some(response) = self.execute(Request {
-                method: "GET",
-                path: path.clone(),
                 accept: Some("application/json"),
-                content_type: None,
-                body: None,
-                extra: Vec::new(),
-                file: None,
+                ..Request::new("GET", path.clone())
             })?
             else {
                 // 404: no such repository (yet).
@@ -132,13 +129,8 @@ impl Registry {
     /// bytes when the registry does not send that header.
     pub fn digest_of(&self, reference: &str) -> Result<Option<String>, RegistryError> {
         let Some(response) = self.execute(Request {
-            method: "HEAD",
-            path: format!("manifests/{reference}"),
             accept: Some(MANIFEST_ACCEPT),
-            content_type: None,
-            body: None,
-            extra: Vec::new(),
-            file: None,
+            ..Request::new("HEAD", format!("manifests/{reference}"))
         })?
         else {
             return Ok(None);
@@ -155,16 +147,7 @@ impl Registry {
     /// registry does not have it.
     pub fn blob(&self, digest: &str, limit: u64) -> Result<Option<Vec<u8>>, RegistryError> {
         let path = format!("blobs/{digest}");
-        let Some(response) = self.execute(Request {
-            method: "GET",
-            path: path.clone(),
-            accept: None,
-            content_type: None,
-            body: None,
-            extra: Vec::new(),
-            file: None,
-        })?
-        else {
+        let Some(response) = self.execute(Request::new("GET", path.clone()))? else {
             return Ok(None);
         };
         self.read_body(response, limit, &path).map(Some)
