@@ -173,6 +173,7 @@ impl Push<'_, '_> {
     async fn run_multi(&mut self, cx: &mut Ctx) -> miette::Result<Done<Pushed>> {
         let mut notes = Vec::new();
         let mut systems = Vec::new();
+        let mut entries = Vec::new();
         // What the date and floating tags name now (the last index): its
         // images' layers need not be sent again.
         let current = self.survey.publish_tags(&cx.cfg, None);
@@ -181,24 +182,37 @@ impl Push<'_, '_> {
             let eval = self.built.images[at].eval.clone();
             let tags = self.survey.image_tags(&cx.cfg, &eval);
             let states = self.survey.states(cx, &tags).await?;
-            let (digest, _, note) = self.publish_image(cx, at, &states, &before).await?;
+            let (digest, manifest, note) = self.publish_image(cx, at, &states, &before).await?;
             notes.push(note);
-            let system = self.built.images[at]
+            let image = &self.built.images[at];
+            let system = image
                 .system
                 .as_ref()
                 .map(|s| s.to_string())
                 .unwrap_or_default();
+            // The manifest the push just sent or found (asked for only when
+            // the push did not keep its bytes).
+            let manifest = match manifest {
+                Some(manifest) => manifest,
+                None => self
+                    .prepared
+                    .destination
+                    .manifest(&digest)?
+                    .ok_or_else(|| IndexError::MissingManifest {
+                        platform: system.clone(),
+                        digest: digest.clone(),
+                        image: cx.cfg.image.to_string(),
+                    })?,
+            };
+            if let Some(s) = &image.system {
+                entries.push((manifest, s.platform()));
+            }
             systems.push((system, digest));
         }
+        // The destination changed: the tags are asked again.
         self.survey.forget();
-        let Some((content, index)) = self.index(cx).await? else {
-            return Err(IndexError::MissingManifest {
-                platform: "one of the systems".into(),
-                digest: "(unknown)".into(),
-                image: cx.cfg.image.to_string(),
-            }
-            .into());
-        };
+        let content = index_tag(self.built.images.iter().map(|i| &i.eval))?;
+        let index = index::build(&entries)?;
         // The index under its content tag, checked; then the other tags.
         let tags = self.survey.publish_tags(&cx.cfg, Some(content));
         let states = self.survey.states(cx, &tags).await?;
