@@ -406,36 +406,27 @@ fn a_registry_that_refuses_chunks_gets_whole_blobs() {
     assert!(left.is_empty(), "spilled blobs left behind: {left:?}");
 }
 
-/// The child of [`a_push_killed_mid_upload_resumes_with_the_missing_blobs`]:
-/// pushes what `UPLOAD_CHILD` names (archive, host, user, password,
-/// journal, one per line), one layer at a time.
-#[test]
-#[ignore = "the child process of a_push_killed_mid_upload_resumes_with_the_missing_blobs"]
-fn upload_child() {
-    let Ok(spec) = std::env::var("UPLOAD_CHILD") else {
-        return;
-    };
-    let f: Vec<&str> = spec.lines().collect();
-    let c = Client::new(
-        f[1],
-        REPO,
-        &Credentials::UserPassword {
-            user: f[2].to_string(),
-            password: Secret::new(f[3].to_string()),
-        },
-        false,
-        Duration::from_secs(300),
-    )
-    .expect("client");
-    push(
-        &c,
-        Path::new(f[0]),
-        Codec::default(),
-        Some(Path::new(f[4])),
-        1,
-        16 * 1024,
-    )
-    .expect("child push");
+/// `examples/upload-child` (the kill -9 test's child process), brought up
+/// to date first (a no-op after `cargo test --all-targets`; a lone
+/// `cargo test --test upload` would otherwise find a stale one).
+fn upload_child() -> PathBuf {
+    let debug = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .expect("target dir");
+    // The same features as this test build, so nothing is rebuilt.
+    let mut args = vec!["build", "--locked", "--example", "upload-child"];
+    if cfg!(feature = "modern-nix") {
+        args.extend(["--features", "modern-nix"]);
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", debug.parent().expect("target dir"))
+        .status()
+        .expect("cargo build --example upload-child");
+    assert!(status.success(), "cargo build --example upload-child");
+    debug.join("examples").join("upload-child")
 }
 
 #[test]
@@ -469,12 +460,11 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     let hold = patches_of(0) + patches_of(1) + patches_of(2) + 1;
     assert!(patches_of(3) >= 1, "the fourth layer is sent in chunks");
     proxy.hold_patch(hold);
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["upload_child", "--exact", "--ignored", "--nocapture"])
+    let mut child = Command::new(upload_child())
         .env(
             "UPLOAD_CHILD",
             format!(
-                "{}\n{}\n{}\n{}\n{}",
+                "{}\n{}\n{REPO}\n{}\n{}\n{}",
                 archive.display(),
                 proxy.host(),
                 registry.user(),
