@@ -405,7 +405,17 @@ def timed(cmd, env, cwd, log_path, stdout_path=None, poll_rss=False):
         done.set()
         if poller:
             poller.join()
-    return proc.returncode, wall, peak[0], usage.ru_maxrss * 1024
+    return proc.returncode, wall, peak[0], usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) process `pid` used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def seed_run(ctx, reg, variant, tag_date, logdir):
@@ -419,10 +429,10 @@ def seed_run(ctx, reg, variant, tag_date, logdir):
         'done\n')
     env = git_env()
     env["BENCH_CREDS"] = f"{USER}:{PASSWORD}"
-    rc, wall, _, tree_rss = timed(["bash", "-c", script], env, ctx["work"],
-                                  os.path.join(logdir, "stderr.log"),
-                                  os.path.join(logdir, "stdout.log"))
-    return {"rc": rc, "wall": wall, "tree_rss": tree_rss}
+    rc, wall, _, tree_rss, cpu = timed(["bash", "-c", script], env, ctx["work"],
+                                       os.path.join(logdir, "stderr.log"),
+                                       os.path.join(logdir, "stdout.log"))
+    return {"rc": rc, "wall": wall, "tree_rss": tree_rss, "cpu_tool": cpu}
 
 
 def runnerctl_run(ctx, reg, variant, logdir, command=("release",), repo=RCTL_REPO,
@@ -442,9 +452,9 @@ def runnerctl_run(ctx, reg, variant, logdir, command=("release",), repo=RCTL_REP
                 "--smoke", "never"]
     cwd = ctx["flakes"][variant] if variant else ctx["work"]
     out = os.path.join(logdir, "report.json")
-    rc, wall, own_rss, tree_rss = timed(cmd, env, cwd,
-                                        os.path.join(logdir, "stderr.log"), out, poll_rss=True)
-    result = {"rc": rc, "wall": wall, "own_rss": own_rss, "tree_rss": tree_rss}
+    rc, wall, own_rss, tree_rss, cpu = timed(cmd, env, cwd,
+                                             os.path.join(logdir, "stderr.log"), out, poll_rss=True)
+    result = {"rc": rc, "wall": wall, "own_rss": own_rss, "tree_rss": tree_rss, "cpu_tool": cpu}
     try:
         with open(out) as f:
             report = json.load(f)
@@ -530,6 +540,8 @@ def one(ctx, reg, tool, case, rep):
     clear_skopeo_cache()
     load = open("/proc/loadavg").read().split()[0]
     start = reg.log_offset()
+    servers = {"registry": reg.proc.pid, "proxy": reg.proxy.pid}
+    cpu0 = {k: proc_cpu(pid) for k, pid in servers.items()}
     if tool == "seed":
         r = seed_run(ctx, reg, variant, DATES[variant], logdir)
     elif tool == "runnerctl-zstd":
@@ -537,6 +549,8 @@ def one(ctx, reg, tool, case, rep):
     else:
         r = runnerctl_run(ctx, reg, variant, logdir)
     time.sleep(0.05)  # the proxy logs a request once its body is through
+    for k, pid in servers.items():
+        r[f"cpu_{k}"] = proc_cpu(pid) - cpu0[k]
     r.update(reg.traffic(start))
     r["up_headers"] = r["up"] - r["up_body"]
     r["skopeo_cache_written"] = bool(skopeo_cache_files())
@@ -726,6 +740,23 @@ def report(results, budgets, ctx):
     target("runnerctl peak RSS <= 30 MB", rss <= RSS_LIMIT_BYTES,
            f"max {rss / 1e6:.1f} MB over all runs (VmHWM of the runnerctl process, "
            f"polled every 10 ms; skopeo and nix children not included)")
+    cores = os.cpu_count() or 1
+    out("")
+    out(f"Where the CPU goes (medians, CPU-s: the tool with its children, the registry and the "
+        f"byte-counting proxy during the run; all share the {cores} cores). The floor is their "
+        f"sum over the cores: no client can end sooner on this machine without using less CPU.")
+    out("| case | tool | wall s | tool CPU-s | registry CPU-s | proxy CPU-s | floor s | wall / floor |")
+    out("|---|---|---:|---:|---:|---:|---:|---:|")
+    for case in ("a", "b", "c", "d"):
+        for tool in ("seed", "runnerctl", "runnerctl-zstd"):
+            n = [r for r in results if r["case"] == case and r["tool"] == tool]
+            if not n:
+                continue
+            cpu = {k: med(n, f"cpu_{k}") for k in ("tool", "registry", "proxy")}
+            floor = sum(cpu.values()) / cores
+            wall = med(n, "wall")
+            out(f"| ({case}) | {tool} | {wall:.2f} | {cpu['tool']:.2f} | {cpu['registry']:.2f} "
+                f"| {cpu['proxy']:.2f} | {floor:.2f} | {wall / floor if floor else float('nan'):.2f} |")
     written = [r for r in results if r["skopeo_cache_written"]]
     out(f"  skopeo blob-info cache ({skopeo_cache_dir()}): deleted before each of the "
         f"{len(results)} runs; skopeo had written it again after {len(written)} of them "
@@ -738,6 +769,8 @@ def report(results, budgets, ctx):
         line = (f"  ({r['case']}) #{r['repeat'] + 1} {r['tool']:9} {r['wall']:6.2f} s "
                 f"{r['up'] / 1e6:8.3f} MB ({r['up_headers'] / 1e3:5.1f} kB) {r['requests']:4} req "
                 f"{r['blob_uploads']:2} up {r['manifest_puts']} put  load {r['load']}")
+        line += (f"  CPU {r.get('cpu_tool', 0):.2f} + registry {r.get('cpu_registry', 0):.2f}"
+                 f" + proxy {r.get('cpu_proxy', 0):.2f}")
         if r["tool"].startswith("runnerctl"):
             st = " ".join(f"{k}={v['ms'] / 1000:.2f}" for k, v in (r.get("stages") or {}).items())
             line += f"  [{st}]  RSS {r['own_rss'] / 1e6:.1f} / {r['tree_rss'] / 1e6:.1f}"

@@ -72,10 +72,11 @@ fn main() -> Result<(), String> {
             };
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| e.to_string())?;
-            let mut reader = std::io::BufReader::with_capacity(256 * 1024, (&file).take(size));
-            let mut enc = codec.encoder(Count(0)).map_err(|e| e.to_string())?;
-            bytes_in += std::io::copy(&mut reader, &mut enc).map_err(|e| e.to_string())?;
-            bytes_out += enc.finish().map_err(|e| e.to_string())?.0;
+            let mut packed = codec
+                .compress((&file).take(size))
+                .map_err(|e| e.to_string())?;
+            bytes_in += size;
+            bytes_out += std::io::copy(&mut packed, &mut Count(0)).map_err(|e| e.to_string())?;
         }
         println!(
             "{{\"codec\":\"{}\",\"layers\":{},\"in\":{bytes_in},\"out\":{bytes_out},\"seconds\":{:.3},\"cpu_seconds\":{:.3}}}",

@@ -1,6 +1,6 @@
 //! A push that `tests/upload.rs` starts and kills with SIGKILL midway (its
 //! kill -9 test): pushes the docker-archive named in `UPLOAD_CHILD` with
-//! runnerctl's own upload, one layer at a time, in 16 KiB chunks.
+//! runnerctl's own upload, one layer at a time.
 //!
 //! `UPLOAD_CHILD` holds, one per line: archive, registry host, repository,
 //! user, password, journal. (The password comes through the environment, never
@@ -40,7 +40,6 @@ fn main() -> Result<(), String> {
         codec: Codec::default(),
         journal: Some(Path::new(journal)),
         workers: 1,
-        chunk: 16 * 1024,
         current: None,
     };
     upload::push(&client, &plan, "latest", &|_, _| {}).map_err(|e| e.to_string())?;

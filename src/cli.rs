@@ -192,7 +192,7 @@ pub struct RunArgs {
     )]
     pub compression: crate::image::codec::Compression,
 
-    /// Compression level for new layers: gzip 1–9 (default 2), zstd 1–19 (default 3).
+    /// Compression level for new layers: gzip 1–12 (default 2), zstd 1–19 (default 3).
     #[arg(long, env = "RUNNERCTL_COMPRESSION_LEVEL", value_name = "N")]
     pub compression_level: Option<u32>,
 

@@ -224,7 +224,7 @@ fn registry_blob(registry: &Registry, digest: &str) -> Vec<u8> {
 fn file_in_layer(blob: &[u8], wanted: &str) -> Option<String> {
     let plain = if blob.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(blob)
+        flate2::read::MultiGzDecoder::new(blob)
             .read_to_end(&mut out)
             .expect("gunzip layer");
         out

@@ -118,7 +118,6 @@ fn push(
     codec: Codec,
     journal: Option<&Path>,
     workers: usize,
-    chunk: usize,
 ) -> Result<Uploaded, upload::UploadError> {
     let scanned = Scanned::new(archive).expect("scan");
     let reuse = ReuseMap::new();
@@ -128,7 +127,6 @@ fn push(
         codec,
         journal,
         workers,
-        chunk,
         current: None,
     };
     upload::push(client, &plan, "latest", &|_, _| {})
@@ -163,7 +161,7 @@ fn assert_read_back(registry: &Registry, pushed: &Uploaded, diff_ids: &[String],
             zstd::stream::decode_all(&bytes[..]).expect("zstd")
         } else {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..])
+            flate2::read::MultiGzDecoder::new(&bytes[..])
                 .read_to_end(&mut out)
                 .expect("gzip");
             out
@@ -220,10 +218,13 @@ fn blob_puts(log: &str) -> Vec<String> {
 }
 
 fn sizes(n: usize) -> Vec<usize> {
-    // Mostly bigger than the test chunk (chunked), some smaller (monolithic).
+    // Mostly a few hundred kB, some small, and a few over a MiB (several
+    // gzip members).
     (0..n)
         .map(|i| {
-            if i % 4 == 3 {
+            if i % 8 == 5 {
+                2_500_000 + i
+            } else if i % 4 == 3 {
                 20_000
             } else {
                 300_000 + i * 7_919
@@ -239,16 +240,32 @@ fn many_new_layers_go_up_in_parallel_and_skopeo_pulls_them() {
     let (archive, diff_ids) = make_archive(dir.path(), 1, &sizes(24));
     let host = registry.host();
     let c = client(&host, &registry);
-    let pushed = push(&c, &archive, Codec::default(), None, 4, 64 * 1024).expect("push");
+    let pushed = push(&c, &archive, Codec::default(), None, 4).expect("push");
     assert_eq!((pushed.sent, pushed.reused, pushed.resumed), (24, 0, 0));
     assert!(pushed.config_sent);
     assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
-    // One upload session per layer plus the config; the big layers went in
-    // chunks, the small ones whole.
+    // One upload session per layer plus the config; each layer streamed in
+    // one PATCH, the config whole in its PUT.
     let log = registry.log();
     assert_eq!(registry.blob_upload_count(), 25, "{log}");
-    assert!(log.lines().any(|l| l.contains("\"PATCH /v2/")), "chunked");
+    let patches = log
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/") && l.contains("\" 202 "))
+        .count();
+    assert_eq!(patches, 24, "{log}");
     assert_eq!(blob_puts(&log).len(), 25);
+    // A layer of 2.5 MB is three gzip members: a reader of only the first
+    // gets one MiB of it; skopeo (Go's gzip) below reads all of them.
+    let manifest = registry.manifest(REPO, "latest").expect("manifest");
+    let big = blob(
+        &registry,
+        manifest["layers"][5]["digest"].as_str().expect("digest"),
+    );
+    let mut first = Vec::new();
+    flate2::read::GzDecoder::new(&big[..])
+        .read_to_end(&mut first)
+        .expect("first member");
+    assert_eq!(first.len(), runnerctl::image::codec::MEMBER);
     assert_skopeo_pulls(&registry, &host, dir.path(), &diff_ids);
 
     // Pushed again: every blob is found by HEAD through the journal-less
@@ -271,7 +288,6 @@ fn many_new_layers_go_up_in_parallel_and_skopeo_pulls_them() {
         codec: Codec::default(),
         journal: None,
         workers: 0,
-        chunk: 0,
         current: Some(&pushed.manifest_digest),
     };
     let puts = registry.manifest_put_count();
@@ -298,7 +314,7 @@ fn a_zstd_image_is_pulled_by_skopeo_and_verified() {
     let host = registry.host();
     let c = client(&host, &registry);
     let codec = Codec::new(Compression::Zstd, None).expect("zstd");
-    let pushed = push(&c, &archive, codec, None, 0, 64 * 1024).expect("push");
+    let pushed = push(&c, &archive, codec, None, 0).expect("push");
     assert_eq!(pushed.sent, 8);
     assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_ZSTD);
     // skopeo will not write zstd layers into a docker-archive (Docker's
@@ -346,7 +362,7 @@ fn a_500_on_one_blob_is_retried_once() {
     let (archive, diff_ids) = make_archive(dir.path(), 3, &sizes(6));
     let c = client(&proxy.host(), &registry);
     proxy.fail_blob_puts(1);
-    let pushed = push(&c, &archive, Codec::default(), None, 2, 64 * 1024).expect("push");
+    let pushed = push(&c, &archive, Codec::default(), None, 2).expect("push");
     assert_eq!(proxy.blob_injected(), 1);
     assert_eq!(pushed.retried, 1);
     assert_eq!(pushed.sent, 6);
@@ -359,7 +375,7 @@ fn a_500_on_one_blob_is_retried_once() {
     // Two 500s for one layer: no third try; the error says what failed.
     let (other, _) = make_archive(dir.path(), 4, &[5_000]);
     proxy.fail_blob_puts(2);
-    let err = push(&c, &other, Codec::default(), None, 1, 64 * 1024).expect_err("fails");
+    let err = push(&c, &other, Codec::default(), None, 1).expect_err("fails");
     let text = format!("{err}");
     assert!(text.contains("HTTP 500"), "{text}");
     assert_eq!(proxy.blob_injected(), 3);
@@ -368,7 +384,7 @@ fn a_500_on_one_blob_is_retried_once() {
 }
 
 #[test]
-fn a_registry_that_refuses_chunks_gets_whole_blobs() {
+fn a_registry_that_refuses_streamed_uploads_gets_whole_blobs() {
     let registry = Registry::new();
     let proxy = FaultProxy::start(registry.port(), 0);
     proxy.refuse_patches();
@@ -376,20 +392,14 @@ fn a_registry_that_refuses_chunks_gets_whole_blobs() {
     let (archive, diff_ids) = make_archive(dir.path(), 6, &sizes(6));
     let journal = dir.path().join("journal");
     let c = client(&proxy.host(), &registry);
-    let pushed = push(&c, &archive, Codec::default(), Some(&journal), 1, 64 * 1024).expect("push");
+    let pushed = push(&c, &archive, Codec::default(), Some(&journal), 1).expect("push");
     assert_eq!(pushed.sent, 6);
-    // One chunk was refused: that layer's session was dropped, and every
+    // One stream was refused: that layer's session was dropped, and every
     // layer went up whole (one PUT with the blob) from then on.
-    // (The refused chunk may be sent again on the same session before
-    // the client reads the 405.)
-    assert!(
-        (1..=3).contains(&proxy.patches()),
-        "{:#?}",
-        proxy.requests()
-    );
+    assert_eq!(proxy.patches(), 1, "{:#?}", proxy.requests());
     assert!(
         !registry.log().contains("\"PATCH /v2/"),
-        "no chunk got through"
+        "no stream got through"
     );
     assert_eq!(registry.blob_upload_count(), 6 + 1 + 1);
     assert_eq!(blob_puts(&registry.log()).len(), 7);
@@ -435,30 +445,11 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     let proxy = FaultProxy::start(registry.port(), 0);
     let dir = new_tempdir("upload-kill");
     let layers = 10;
-    let chunk = 16 * 1024;
     let (archive, diff_ids) = make_archive(dir.path(), 5, &vec![200_000; layers]);
     let journal = dir.path().join("journal");
-    // Hold the first chunk of the fourth layer: three layers are complete
-    // then, the fourth is under way. A layer sends one PATCH per full
-    // chunk of its compressed bytes (the rest goes with the closing PUT).
-    let patches_of = |i: u64| {
-        let codec = Codec::default();
-        let mut tar = tar::Builder::new(Vec::new());
-        let data = payload(5 * 1000 + i, 200_000);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1);
-        header.set_cksum();
-        tar.append_data(&mut header, format!("nix/store/layer-{i}/data"), &data[..])
-            .expect("layer tar");
-        let mut enc = codec.encoder(Vec::new()).expect("encoder");
-        enc.write_all(&tar.into_inner().expect("tar"))
-            .expect("compress");
-        enc.finish().expect("finish").len() / chunk
-    };
-    let hold = patches_of(0) + patches_of(1) + patches_of(2) + 1;
-    assert!(patches_of(3) >= 1, "the fourth layer is sent in chunks");
+    // Hold the fourth layer's PATCH (one worker, one PATCH per layer):
+    // three layers are complete then, the fourth is under way.
+    let hold = 4;
     proxy.hold_patch(hold);
     let mut child = Command::new(upload_child())
         .env(
@@ -480,7 +471,7 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     while proxy.patches() < hold {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the child never got to chunk {hold}"
+            "the child never got to layer {hold}"
         );
         assert!(child.try_wait().expect("wait").is_none(), "child ended");
         std::thread::sleep(Duration::from_millis(20));
@@ -499,7 +490,7 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     // upload for every other one.
     let uploads_before = registry.blob_upload_count();
     let c = client(&registry.host(), &registry);
-    let pushed = push(&c, &archive, Codec::default(), Some(&journal), 0, chunk).expect("resume");
+    let pushed = push(&c, &archive, Codec::default(), Some(&journal), 0).expect("resume");
     assert_eq!(pushed.resumed, done);
     assert_eq!(pushed.sent, layers - done);
     let log = registry.log();

@@ -1,12 +1,13 @@
 //! How new layers are compressed: gzip (the default: every engine pulls
 //! it) or zstd, at a level.
 //!
-//! The default gzip level is chosen so the layers come out no bigger than
-//! 1.05 × what `skopeo copy` writes for the same layers (Go's gzip at its
-//! default level) while compressing as fast as that allows; see
-//! [`DEFAULT_GZIP_LEVEL`].
+//! gzip is written by libdeflate as a series of gzip members, one per
+//! [`MEMBER`] bytes of input (see [`Members`]). The default level is chosen
+//! so the layers come out no bigger than 1.05 × what `skopeo copy` writes
+//! for the same layers (Go's gzip at its default level) while compressing
+//! as fast as that allows; see [`DEFAULT_GZIP_LEVEL`].
 
-use std::io::Write;
+use std::io::Read;
 
 use miette::Diagnostic;
 use thiserror::Error;
@@ -14,12 +15,13 @@ use thiserror::Error;
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
-/// zlib-rs level 2, measured on the bench's 300 MB / 40-layer image
-/// (bench/genimage.py, seed 1) against `skopeo copy` (skopeo 1.9.3):
-/// skopeo's layers 143.3 MB; level 1: 166.8 MB (1.165 ×, over the 1.05 ×
-/// bound), level 2: 148.0 MB (1.033 ×) at 2.3 CPU-s, level 3: 144.4 MB
-/// (1.008 ×) at 3.0 CPU-s, level 6: 136.6 MB at 6.0 CPU-s. Level 2 is the
-/// fastest level within the bound.
+/// libdeflate level 2, measured on the bench's 302.5 MB / 40-layer image
+/// (bench/genimage.py, seed 1; one core, CPU time) against `skopeo copy`
+/// (skopeo 1.9.3, 143.1 MB of layers): level 1 150.6 MB (1.052 ×, over the
+/// 1.05 × bound) in 1.18 CPU-s, level 2 140.3 MB (0.980 ×) in 1.72 CPU-s,
+/// level 3 137.9 MB in 1.97 CPU-s, level 6 134.4 MB in 3.45 CPU-s. Level 2
+/// is the fastest level within the bound. (zlib-rs, before: level 2
+/// 148.0 MB in 2.16 CPU-s.)
 pub const DEFAULT_GZIP_LEVEL: u32 = 2;
 /// zstd's own default, as skopeo's zstd writer uses.
 pub const DEFAULT_ZSTD_LEVEL: u32 = 3;
@@ -70,7 +72,7 @@ impl Codec {
     /// `compression` at `level` (None: its default), checked.
     pub fn new(compression: Compression, level: Option<u32>) -> Result<Codec, LevelError> {
         let (name, min, max, default) = match compression {
-            Compression::Gzip => ("gzip", 1, 9, DEFAULT_GZIP_LEVEL),
+            Compression::Gzip => ("gzip", 1, 12, DEFAULT_GZIP_LEVEL),
             Compression::Zstd => ("zstd", 1, 19, DEFAULT_ZSTD_LEVEL),
         };
         let level = level.unwrap_or(default);
@@ -111,55 +113,151 @@ impl Codec {
         format!("{name}-{}", self.level)
     }
 
-    /// A streaming encoder writing into `out`.
-    pub fn encoder<W: Write>(&self, out: W) -> std::io::Result<Encoder<W>> {
+    /// What `input` reads as once compressed: a reader that pulls from
+    /// `input` as it is read.
+    pub fn compress<R: Read>(&self, input: R) -> std::io::Result<Compressing<R>> {
         Ok(match self.compression {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                out,
-                flate2::Compression::new(self.level),
-            )),
+            Compression::Gzip => Compressing::Gzip(Members::new(input, self.level)?),
             Compression::Zstd => {
                 let level = i32::try_from(self.level).unwrap_or(3);
-                Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?)
+                Compressing::Zstd(zstd::stream::read::Encoder::new(input, level)?)
             }
         })
     }
 }
 
-/// A streaming encoder; [`finish`](Encoder::finish) writes the trailer.
-pub enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+/// A layer's bytes, compressed as they are read.
+pub enum Compressing<R: Read> {
+    Gzip(Members<R>),
+    Zstd(zstd::stream::read::Encoder<'static, std::io::BufReader<R>>),
 }
 
-impl<W: Write> Encoder<W> {
-    pub fn finish(self) -> std::io::Result<W> {
+impl<R: Read> Read for Compressing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
+            Compressing::Gzip(m) => m.read(buf),
+            Compressing::Zstd(z) => z.read(buf),
         }
     }
 }
 
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Encoder::Gzip(e) => e.write(buf),
-            Encoder::Zstd(e) => e.write(buf),
-        }
+/// Input bytes per gzip member: 1 MiB costs 0.09 % more bytes than one
+/// member per layer on the bench image, and bounds a reader's memory to
+/// this much input plus its compressed bound.
+pub const MEMBER: usize = 1024 * 1024;
+
+/// gzip as a series of members (RFC 1952 §2.2), each [`MEMBER`] bytes of
+/// input compressed whole by libdeflate, which is faster than a streaming
+/// deflate at the same ratio (it sees the whole block at once).
+///
+/// Every engine reads such a layer: Go's gzip reader (Docker, containerd,
+/// podman, CRI-O, skopeo) reads all members by default, as do pigz, zcat
+/// and Python's gzip; eStargz layers are made of one member per file. A
+/// reader that stops after the first member (Rust's `GzDecoder`, unlike
+/// `MultiGzDecoder`) gets only the first MiB.
+pub struct Members<R: Read> {
+    input: R,
+    compressor: libdeflater::Compressor,
+    /// The input of the next member (always [`MEMBER`] bytes long).
+    block: Vec<u8>,
+    /// The last member, and how much of it was read.
+    output: Vec<u8>,
+    len: usize,
+    pos: usize,
+    members: usize,
+    /// The input ended.
+    done: bool,
+}
+
+impl<R: Read> Members<R> {
+    fn new(input: R, level: u32) -> std::io::Result<Self> {
+        let level = libdeflater::CompressionLvl::new(level as i32)
+            .map_err(|_| std::io::Error::other(format!("gzip level {level}")))?;
+        let mut compressor = libdeflater::Compressor::new(level);
+        let bound = compressor.gzip_compress_bound(MEMBER);
+        Ok(Members {
+            input,
+            compressor,
+            block: vec![0; MEMBER],
+            output: vec![0; bound],
+            len: 0,
+            pos: 0,
+            members: 0,
+            done: false,
+        })
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Encoder::Gzip(e) => e.flush(),
-            Encoder::Zstd(e) => e.flush(),
+
+    /// Read the next member's input and compress it. An empty input is
+    /// still one (empty) member: a gzip stream.
+    fn next_member(&mut self) -> std::io::Result<()> {
+        let mut filled = 0;
+        while filled < MEMBER {
+            match self.input.read(&mut self.block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        if filled < MEMBER {
+            self.done = true;
+        }
+        self.pos = 0;
+        self.len = 0;
+        if filled == 0 && self.members > 0 {
+            return Ok(());
+        }
+        self.len = self
+            .compressor
+            .gzip_compress(&self.block[..filled], &mut self.output)
+            .map_err(|e| std::io::Error::other(format!("gzip: {e:?}")))?;
+        self.members += 1;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Members<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.len {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_member()?;
+        }
+        let n = buf.len().min(self.len - self.pos);
+        buf[..n].copy_from_slice(&self.output[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+
+    /// `data` compressed, read in odd-sized pieces that straddle the
+    /// member boundaries, from an input that gives odd-sized pieces too.
+    fn pack(codec: Codec, data: &[u8]) -> Vec<u8> {
+        struct Dribble<'a>(&'a [u8]);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(333_333);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut reader = codec.compress(Dribble(data)).expect("codec");
+        let mut out = Vec::new();
+        let mut piece = vec![0; 77_777];
+        loop {
+            let n = reader.read(&mut piece).expect("read");
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&piece[..n]);
+        }
+    }
 
     #[test]
     fn levels_are_checked_and_defaulted() {
@@ -171,25 +269,57 @@ mod tests {
             Codec::new(Compression::Zstd, None).expect("default").level,
             DEFAULT_ZSTD_LEVEL
         );
-        assert!(Codec::new(Compression::Gzip, Some(10)).is_err());
+        assert!(Codec::new(Compression::Gzip, Some(13)).is_err());
         assert!(Codec::new(Compression::Zstd, Some(0)).is_err());
         let err = Codec::new(Compression::Zstd, Some(22)).expect_err("too high");
         assert!(err.to_string().contains("1–19"), "{err}");
+        assert_eq!(
+            Codec::new(Compression::Gzip, Some(12)).expect("12").level,
+            12
+        );
+    }
+
+    #[test]
+    fn gzip_is_one_member_per_mib_of_input() {
+        let data: Vec<u8> = (0..(2 * MEMBER + 1) as u32)
+            .map(|i| (i % 7) as u8)
+            .collect();
+        let packed = pack(Codec::default(), &data);
+        let members = packed.windows(3).filter(|w| w == &[0x1f, 0x8b, 8]).count();
+        assert!(members >= 3, "{members} gzip headers");
+        let mut first = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut first)
+            .expect("first member");
+        assert_eq!(first.len(), MEMBER);
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(&packed[..])
+            .read_to_end(&mut all)
+            .expect("all members");
+        assert_eq!(all, data);
+        // Nothing in, one empty layer out: no member at all is not gzip.
+        let packed = pack(Codec::default(), &[]);
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&packed[..])
+            .read_to_end(&mut back)
+            .expect("an empty gzip");
+        assert!(back.is_empty() && !packed.is_empty());
     }
 
     #[test]
     fn both_codecs_round_trip() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        // Several gzip members, the last one partial.
+        let data: Vec<u8> = (0..(3 * MEMBER + 12_345) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
         for compression in [Compression::Gzip, Compression::Zstd] {
             let codec = Codec::new(compression, None).expect("codec");
-            let mut enc = codec.encoder(Vec::new()).expect("encoder");
-            enc.write_all(&data).expect("write");
-            let packed = enc.finish().expect("finish");
+            let packed = pack(codec, &data);
             assert!(packed.len() < data.len() / 10, "{codec:?}");
             let mut back = Vec::new();
             match compression {
                 Compression::Gzip => {
-                    flate2::read::GzDecoder::new(&packed[..])
+                    flate2::read::MultiGzDecoder::new(&packed[..])
                         .read_to_end(&mut back)
                         .expect("gunzip");
                 }

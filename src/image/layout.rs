@@ -230,15 +230,12 @@ fn compress_layer(
     let n = reader.read(&mut head)?;
     let mut out = Hashing::new(BufWriter::with_capacity(256 * 1024, tmp.reopen()?));
     let passthrough = super::archive::is_gzip(&head[..n]);
+    let layer = std::io::Cursor::new(head[..n].to_vec()).chain(reader);
     if passthrough {
         // Already gzip: use the bytes as they are.
-        out.write_all(&head[..n])?;
-        std::io::copy(&mut reader, &mut out)?;
+        std::io::copy(&mut { layer }, &mut out)?;
     } else {
-        let mut enc = codec.encoder(&mut out)?;
-        enc.write_all(&head[..n])?;
-        std::io::copy(&mut reader, &mut enc)?;
-        enc.finish()?;
+        std::io::copy(&mut codec.compress(layer)?, &mut out)?;
     }
     out.flush()?;
     let Hashing { inner, hash, size } = out;

@@ -30,7 +30,7 @@ impl DockerArchive {
         use sha2::Digest as _;
         let plain = if bytes.starts_with(&[0x1f, 0x8b]) {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(bytes)
+            flate2::read::MultiGzDecoder::new(bytes)
                 .read_to_end(&mut out)
                 .unwrap_or_else(|e| panic!("{what}: bad gzip: {e}"));
             out

@@ -229,7 +229,6 @@ impl Registry {
                 codec,
                 journal: Some(&journal),
                 workers: 0,
-                chunk: 0,
                 current: current.as_deref(),
             };
             let on_layer = |skipped: bool, bytes: u64| {

@@ -1,16 +1,21 @@
 //! Blobs: asking whether the repository has one (`HEAD`), and uploading
-//! one, whole or in chunks, as the distribution API has it:
+//! one, as the distribution API has it:
 //!
 //! - `POST /v2/<repo>/blobs/uploads/` opens an upload; its `Location` is
 //!   where the data goes.
-//! - Chunked: each `PATCH <location>` with `Content-Range: start-end`
-//!   appends a chunk (the answer's `Location` is where the next goes).
-//! - `PUT <location>?digest=sha256:…` closes it, with the last bytes (all
-//!   of them for a monolithic upload) as its body. The registry checks the
-//!   digest against what it received.
+//! - Streamed: one `PATCH <location>` whose body is the blob, sent as it
+//!   is made (chunked transfer encoding, no `Content-Range`): what `docker
+//!   push` and skopeo send, so every registry they push to takes it. The
+//!   answer's `Location` is where the upload is closed.
+//! - `PUT <location>?digest=sha256:…` closes it (with the whole blob as
+//!   its body for a monolithic upload). The registry checks the digest
+//!   against what it received.
 //!
-//! A streamed blob's digest is known only once its last byte is, so a
-//! blob bigger than one chunk goes chunked and a small one monolithic.
+//! A streamed blob's digest is known only once its last byte is: so it
+//! goes in the `PATCH`, and the `PUT` names the digest.
+
+use std::cell::RefCell;
+use std::io::Read;
 
 use super::{Registry, RegistryError, Request};
 use crate::digest::sha256_digest;
@@ -30,12 +35,10 @@ impl RegistryError {
     }
 }
 
-/// An upload under way: where its next bytes go, and how many went.
+/// An upload under way: where its next bytes go.
 pub struct BlobUpload<'a> {
     registry: &'a Registry,
     location: String,
-    sent: u64,
-    chunks: usize,
 }
 
 impl Registry {
@@ -64,8 +67,6 @@ impl Registry {
         Ok(BlobUpload {
             registry: self,
             location,
-            sent: 0,
-            chunks: 0,
         })
     }
 
@@ -89,26 +90,12 @@ impl Registry {
 }
 
 impl BlobUpload<'_> {
-    /// Bytes sent so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Chunks sent so far with `PATCH`.
-    pub fn chunks(&self) -> usize {
-        self.chunks
-    }
-
-    /// Append `chunk` (`PATCH`).
-    pub fn append(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let end = self.sent + chunk.len() as u64 - 1;
+    /// Send the blob `body` reads (`PATCH`, streamed as it is read); close
+    /// it with [`finish`](Self::finish) once its digest is known.
+    pub fn stream(&mut self, body: &RefCell<dyn Read + '_>) -> Result<(), RegistryError> {
         let response = self.registry.execute(Request {
             content_type: Some("application/octet-stream"),
-            body: Some(chunk),
-            extra: vec![("Content-Range", format!("{}-{end}", self.sent))],
+            stream: Some(body),
             ..Request::new("PATCH", self.location.clone())
         })?;
         let Some(response) = response else {
@@ -117,38 +104,26 @@ impl BlobUpload<'_> {
         if let Some(next) = response.header("Location") {
             self.location = next.to_string();
         }
-        self.sent += chunk.len() as u64;
-        self.chunks += 1;
         Ok(())
     }
 
-    /// Close the upload with its `last` bytes, as blob `digest`.
-    pub fn finish(mut self, digest: &str, last: &[u8]) -> Result<u64, RegistryError> {
+    /// Close the upload as blob `digest`, with `last` as its body (all of
+    /// a monolithic upload; nothing after [`stream`](Self::stream)).
+    pub fn finish(self, digest: &str, last: &[u8]) -> Result<(), RegistryError> {
         let sep = if self.location.contains('?') {
             '&'
         } else {
             '?'
         };
-        let path = format!("{}{sep}digest={digest}", self.location);
-        let mut extra = Vec::new();
-        if !last.is_empty() && self.sent > 0 {
-            let end = self.sent + last.len() as u64 - 1;
-            extra.push(("Content-Range", format!("{}-{end}", self.sent)));
-        }
         let response = self.registry.execute(Request {
-            method: "PUT",
-            path,
-            accept: None,
             content_type: Some("application/octet-stream"),
             body: Some(last),
-            extra,
-            file: None,
+            ..Request::new("PUT", format!("{}{sep}digest={digest}", self.location))
         })?;
-        if response.is_none() {
-            return Err(self.gone("PUT"));
+        match response {
+            Some(_) => Ok(()),
+            None => Err(self.gone("PUT")),
         }
-        self.sent += last.len() as u64;
-        Ok(self.sent)
     }
 
     /// Close a fresh upload with the whole blob, streamed from `path`
@@ -175,10 +150,10 @@ impl BlobUpload<'_> {
         }
     }
 
-    /// Whether a refused chunk means the registry takes no chunked
-    /// uploads (a `PATCH` it does not allow or understand), so the blob
-    /// must go up whole.
-    pub fn refuses_chunks(err: &RegistryError) -> bool {
+    /// Whether a refused `PATCH` means the registry takes no streamed
+    /// uploads (a method or a body of unknown length it does not allow or
+    /// understand), so the blob must go up whole.
+    pub fn refuses_streams(err: &RegistryError) -> bool {
         matches!(
             err,
             RegistryError::Http { method: "PATCH", status, .. }
@@ -186,7 +161,7 @@ impl BlobUpload<'_> {
         )
     }
 
-    fn gone(&mut self, method: &'static str) -> RegistryError {
+    fn gone(&self, method: &'static str) -> RegistryError {
         RegistryError::Http {
             method,
             url: self.location.clone(),

@@ -11,6 +11,8 @@
 //! distribution registry with token auth, …). Credentials are the ones
 //! runnerctl already has; they only ever go into request headers.
 
+use std::cell::RefCell;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,6 +137,8 @@ struct Session {
     authorization: Option<String>,
     /// `GET /v2/` was asked: the scheme and the credentials are known.
     pinged: bool,
+    /// A streamed upload was answered 401 (see `refused_stream`).
+    stream_refused: bool,
 }
 
 /// What a request needs: method, path below /v2/<repo>/, headers, body.
@@ -148,6 +152,9 @@ struct Request<'a> {
     extra: Vec<(&'static str, String)>,
     /// A file to send as the body instead (a whole blob), streamed.
     file: Option<&'a std::path::Path>,
+    /// A body of unknown length, sent as it is read (chunked transfer
+    /// encoding); it cannot be sent twice.
+    stream: Option<&'a RefCell<dyn Read + 'a>>,
 }
 
 impl<'a> Request<'a> {
@@ -161,6 +168,7 @@ impl<'a> Request<'a> {
             body: None,
             extra: Vec::new(),
             file: None,
+            stream: None,
         }
     }
 }
@@ -270,6 +278,10 @@ impl Registry {
         }
         for (name, value) in &req.extra {
             r = r.set(name, value);
+        }
+        if let Some(stream) = req.stream {
+            let mut body = stream.borrow_mut();
+            return r.send(&mut *body);
         }
         if let Some(path) = req.file {
             let file = std::fs::File::open(path).map_err(ureq::Error::from)?;
@@ -389,6 +401,9 @@ impl Registry {
                         if let Ok(mut state) = self.state.lock() {
                             state.scheme = Some(scheme);
                             state.authorization = authorization.clone();
+                            if req.stream.is_some() {
+                                state.stream_refused = false;
+                            }
                         }
                         return Ok(Some(response));
                     }
@@ -405,6 +420,9 @@ impl Registry {
                             Some(answer) => Some(answer),
                             None => return Err(RegistryError::Unauthorized { url, status: 401 }),
                         };
+                        if req.stream.is_some() {
+                            return Err(self.refused_stream(url, authorization));
+                        }
                     }
                     Err(ureq::Error::Status(status, _)) if status == 401 || status == 403 => {
                         return Err(RegistryError::Unauthorized { url, status });
@@ -429,6 +447,28 @@ impl Registry {
             url: self.registry.clone(),
             reason: "no scheme to try".into(),
         }))
+    }
+
+    /// A streamed body answered 401: the body is spent, so it cannot go
+    /// again here. With a new token (an old one expired during a long
+    /// upload), the caller may send the blob once more: a transient
+    /// failure. With the same credentials as before, or a second time in a
+    /// row, the registry refuses them.
+    fn refused_stream(&self, url: String, answer: Option<String>) -> RegistryError {
+        let Ok(mut state) = self.state.lock() else {
+            return RegistryError::Unauthorized { url, status: 401 };
+        };
+        let renewed = answer.is_some() && answer != state.authorization && !state.stream_refused;
+        state.stream_refused = true;
+        state.authorization = answer;
+        if renewed {
+            RegistryError::Transport {
+                url,
+                reason: "the registry asked for credentials again during an upload".into(),
+            }
+        } else {
+            RegistryError::Unauthorized { url, status: 401 }
+        }
     }
 
     /// The manifest bytes and media type at a tag or digest, if any.
@@ -473,8 +513,6 @@ impl Registry {
         Ok(response.is_some())
     }
 }
-
-use std::io::Read as _;
 
 fn body_tail(resp: ureq::Response) -> String {
     let mut text = String::new();

@@ -5,16 +5,16 @@
 //!
 //! - A layer the repository already has (by diff_id, from the images it
 //!   holds: the [`ReuseMap`]) is neither compressed nor sent.
-//! - Each worker reads its layer from the archive, compresses it into a
-//!   fixed buffer of `chunk` bytes, hashing as it goes (the digest comes
-//!   out of the same pass), and sends the buffer each time it fills
-//!   (`PATCH`); the last bytes close the upload with the digest (`PUT`). A
-//!   layer that fits one buffer goes monolithic, in that `PUT`. Memory is
-//!   so bounded by the workers' buffers, whatever the image's size.
-//! - A registry that refuses a chunk (`PATCH` answered 400, 405, 411, 415,
-//!   416 or 501) gets whole blobs from then on: each layer is compressed
-//!   into a file next to the journal, hashed as it is written, and sent in
-//!   one `PUT` streamed from that file.
+//! - Each worker reads its layer from the archive and streams it to the
+//!   registry in one `PATCH` (as `docker push` and skopeo do), compressing
+//!   and hashing as the request body is read: the digest comes out of the
+//!   same pass and closes the upload (`PUT …?digest=`). Memory is bounded
+//!   by the workers' compressors (a MiB in and out each for gzip, zstd's
+//!   window for zstd), whatever the image's size.
+//! - A registry that refuses the stream (`PATCH` answered 400, 405, 411,
+//!   415, 416 or 501) gets whole blobs from then on: each layer is
+//!   compressed into a file next to the journal, hashed as it is written,
+//!   and sent in one `PUT` streamed from that file.
 //! - A layer whose upload fails with a transient failure (the classes
 //!   skopeo retries: 5xx, refused or reset connections) is compressed and
 //!   sent once more, in a new upload session.
@@ -24,9 +24,12 @@
 //!   does the next image of a run (another system's) for the layers it
 //!   shares with the last one pushed.
 
+mod journal;
+
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -40,13 +43,11 @@ use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType, SCHEMA_VERSIO
 use super::codec::Codec;
 use super::layout::{descriptor as oci_descriptor, ReuseMap, Scanned};
 use super::registry::{BlobUpload, Registry, RegistryError};
-use crate::digest::{hex, sha256_digest, Hashing};
+use crate::digest::{hex, sha256_digest};
 use crate::tool::children::Interrupted;
+use journal::Journal;
 
 const OCI_MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// The default size of a worker's buffer, and of a chunk sent.
-pub const DEFAULT_CHUNK: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum UploadError {
@@ -91,8 +92,6 @@ pub struct Plan<'a> {
     pub journal: Option<&'a Path>,
     /// Compressing uploaders; 0: one per core, plus one (see [`workers`]).
     pub workers: usize,
-    /// A worker's buffer and chunk size; 0: [`DEFAULT_CHUNK`].
-    pub chunk: usize,
     /// The digest the tag points at now: a manifest with this digest is
     /// not written again.
     pub current: Option<&'a str>,
@@ -153,11 +152,6 @@ pub fn push(
     }
     .min(todo.len().max(1));
     let how = How {
-        chunk: if plan.chunk == 0 {
-            DEFAULT_CHUNK
-        } else {
-            plan.chunk
-        },
         whole: AtomicBool::new(false),
         spill: plan
             .journal
@@ -324,9 +318,9 @@ fn one_layer(
         if how.whole.load(Ordering::SeqCst) {
             return send_whole(registry, plan, layer, &how.spill);
         }
-        match send_layer(registry, plan, layer, how.chunk) {
-            Err(UploadError::Registry(e)) if BlobUpload::refuses_chunks(&e) => {
-                // This registry takes no chunks: whole blobs from now on.
+        match send_layer(registry, plan, layer) {
+            Err(UploadError::Registry(e)) if BlobUpload::refuses_streams(&e) => {
+                // This registry takes no streams: whole blobs from now on.
                 how.whole.store(true, Ordering::SeqCst);
                 send_whole(registry, plan, layer, &how.spill)
             }
@@ -344,135 +338,113 @@ fn one_layer(
     Ok(Outcome::Sent(desc))
 }
 
-/// How layers go up: in chunks of `chunk` bytes, or, once the registry
-/// refused a chunk, whole, from a file in `spill`.
+/// How layers go up: streamed, or, once the registry refused a stream,
+/// whole, from a file in `spill`.
 struct How {
-    chunk: usize,
     whole: AtomicBool,
     spill: PathBuf,
 }
 
-/// Where a worker's compressed bytes go: a buffer, hashed and counted as
-/// they come, sent as a chunk each time it fills.
-struct ChunkSink<'r> {
-    upload: super::registry::BlobUpload<'r>,
-    buf: Vec<u8>,
-    chunk: usize,
-    hash: Sha256,
-    size: u64,
-    /// The error behind an I/O error given to the encoder.
-    failed: Option<UploadError>,
-}
-
-impl Write for ChunkSink<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.chunk.saturating_sub(self.buf.len()).max(1);
-        let n = data.len().min(room);
-        self.buf.extend_from_slice(&data[..n]);
-        self.hash.update(&data[..n]);
-        self.size += n as u64;
-        if self.buf.len() >= self.chunk {
-            let sent = check_signal()
-                .map_err(UploadError::from)
-                .and_then(|_| self.upload.append(&self.buf).map_err(UploadError::from));
-            if let Err(e) = sent {
-                let io = std::io::Error::other(e.to_string());
-                self.failed = Some(e);
-                return Err(io);
-            }
-            self.buf.clear();
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Compress layer `(offset, size, index)` of the archive into `out`
-/// (a layer that is gzip already goes as it is). Returns whether it was
-/// passed through.
-fn compress(
-    plan: &Plan,
-    (offset, size, _): (u64, u64, usize),
-    out: &mut dyn Write,
-) -> std::io::Result<bool> {
-    let mut file = File::open(&plan.scanned.path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file.take(size));
-    let mut head = [0u8; 2];
-    let n = reader.read(&mut head)?;
-    let passthrough = super::archive::is_gzip(&head[..n]);
-    if passthrough {
-        out.write_all(&head[..n])?;
-        std::io::copy(&mut reader, out)?;
-    } else {
-        let mut enc = plan.codec.encoder(out)?;
-        enc.write_all(&head[..n])?;
-        std::io::copy(&mut reader, &mut enc)?;
-        enc.finish()?;
-    }
-    Ok(passthrough)
-}
-
-fn descriptor(
-    plan: &Plan,
+/// A layer as the registry receives it: read from the archive, compressed
+/// (unless it is gzip already), hashed and counted as it is read.
+struct LayerBody<'p> {
+    inner: Box<dyn Read + 'p>,
     passthrough: bool,
     hash: Sha256,
     size: u64,
-) -> std::io::Result<Descriptor> {
-    let media_type = if passthrough {
-        MediaType::ImageLayerGzip
-    } else {
-        plan.codec.oci_media_type()
-    };
-    oci_descriptor(
-        media_type,
-        &format!("sha256:{}", hex(&hash.finalize())),
-        size,
-    )
+    /// Why reading failed (the archive, or a signal): the registry client
+    /// only sees an I/O error.
+    failed: Option<UploadError>,
 }
 
-/// Compress a layer and stream it to the registry in chunks.
+impl<'p> LayerBody<'p> {
+    fn open(plan: &'p Plan, (offset, size, index): (u64, u64, usize)) -> Result<Self, UploadError> {
+        let io = |e| read_error(plan, index, e);
+        let mut file = File::open(&plan.scanned.path).map_err(io)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut layer = file.take(size);
+        let mut head = [0u8; 2];
+        let n = layer.read(&mut head).map_err(io)?;
+        let bytes = std::io::Cursor::new(head[..n].to_vec()).chain(layer);
+        let passthrough = super::archive::is_gzip(&head[..n]);
+        let inner: Box<dyn Read + 'p> = if passthrough {
+            Box::new(BufReader::with_capacity(64 * 1024, bytes))
+        } else {
+            Box::new(plan.codec.compress(bytes).map_err(io)?)
+        };
+        Ok(LayerBody {
+            inner,
+            passthrough,
+            hash: Sha256::new(),
+            size: 0,
+            failed: None,
+        })
+    }
+
+    /// The descriptor of what was read.
+    fn descriptor(self, plan: &Plan, index: usize) -> Result<Descriptor, UploadError> {
+        let media_type = if self.passthrough {
+            MediaType::ImageLayerGzip
+        } else {
+            plan.codec.oci_media_type()
+        };
+        oci_descriptor(
+            media_type,
+            &format!("sha256:{}", hex(&self.hash.finalize())),
+            self.size,
+        )
+        .map_err(|e| read_error(plan, index, std::io::Error::other(e.to_string())))
+    }
+}
+
+impl Read for LayerBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Err(e) = check_signal() {
+            let io = std::io::Error::other(e.to_string());
+            self.failed = Some(e.into());
+            return Err(io);
+        }
+        let n = self.inner.read(buf).inspect_err(|e| {
+            self.failed = Some(UploadError::Read {
+                path: PathBuf::new(),
+                index: usize::MAX,
+                source: std::io::Error::new(e.kind(), e.to_string()),
+            });
+        })?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Compress a layer and stream it to the registry (`PATCH`), then close
+/// the upload with its digest (`PUT`).
 fn send_layer(
     registry: &Registry,
     plan: &Plan,
     layer: (u64, u64, usize),
-    chunk: usize,
 ) -> Result<Descriptor, UploadError> {
-    let mut sink = ChunkSink {
-        upload: registry.start_upload()?,
-        buf: Vec::with_capacity(chunk),
-        chunk,
-        hash: Sha256::new(),
-        size: 0,
-        failed: None,
-    };
-    let passthrough = match compress(plan, layer, &mut sink) {
-        Ok(passthrough) => passthrough,
-        Err(e) => {
-            return Err(match sink.failed.take() {
-                Some(failed) => failed,
-                None => read_error(plan, layer.2, e),
-            })
+    let mut upload = registry.start_upload()?;
+    let body = RefCell::new(LayerBody::open(plan, layer)?);
+    let sent = upload.stream(&body);
+    let mut body = body.into_inner();
+    match (sent, body.failed.take()) {
+        (_, Some(UploadError::Read { source, .. })) => {
+            return Err(read_error(plan, layer.2, source))
         }
-    };
-    let ChunkSink {
-        upload,
-        buf,
-        hash,
-        size,
-        ..
-    } = sink;
-    let desc =
-        descriptor(plan, passthrough, hash, size).map_err(|e| read_error(plan, layer.2, e))?;
-    upload.finish(desc.digest().as_ref(), &buf)?;
+        (_, Some(failed)) => return Err(failed),
+        (Err(e), None) => return Err(e.into()),
+        (Ok(()), None) => {}
+    }
+    let desc = body.descriptor(plan, layer.2)?;
+    upload.finish(desc.digest().as_ref(), &[])?;
     Ok(desc)
 }
 
-/// For a registry that takes no chunks: compress the layer into a file in
-/// `dir` (hashing as it goes), then send it whole, streamed from the file,
-/// in one `PUT`. Memory stays bounded; the disk holds one layer per worker.
+/// For a registry that takes no streamed uploads: compress the layer into
+/// a file in `dir` (hashing as it goes), then send it whole, streamed from
+/// the file, in one `PUT`. Memory stays bounded; the disk holds one layer
+/// per worker.
 fn send_whole(
     registry: &Registry,
     plan: &Plan,
@@ -484,13 +456,16 @@ fn send_whole(
         .prefix(".runnerctl-blob-")
         .tempfile_in(dir)
         .map_err(io)?;
-    let mut out = Hashing::new(std::io::BufWriter::with_capacity(
-        256 * 1024,
-        tmp.reopen().map_err(io)?,
-    ));
-    let passthrough = compress(plan, layer, &mut out).map_err(io)?;
-    out.flush().map_err(io)?;
-    let desc = descriptor(plan, passthrough, out.hash, out.size).map_err(io)?;
+    let mut body = LayerBody::open(plan, layer)?;
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, tmp.reopen().map_err(io)?);
+    let copied = std::io::copy(&mut body, &mut out).and_then(|_| out.flush());
+    match (copied, body.failed.take()) {
+        (_, Some(UploadError::Read { source, .. })) => return Err(io(source)),
+        (_, Some(failed)) => return Err(failed),
+        (Err(e), None) => return Err(io(e)),
+        (Ok(()), None) => {}
+    }
+    let desc = body.descriptor(plan, layer.2)?;
     check_signal()?;
     registry
         .start_upload()?
@@ -503,139 +478,5 @@ fn read_error(plan: &Plan, index: usize, source: std::io::Error) -> UploadError 
         path: plan.scanned.path.clone(),
         index,
         source,
-    }
-}
-
-/// Blobs that reached the registry: one line per blob,
-/// `<codec> <diff_id> <digest> <size> <media type>`, appended as each
-/// upload completes.
-struct Journal {
-    path: Option<PathBuf>,
-    codec: String,
-    known: HashMap<String, Descriptor>,
-    file: Mutex<Option<File>>,
-}
-
-impl Journal {
-    fn open(path: Option<&Path>, codec: Codec) -> Journal {
-        let codec = codec.key();
-        let mut known = HashMap::new();
-        if let Some(file) = path.and_then(|p| File::open(p).ok()) {
-            for line in BufReader::new(file)
-                .lines()
-                .map_while(Result::ok)
-                .take(100_000)
-            {
-                let f: Vec<&str> = line.split(' ').collect();
-                if let [c, diff_id, digest, size, media_type] = f[..] {
-                    let Ok(size) = size.parse() else { continue };
-                    if c != codec {
-                        continue;
-                    }
-                    if let Ok(d) = oci_descriptor(MediaType::from(media_type), digest, size) {
-                        known.insert(diff_id.to_string(), d);
-                    }
-                }
-            }
-        }
-        let file = path.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        });
-        Journal {
-            path: path.map(Path::to_path_buf),
-            codec,
-            known,
-            file: Mutex::new(file),
-        }
-    }
-
-    fn get(&self, diff_id: &str) -> Option<Descriptor> {
-        self.known.get(diff_id).cloned()
-    }
-
-    fn line(&self, diff_id: &str, d: &Descriptor) -> String {
-        format!(
-            "{} {diff_id} {} {} {}\n",
-            self.codec,
-            d.digest(),
-            d.size(),
-            d.media_type()
-        )
-    }
-
-    fn record(&self, diff_id: &str, d: &Descriptor) {
-        let line = self.line(diff_id, d);
-        if let Ok(mut guard) = self.file.lock() {
-            if let Some(f) = guard.as_mut() {
-                // One write per line, so lines from two workers never mix.
-                let _ = f.write_all(line.as_bytes());
-            }
-        }
-    }
-
-    /// After a complete push the journal keeps only that push's layers
-    /// (an image pushed next in the same run, another system's, may share
-    /// them: it finds them by `HEAD`), so it never grows past one image and
-    /// one interrupted push.
-    fn keep_only(&self, pushed: &[(String, Descriptor)]) {
-        if let Ok(mut guard) = self.file.lock() {
-            *guard = None;
-        }
-        let Some(path) = &self.path else {
-            return;
-        };
-        let text: String = pushed.iter().map(|(id, d)| self.line(id, d)).collect();
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let written = tempfile::Builder::new()
-            .prefix(".upload-journal-")
-            .tempfile_in(dir)
-            .and_then(|mut tmp| {
-                tmp.write_all(text.as_bytes())?;
-                tmp.persist(path).map_err(|e| e.error)?;
-                Ok(())
-            });
-        if written.is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_journal_remembers_blobs_per_codec() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("journal");
-        let gzip = Codec::default();
-        let zstd = Codec::new(super::super::codec::Compression::Zstd, None).expect("zstd");
-        let desc = oci_descriptor(
-            MediaType::ImageLayerGzip,
-            &format!("sha256:{}", "a".repeat(64)),
-            42,
-        )
-        .expect("descriptor");
-        let j = Journal::open(Some(&path), gzip);
-        j.record("sha256:u1", &desc);
-        drop(j);
-        std::fs::write(
-            &path,
-            std::fs::read_to_string(&path).expect("read") + "garbage line\n",
-        )
-        .expect("append");
-        assert_eq!(
-            Journal::open(Some(&path), gzip).get("sha256:u1"),
-            Some(desc)
-        );
-        // Another codec made other bytes: nothing to resume.
-        assert_eq!(Journal::open(Some(&path), zstd).get("sha256:u1"), None);
-        // After a push only its layers stay.
-        Journal::open(Some(&path), gzip).keep_only(&[]);
-        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "");
     }
 }
