@@ -880,6 +880,67 @@ fn a_bad_attr_or_an_unreachable_remote_is_found_before_anything_changes() {
     w.repo.git(&["remote", "set-url", "origin", &url]);
 }
 
+/// `release --image … --tls-verify=false EXTRA…`
+fn release_args(w: &World, extra: &[&str]) -> Vec<String> {
+    let mut args = w.bump_args(extra);
+    args[0] = "release".into();
+    args
+}
+
+#[test]
+fn a_release_evaluates_once_and_tells_a_missing_output_from_a_broken_one() {
+    let w = World::new();
+    refused(
+        &w,
+        &release_args(&w, &["--attr", "nosuch"]),
+        "runnerctl::preflight::attr",
+        &["no output `nosuch`", "nix flake show"],
+    );
+    // An output that is there but does not evaluate: nix's own error, and
+    // what to try, not "no such output".
+    let flake = w.repo.path().join("flake.nix");
+    let text = fs::read_to_string(&flake).expect("flake.nix");
+    let broken = text.replacen(
+        "packages = genAttrs systems (system: {",
+        "packages = genAttrs systems (system: {\n        broken = throw \"broken on purpose\";",
+        1,
+    );
+    assert_ne!(broken, text, "the fixture's packages line moved");
+    fs::write(&flake, broken).expect("write flake.nix");
+    w.repo.git(&["commit", "-qam", "a broken output"]);
+    for args in [
+        release_args(&w, &["--attr", "broken"]),
+        w.bump_args(&["--attr", "broken", "--no-git-push"]),
+    ] {
+        let out = w.run(&args);
+        out.assert_code(1);
+        assert_diagnostic(&out, "runnerctl::preflight::eval");
+        assert_stderr_mentions(
+            &out,
+            &["`broken` does not evaluate", "broken on purpose", "drvPath"],
+        );
+        assert!(
+            !out.stderr.contains("no output `broken`"),
+            "a broken output is not a missing one:\n{}",
+            out.stderr
+        );
+        assert_eq!(w.registry.blob_upload_count(), 0);
+        assert_eq!(w.changing_calls(), Vec::<String>::new());
+    }
+    // A good release evaluates the output once (preflight), not again in
+    // the build stage.
+    let out = w.run(&release_args(&w, &["--smoke", "never"]));
+    out.assert_code(0);
+    let evals: Vec<Vec<String>> = w
+        .shims
+        .calls("nix")
+        .into_iter()
+        .filter(|argv| argv.first().map(String::as_str) == Some("eval"))
+        .collect();
+    let this_run: Vec<_> = evals.iter().filter(|a| a.iter().any(|x| x.ends_with("#nixos"))).collect();
+    assert_eq!(this_run.len(), 1, "{evals:#?}");
+}
+
 #[test]
 fn last_modified_outside_1970_to_9999_is_rejected_not_clamped() {
     let w = World::new();

@@ -147,14 +147,8 @@ impl Build<'_, '_> {
         let nix = &self.prepared.nix;
         let mut evaluations = Vec::new();
         let mut notes = Vec::new();
-        for (system, attr) in cx.cfg.builds() {
-            let eval = nix.eval(&cx.runner, self.flake, &attr).await.map_err(|e| {
-                e.with_help(format!(
-                    "nix could not evaluate {}#{attr}: fix the flake (try `nix eval {}#{attr}.drvPath`), or pass the right output with --attr (and --system)",
-                    cx.cfg.flake.display(),
-                    cx.cfg.flake.display(),
-                ))
-            })?;
+        for (index, (system, attr)) in cx.cfg.builds().into_iter().enumerate() {
+            let eval = self.prepared.eval(cx, self.flake, index, &attr).await?;
             let label = label(system.as_ref());
             let out = eval.out_path.to_string();
             let build = if nix.is_valid(&cx.runner, &eval.out_path).await? {

@@ -12,7 +12,8 @@ use crate::image::destination::{self, Destination, Tools};
 use crate::progress::Event;
 use crate::tool::git::{Git, Upstream};
 use crate::tool::install_hint;
-use crate::tool::nix::Nix;
+use crate::tool::nix::{Evaluated, Nix};
+use crate::tool::ToolError;
 use crate::tool::skopeo::{self, Skopeo};
 
 pub struct Preflight;
@@ -31,6 +32,40 @@ pub struct Prepared {
     /// Where a bump's commit goes: None with --no-git-push (and in a
     /// release).
     pub upstream: Option<Upstream>,
+    /// Each output to build, evaluated, in the order of `Config::builds`,
+    /// when nothing will change what it evaluates to (release, promote);
+    /// empty for a bump, whose update comes first.
+    pub evaluated: Vec<Evaluated>,
+}
+
+impl Prepared {
+    /// Build `index` (`attr`) of `flake`, evaluated: preflight's
+    /// evaluation when it made one of that flake, else a new one.
+    pub async fn eval(
+        &self,
+        cx: &Ctx,
+        flake: &std::path::Path,
+        index: usize,
+        attr: &str,
+    ) -> Result<Evaluated, ToolError> {
+        match self.evaluated.get(index) {
+            Some(known) if flake == cx.cfg.flake => Ok(known.clone()),
+            _ => self
+                .nix
+                .eval(&cx.runner, flake, attr)
+                .await
+                .map_err(|e| e.with_help(eval_help(flake, attr))),
+        }
+    }
+}
+
+/// What to do when an output exists but does not evaluate.
+pub fn eval_help(flake: &std::path::Path, attr: &str) -> String {
+    format!(
+        "nix could not evaluate {}#{attr}: fix the flake (try `nix eval {}#{attr}.drvPath`), or pass the right output with --attr (and --system)",
+        flake.display(),
+        flake.display(),
+    )
 }
 
 /// Files whose uncommitted changes would make the result untraceable:
@@ -77,6 +112,16 @@ pub enum PreflightError {
         attr: String,
         command: String,
         tail: Vec<String>,
+    },
+
+    #[error("the flake's output `{attr}` does not evaluate (`{command}` failed)\n{}", tail.join("\n"))]
+    #[diagnostic(code(runnerctl::preflight::eval))]
+    Broken {
+        attr: String,
+        command: String,
+        tail: Vec<String>,
+        #[help]
+        help: String,
     },
 
     #[error("the remote {upstream} did not answer `git ls-remote`\n{}", tail.join("\n"))]
@@ -131,6 +176,38 @@ impl Preflight {
     /// one, or, for a run killed right after `git commit`, a commit on top
     /// of the recorded parent that changes flake.lock only. It is then
     /// adopted into the state.
+    /// The output `attr` exists (a cheap evaluation: the attribute is
+    /// looked up and evaluated no further than its top), or why not.
+    async fn exists(cx: &Ctx, nix: &Nix, attr: &str) -> miette::Result<()> {
+        let exists = nix.exists_cmd(&cx.cfg.flake, attr);
+        let out = cx.runner.run_unchecked(&exists).await?;
+        if out.success() {
+            return Ok(());
+        }
+        Err(Self::not_evaluated(cx, attr, exists.display(), out.stderr_tail))
+    }
+
+    /// An output nix could not evaluate: missing ([`PreflightError::NoAttr`],
+    /// as nix says "does not provide attribute"), or there and broken.
+    fn not_evaluated(cx: &Ctx, attr: &str, command: String, tail: Vec<String>) -> miette::Report {
+        let attr = attr.to_string();
+        if tail.iter().any(|l| l.contains("does not provide attribute")) {
+            return PreflightError::NoAttr {
+                attr,
+                command,
+                tail,
+            }
+            .into();
+        }
+        PreflightError::Broken {
+            help: eval_help(&cx.cfg.flake, &attr),
+            attr,
+            command,
+            tail,
+        }
+        .into()
+    }
+
     async fn is_our_commit(cx: &mut Ctx, git: &Git, head: Option<&str>) -> miette::Result<bool> {
         let Some(head) = head else { return Ok(false) };
         let Some(pending) = cx.state.pending_bump.clone() else {
@@ -368,23 +445,27 @@ impl Stage for Preflight {
             }
         }
 
-        // Each output to build exists (a cheap evaluation, before anything
-        // changes): with --system, each system's packages.SYSTEM.ATTR.
-        for (_, attr) in cx.cfg.builds() {
-            let exists = nix.exists_cmd(&cx.cfg.flake, &attr);
-            let out = cx.runner.run_unchecked(&exists).await?;
-            if !out.success() {
-                return Err(PreflightError::NoAttr {
-                    attr,
-                    command: exists.display(),
-                    tail: out.stderr_tail,
-                }
-                .into());
-            }
-        }
         let (destination, authfile, login) = Self::connect(cx)?;
         if let Some(source) = login {
             note.push_str(&format!("; registry login: {source}"));
+        }
+        // Each output to build exists, before anything changes (with
+        // --system, each system's packages.SYSTEM.ATTR). A bump looks it up
+        // cheaply, as its update changes what it evaluates to; a release
+        // or a promote evaluates it now, once, for the stages after.
+        let mut evaluated = Vec::new();
+        for (_, attr) in cx.cfg.builds() {
+            if cx.cfg.mode == Mode::Bump {
+                Self::exists(cx, &nix, &attr).await?;
+                continue;
+            }
+            match nix.eval(&cx.runner, &cx.cfg.flake, &attr).await {
+                Ok(eval) => evaluated.push(eval),
+                Err(ToolError::Failed { command, tail, .. }) => {
+                    return Err(Self::not_evaluated(cx, &attr, command, tail))
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
         Ok(Done::new(
             note,
@@ -400,6 +481,7 @@ impl Stage for Preflight {
                 },
                 target,
                 upstream: upstream_to_push,
+                evaluated,
             },
         ))
     }

@@ -59,12 +59,8 @@ impl Promote<'_> {
     /// The held image and the tags that do not point at it yet.
     async fn survey(&self, cx: &Ctx) -> miette::Result<Survey> {
         let mut images = Vec::new();
-        for (system, attr) in cx.cfg.builds() {
-            let eval = self
-                .prepared
-                .nix
-                .eval(&cx.runner, self.flake, &attr)
-                .await?;
+        for (index, (system, attr)) in cx.cfg.builds().into_iter().enumerate() {
+            let eval = self.prepared.eval(cx, self.flake, index, &attr).await?;
             images.push(Image::new(system, eval));
         }
         let content = match images.as_slice() {
