@@ -937,7 +937,10 @@ fn a_release_evaluates_once_and_tells_a_missing_output_from_a_broken_one() {
         .into_iter()
         .filter(|argv| argv.first().map(String::as_str) == Some("eval"))
         .collect();
-    let this_run: Vec<_> = evals.iter().filter(|a| a.iter().any(|x| x.ends_with("#nixos"))).collect();
+    let this_run: Vec<_> = evals
+        .iter()
+        .filter(|a| a.iter().any(|x| x.ends_with("#nixos")))
+        .collect();
     assert_eq!(this_run.len(), 1, "{evals:#?}");
 }
 

@@ -13,8 +13,8 @@ use crate::progress::Event;
 use crate::tool::git::{Git, Upstream};
 use crate::tool::install_hint;
 use crate::tool::nix::{Evaluated, Nix};
-use crate::tool::ToolError;
 use crate::tool::skopeo::{self, Skopeo};
+use crate::tool::ToolError;
 
 pub struct Preflight;
 
@@ -184,14 +184,22 @@ impl Preflight {
         if out.success() {
             return Ok(());
         }
-        Err(Self::not_evaluated(cx, attr, exists.display(), out.stderr_tail))
+        Err(Self::not_evaluated(
+            cx,
+            attr,
+            exists.display(),
+            out.stderr_tail,
+        ))
     }
 
     /// An output nix could not evaluate: missing ([`PreflightError::NoAttr`],
     /// as nix says "does not provide attribute"), or there and broken.
     fn not_evaluated(cx: &Ctx, attr: &str, command: String, tail: Vec<String>) -> miette::Report {
         let attr = attr.to_string();
-        if tail.iter().any(|l| l.contains("does not provide attribute")) {
+        if tail
+            .iter()
+            .any(|l| l.contains("does not provide attribute"))
+        {
             return PreflightError::NoAttr {
                 attr,
                 command,
