@@ -516,3 +516,86 @@ fn a_push_killed_mid_upload_resumes_with_the_missing_blobs() {
     assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
     let _ = std::io::stdout().flush();
 }
+
+/// Requests in the registry's access log.
+fn requests_logged(registry: &Registry) -> usize {
+    registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\" 20") || l.contains("\" 40"))
+        .filter(|l| l.contains(" /v2/"))
+        .count()
+}
+
+#[test]
+fn connections_are_kept_between_requests_and_each_stream_gets_its_own() {
+    let registry = Registry::new();
+    let relay = Relay::start(registry.port());
+    let dir = new_tempdir("upload-keepalive");
+    let layers = 24;
+    let (archive, diff_ids) = make_archive(dir.path(), 7, &sizes(layers));
+    let c = client(&relay.host(), &registry);
+    let workers = 4;
+    let pushed = push(&c, &archive, Codec::default(), None, workers).expect("push");
+    assert_eq!(pushed.sent, layers);
+    assert_read_back(&registry, &pushed, &diff_ids, OCI_LAYER_GZIP);
+    // Per layer a POST, a streamed PATCH and a closing PUT; then the
+    // config and the manifest. Each stream opens a connection of its own;
+    // the other requests share a few kept ones (about one per worker: an
+    // answer whose body is not read, such as the ping's 401, costs one).
+    let requests = requests_logged(&registry);
+    assert!(requests >= 3 * layers + 2, "{requests} requests");
+    let connections = relay.connections();
+    assert!(
+        (layers..=layers + 2 * workers + 2).contains(&connections),
+        "{connections} connections for {requests} requests"
+    );
+}
+
+#[test]
+fn a_registry_that_goes_silent_on_a_kept_connection_times_out() {
+    let registry = Registry::new();
+    let relay = Relay::start(registry.port());
+    let timeout = Duration::from_secs(2);
+    let c = Client::new(
+        &relay.host(),
+        REPO,
+        &Credentials::UserPassword {
+            user: registry.user().to_string(),
+            password: Secret::new(registry.password().to_string()),
+        },
+        false,
+        timeout,
+    )
+    .expect("client");
+    c.check_auth().expect("login");
+    assert_eq!(c.blob_size(&sha(b"nothing")).expect("HEAD"), None);
+    let kept = relay.connections();
+    assert_eq!(c.blob_size(&sha(b"still nothing")).expect("HEAD"), None);
+    assert_eq!(
+        relay.connections(),
+        kept,
+        "the second HEAD reused a connection"
+    );
+    relay.stall();
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.manifest("latest").map(|_| ()));
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the request on a kept connection never ended");
+    let err = result.expect_err("a silent registry");
+    let code = miette::Diagnostic::code(&err).map(|c| c.to_string());
+    assert_eq!(
+        code.as_deref(),
+        Some("runnerctl::registry::timeout"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < 2 * timeout + Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}

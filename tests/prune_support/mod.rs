@@ -106,8 +106,19 @@ fn serve(client: TcpStream, upstream_port: u16, log: &Mutex<Vec<String>>) -> std
             log,
         );
     }
+    // Forwarded with `Connection: close`: the registry closes after its
+    // answer and says so, so the client sends its next request on a new
+    // connection, which this proxy sees (a kept one would go past it).
+    let mut forwarded = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
     let mut upstream = TcpStream::connect(("127.0.0.1", upstream_port))?;
-    upstream.write_all(&head)?;
+    upstream.write_all(forwarded.as_bytes())?;
     let mut to_upstream = upstream.try_clone()?;
     let forward = thread::spawn(move || {
         let _ = std::io::copy(&mut reader, &mut to_upstream);

@@ -135,8 +135,7 @@ impl Registry {
     ) -> Result<String, RegistryError> {
         let default_scope = format!("repository:{}:pull,push", self.repository);
         let mut r = self
-            .agent
-            .get(realm)
+            .short(self.agent.get(realm))
             .query("scope", scope.unwrap_or(&default_scope));
         if let Some(service) = service {
             r = r.query("service", service);

@@ -89,15 +89,20 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 /// An agent whose every exchange is bounded by `timeout`: connecting, and
 /// each read and write (a registry that accepts the connection and then
 /// says nothing fails after `timeout`, not never).
-fn agent(tls_verify: bool, timeout: Duration) -> ureq::Agent {
-    // No connection pool: ureq 2 clears a connection's read and write
-    // timeouts when it goes back to the pool and does not set them again
-    // when it is reused, so a request on a kept-alive connection (the one
-    // preflight opened, reused by push) would wait for a stopped registry
-    // for good. A handful of requests per run can afford a fresh
-    // connection each.
+///
+/// `pooled`: connections are kept for the next request (one TCP and TLS
+/// handshake per worker instead of one per request). ureq 2 clears a
+/// connection's read and write timeouts when it goes back to the pool and
+/// does not set them again when it is reused, so every request on a
+/// pooled agent carries a deadline ([`Registry::short`]), which ureq turns
+/// into a timeout before each read. A request whose body may take longer
+/// than `timeout` to send (a streamed blob) goes on an unpooled agent: a
+/// fresh connection whose timeouts bound each read and write instead.
+fn agent(tls_verify: bool, timeout: Duration, pooled: bool) -> ureq::Agent {
+    let idle = if pooled { 8 } else { 0 };
     let builder = ureq::AgentBuilder::new()
-        .max_idle_connections(0)
+        .max_idle_connections(idle)
+        .max_idle_connections_per_host(idle)
         .timeout_connect(timeout)
         .timeout_read(timeout)
         .timeout_write(timeout)
@@ -121,7 +126,10 @@ fn agent(tls_verify: bool, timeout: Duration) -> ureq::Agent {
 
 /// One repository on one registry.
 pub struct Registry {
+    /// Keeps connections: for requests with no body or a small one.
     agent: ureq::Agent,
+    /// A fresh connection per request: for blobs streamed up.
+    streaming: ureq::Agent,
     registry: String,
     repository: String,
     basic: Option<Basic>,
@@ -182,7 +190,8 @@ impl Registry {
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
         Ok(Registry {
-            agent: agent(tls_verify, timeout),
+            agent: agent(tls_verify, timeout, true),
+            streaming: agent(tls_verify, timeout, false),
             timeout,
             registry: registry.to_string(),
             repository: repository.to_string(),
@@ -194,6 +203,12 @@ impl Registry {
             },
             state: Mutex::new(Session::default()),
         })
+    }
+
+    /// `req` with a deadline of `timeout`: on a pooled connection it is what
+    /// bounds each read (see [`agent`]).
+    fn short(&self, req: ureq::Request) -> ureq::Request {
+        req.timeout(self.timeout)
     }
 
     /// A request that did not get through, in the class it belongs to,
@@ -266,7 +281,12 @@ impl Registry {
         req: &Request,
         authorization: Option<&str>,
     ) -> Result<ureq::Response, ureq::Error> {
-        let mut r = self.agent.request(req.method, url);
+        let long = req.stream.is_some() || req.file.is_some();
+        let mut r = if long {
+            self.streaming.request(req.method, url)
+        } else {
+            self.short(self.agent.request(req.method, url))
+        };
         if let Some(accept) = req.accept {
             r = r.set("Accept", accept);
         }
@@ -323,7 +343,7 @@ impl Registry {
         let mut last_transport = None;
         for scheme in self.schemes.clone() {
             let url = format!("{scheme}://{}/v2/", self.registry);
-            let authorization = match self.agent.get(&url).call() {
+            let authorization = match self.short(self.agent.get(&url)).call() {
                 Ok(_) => None,
                 Err(ureq::Error::Status(401, resp)) => self.answer(&resp)?,
                 // Some registries answer 404 or 403 here; the request
@@ -361,7 +381,7 @@ impl Registry {
             Err(_) => (None, None),
         };
         let url = format!("{}://{}/v2/", scheme.unwrap_or("https"), self.registry);
-        let mut r = self.agent.get(&url);
+        let mut r = self.short(self.agent.get(&url));
         if let Some(auth) = &authorization {
             r = r.set("Authorization", auth);
         }
