@@ -17,8 +17,8 @@ pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// libdeflate level 2, measured on the bench's 302.5 MB / 40-layer image
 /// (bench/genimage.py, seed 1; one core, CPU time) against `skopeo copy`
-/// (skopeo 1.9.3, 143.1 MB of layers): level 1 150.6 MB (1.052 ×, over the
-/// 1.05 × bound) in 1.18 CPU-s, level 2 140.3 MB (0.980 ×) in 1.72 CPU-s,
+/// (skopeo 1.9.3, 143.3 MB of layers): level 1 150.6 MB (1.051 ×, over the
+/// 1.05 × bound) in 1.18 CPU-s, level 2 140.3 MB (0.979 ×) in 1.72 CPU-s,
 /// level 3 137.9 MB in 1.97 CPU-s, level 6 134.4 MB in 3.45 CPU-s. Level 2
 /// is the fastest level within the bound. (zlib-rs, before: level 2
 /// 148.0 MB in 2.16 CPU-s.)
