@@ -40,6 +40,26 @@ pub struct Pushed {
     pub systems: Vec<(String, String)>,
 }
 
+/// One image got to the destination (or was found there).
+struct Published {
+    digest: String,
+    /// Its manifest, when the push kept the bytes it sent or found.
+    manifest: Option<Manifest>,
+    /// What happened, for the stage's note.
+    note: String,
+}
+
+impl Published {
+    /// Nothing was written (every tag is held back by a rollback).
+    fn nothing(note: &str) -> Published {
+        Published {
+            digest: String::new(),
+            manifest: None,
+            note: note.to_string(),
+        }
+    }
+}
+
 impl Push<'_, '_> {
     /// Record `digest` as the image of the out path at `at`.
     fn remember(&self, cx: &mut Ctx, at: usize, digest: &str, tags: &[Tag]) {
@@ -84,18 +104,17 @@ impl Push<'_, '_> {
     }
 
     /// Get one image to the destination under the first of `states` (or
-    /// find it there), then point the rest of `states` at it. Returns its
-    /// digest, its manifest when known, and a note.
+    /// find it there), then point the rest of `states` at it.
     async fn publish_image(
         &mut self,
         cx: &mut Ctx,
         at: usize,
         states: &[TagState],
         reuse_from: &[TagState],
-    ) -> miette::Result<(String, Option<Manifest>, String)> {
+    ) -> miette::Result<Published> {
         let image: &mut Image = match self.built.images.get_mut(at) {
             Some(image) => image,
-            None => return Ok((String::new(), None, String::new())),
+            None => return Ok(Published::nothing("")),
         };
         let known = self.survey.known(cx, &image.eval, states);
         let found = known.and_then(|d| {
@@ -121,7 +140,7 @@ impl Push<'_, '_> {
                     .await?
             }
             // Every tag is held back by a rollback: nothing to write.
-            (None, None) => return Ok((String::new(), None, "no tag to write".into())),
+            (None, None) => return Ok(Published::nothing("no tag to write")),
         };
         let label = image.label();
         let digest = sent.digest.clone();
@@ -136,11 +155,11 @@ impl Push<'_, '_> {
             .prepared
             .destination
             .retag_states(cx.reporter(), &sent, states)?;
-        Ok((
-            digest.clone(),
-            sent.manifest,
-            format!("{label}{digest}: {}{note}", sent.how),
-        ))
+        Ok(Published {
+            note: format!("{label}{digest}: {}{note}", sent.how),
+            digest,
+            manifest: sent.manifest,
+        })
     }
 
     /// Several systems: the index over their images, from the manifests
@@ -182,7 +201,11 @@ impl Push<'_, '_> {
             let eval = self.built.images[at].eval.clone();
             let tags = self.survey.image_tags(&cx.cfg, &eval);
             let states = self.survey.states(cx, &tags).await?;
-            let (digest, manifest, note) = self.publish_image(cx, at, &states, &before).await?;
+            let Published {
+                digest,
+                manifest,
+                note,
+            } = self.publish_image(cx, at, &states, &before).await?;
             notes.push(note);
             let image = &self.built.images[at];
             let system = image
@@ -358,8 +381,8 @@ impl Stage for Push<'_, '_> {
         let states = self.survey.states(cx, &tags).await?;
         // From here on the destination changes.
         self.survey.forget();
-        let (digest, _, note) = self.publish_image(cx, 0, &states, &[]).await?;
+        let published = self.publish_image(cx, 0, &states, &[]).await?;
         clean_cache(&cx.cfg.cache_dir());
-        Ok(self.done(note, &digest, &tags, Vec::new()))
+        Ok(self.done(published.note, &published.digest, &tags, Vec::new()))
     }
 }

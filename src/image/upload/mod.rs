@@ -355,9 +355,17 @@ struct LayerBody<'p> {
     passthrough: bool,
     hash: Sha256,
     size: u64,
-    /// Why reading failed (the archive, or a signal): the registry client
+    /// Why reading failed: the registry client (or the spill file's copy)
     /// only sees an I/O error.
-    failed: Option<UploadError>,
+    failed: Option<Stopped>,
+}
+
+/// Why a layer's body stopped early.
+enum Stopped {
+    /// The archive could not be read.
+    Read(std::io::Error),
+    /// A signal came.
+    Signal(Interrupted),
 }
 
 impl<'p> LayerBody<'p> {
@@ -384,6 +392,21 @@ impl<'p> LayerBody<'p> {
         })
     }
 
+    /// What came of sending (or spilling) the body: why the body stopped,
+    /// if it did, else `sent`'s own failure.
+    fn outcome<E: Into<UploadError>>(
+        &mut self,
+        sent: Result<(), E>,
+        plan: &Plan,
+        index: usize,
+    ) -> Result<(), UploadError> {
+        match (self.failed.take(), sent) {
+            (Some(Stopped::Read(e)), _) => Err(read_error(plan, index, e)),
+            (Some(Stopped::Signal(signal)), _) => Err(signal.into()),
+            (None, sent) => sent.map_err(Into::into),
+        }
+    }
+
     /// The descriptor of what was read.
     fn descriptor(self, plan: &Plan, index: usize) -> Result<Descriptor, UploadError> {
         let media_type = if self.passthrough {
@@ -402,17 +425,13 @@ impl<'p> LayerBody<'p> {
 
 impl Read for LayerBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Err(e) = check_signal() {
-            let io = std::io::Error::other(e.to_string());
-            self.failed = Some(e.into());
+        if let Err(signal) = check_signal() {
+            let io = std::io::Error::other(signal.to_string());
+            self.failed = Some(Stopped::Signal(signal));
             return Err(io);
         }
         let n = self.inner.read(buf).inspect_err(|e| {
-            self.failed = Some(UploadError::Read {
-                path: PathBuf::new(),
-                index: usize::MAX,
-                source: std::io::Error::new(e.kind(), e.to_string()),
-            });
+            self.failed = Some(Stopped::Read(std::io::Error::new(e.kind(), e.to_string())));
         })?;
         self.hash.update(&buf[..n]);
         self.size += n as u64;
@@ -431,14 +450,7 @@ fn send_layer(
     let body = RefCell::new(LayerBody::open(plan, layer)?);
     let sent = upload.stream(&body);
     let mut body = body.into_inner();
-    match (sent, body.failed.take()) {
-        (_, Some(UploadError::Read { source, .. })) => {
-            return Err(read_error(plan, layer.2, source))
-        }
-        (_, Some(failed)) => return Err(failed),
-        (Err(e), None) => return Err(e.into()),
-        (Ok(()), None) => {}
-    }
+    body.outcome(sent, plan, layer.2)?;
     let desc = body.descriptor(plan, layer.2)?;
     upload.finish(desc.digest().as_ref(), &[])?;
     Ok(desc)
@@ -462,12 +474,7 @@ fn send_whole(
     let mut body = LayerBody::open(plan, layer)?;
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, tmp.reopen().map_err(io)?);
     let copied = std::io::copy(&mut body, &mut out).and_then(|_| out.flush());
-    match (copied, body.failed.take()) {
-        (_, Some(UploadError::Read { source, .. })) => return Err(io(source)),
-        (_, Some(failed)) => return Err(failed),
-        (Err(e), None) => return Err(io(e)),
-        (Ok(()), None) => {}
-    }
+    body.outcome(copied.map_err(io), plan, layer.2)?;
     let desc = body.descriptor(plan, layer.2)?;
     check_signal()?;
     registry
