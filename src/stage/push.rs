@@ -40,6 +40,14 @@ pub struct Pushed {
     pub systems: Vec<(String, String)>,
 }
 
+/// Several systems' images, found at the destination: the index over
+/// them, its content tag, and each system with its image's digest.
+struct Indexed {
+    tag: Tag,
+    index: Manifest,
+    systems: Vec<(String, String)>,
+}
+
 /// One image got to the destination (or was found there).
 struct Published {
     digest: String,
@@ -163,9 +171,11 @@ impl Push<'_, '_> {
     }
 
     /// Several systems: the index over their images, from the manifests
-    /// the destination holds for them (None: some image is not there yet).
-    async fn index(&mut self, cx: &Ctx) -> miette::Result<Option<(Tag, Manifest)>> {
+    /// the destination holds for them (None: some image is not there yet),
+    /// and each system with its image's digest.
+    async fn index(&mut self, cx: &Ctx) -> miette::Result<Option<Indexed>> {
         let mut entries = Vec::new();
+        let mut systems = Vec::new();
         for image in &self.built.images {
             let tags = self.survey.image_tags(&cx.cfg, &image.eval);
             let states = self.survey.states(cx, &tags).await?;
@@ -182,9 +192,13 @@ impl Push<'_, '_> {
                 return Ok(None);
             };
             entries.push((manifest, system.platform()));
+            systems.push((system.to_string(), digest));
         }
-        let tag = index_tag(self.built.images.iter().map(|i| &i.eval))?;
-        Ok(Some((tag, index::build(&entries)?)))
+        Ok(Some(Indexed {
+            tag: index_tag(self.built.images.iter().map(|i| &i.eval))?,
+            index: index::build(&entries)?,
+            systems,
+        }))
     }
 
     /// Several systems: every image up under its content tag, then the
@@ -261,16 +275,17 @@ impl Stage for Push<'_, '_> {
     }
 
     async fn check(&mut self, cx: &mut Ctx) -> miette::Result<Check<Pushed, ()>> {
-        let (digest, tags) = if self.built.multi() {
-            let Some((content, index)) = self.index(cx).await? else {
+        let (digest, tags, systems) = if self.built.multi() {
+            let Some(indexed) = self.index(cx).await? else {
                 return Ok(Check::Todo(
                     "some systems' images are not pushed".into(),
                     (),
                 ));
             };
             (
-                index.digest,
-                self.survey.publish_tags(&cx.cfg, Some(content)),
+                indexed.index.digest,
+                self.survey.publish_tags(&cx.cfg, Some(indexed.tag)),
+                indexed.systems,
             )
         } else {
             let Some(image) = self.built.images.first() else {
@@ -282,7 +297,7 @@ impl Stage for Push<'_, '_> {
             let Some(digest) = self.survey.known(cx, &eval, &states) else {
                 return Ok(Check::Todo("this out path was never pushed".into(), ()));
             };
-            (digest, tags)
+            (digest, tags, Vec::new())
         };
         let states = self.survey.states(cx, &tags).await?;
         if !states.iter().all(|s| s.digest.as_deref() == Some(&digest)) {
@@ -302,7 +317,7 @@ impl Stage for Push<'_, '_> {
             self.remember(cx, 0, &digest, &tags);
         }
         let note = format!("tags {} already at {digest}", names.join(", "));
-        Ok(Check::Done(self.done(note, &digest, &tags, Vec::new())))
+        Ok(Check::Done(self.done(note, &digest, &tags, systems)))
     }
 
     fn plan(&self, cx: &Ctx, _: &()) -> Vec<String> {
