@@ -301,13 +301,7 @@ impl Config {
         if args.hold && args.no_nix_tag {
             return Err(ConfigError::HoldWithoutNixTag);
         }
-        let mut systems: Vec<System> = Vec::new();
-        for text in args.systems.iter().filter(|s| !s.trim().is_empty()) {
-            let system: System = text.parse()?;
-            if !systems.contains(&system) {
-                systems.push(system);
-            }
-        }
+        let systems = crate::system::parse_list(&args.systems)?;
         if systems.len() > 1 && args.no_nix_tag {
             let names: Vec<&str> = systems.iter().map(System::as_str).collect();
             return Err(ConfigError::SystemsWithoutNixTag {

@@ -17,7 +17,6 @@ use crate::image::reference::Tag;
 use crate::report::{Outcome, Report, StageReport};
 use crate::state::Command;
 use crate::state::{self, StageStatus};
-use crate::system::System;
 
 /// The tag `runnerctl rollback` leaves on the image it rolled back to.
 pub const ROLLED_BACK: &str = "rolled-back";
@@ -89,10 +88,7 @@ fn lacking_systems(
     destination: &destination::Destination,
     target: &destination::Manifest,
 ) -> miette::Result<Option<String>> {
-    let mut systems: Vec<System> = Vec::new();
-    for text in args.systems.iter().filter(|s| !s.trim().is_empty()) {
-        systems.push(text.parse()?);
-    }
+    let systems = crate::system::parse_list(&args.systems)?;
     if systems.len() < 2 {
         return Ok(None);
     }

@@ -53,6 +53,19 @@ pub struct UnknownSystem {
     pub known: String,
 }
 
+/// `--system` values (repeated, or RUNNERCTL_SYSTEMS split): blanks
+/// skipped, each parsed, a repeat dropped, in the order given.
+pub fn parse_list(texts: &[String]) -> Result<Vec<System>, UnknownSystem> {
+    let mut systems: Vec<System> = Vec::new();
+    for text in texts.iter().filter(|s| !s.trim().is_empty()) {
+        let system: System = text.parse()?;
+        if !systems.contains(&system) {
+            systems.push(system);
+        }
+    }
+    Ok(systems)
+}
+
 impl FromStr for System {
     type Err = UnknownSystem;
 

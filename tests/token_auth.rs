@@ -358,12 +358,9 @@ fn bump(w: &World, password: &str) -> RunOutput {
         .run()
 }
 
-// ---------------------------------------------------------------------------
-// The test
-// ---------------------------------------------------------------------------
-
-#[test]
-fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
+/// A signing key (in a directory kept as long as the test runs), a token
+/// server signing with it, and a registry that trusts it.
+fn token_setup() -> (tempfile::TempDir, Arc<SigningKey>, TokenServer, Registry) {
     let key_dir = tempfile::Builder::new()
         .prefix("runnerctl-token-key-")
         .tempdir()
@@ -371,6 +368,16 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
     let key = Arc::new(SigningKey::generate(key_dir.path()));
     let tokens = TokenServer::start(key.clone());
     let registry = token_registry(&tokens.realm(), &key);
+    (key_dir, key, tokens, registry)
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+#[test]
+fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
+    let (_key_dir, key, tokens, registry) = token_setup();
 
     // The registry really asks for a token from our realm.
     let ping = registry
@@ -499,13 +506,8 @@ fn bump_pushes_and_tags_through_a_registry_with_token_auth() {
 /// only the older bump's digest goes.
 #[test]
 fn prune_deletes_through_a_registry_with_token_auth() {
-    let key_dir = tempfile::Builder::new()
-        .prefix("runnerctl-token-key-")
-        .tempdir()
-        .expect("tempdir");
-    let key = Arc::new(SigningKey::generate(key_dir.path()));
-    let tokens = TokenServer::start(key.clone());
-    let mut w = World::with_registry(token_registry(&tokens.realm(), &key));
+    let (_key_dir, key, tokens, registry) = token_setup();
+    let mut w = World::with_registry(registry);
     let mut dates = Vec::new();
     for days in [1, 2] {
         w.upstream_commit(days);

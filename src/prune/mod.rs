@@ -289,11 +289,11 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     let mut saved = state::load(&state_dir)?;
     // An interrupted prune with the same rules: finish its plan, delete
     // nothing it did not plan (one uninterrupted prune's worth at most).
-    if let Some(unfinished) = saved
+    let unfinished = saved
         .prune
         .as_ref()
-        .and_then(|p| p.unfinished_plan(&image_text, rules.keep, rules.keep_days))
-    {
+        .and_then(|p| p.unfinished_plan(&image_text, rules.keep, rules.keep_days));
+    if let Some(unfinished) = &unfinished {
         let (finish, later): (Vec<Delete>, Vec<Delete>) = plan
             .deletes
             .into_iter()
@@ -318,10 +318,7 @@ fn prune_inner(args: &PruneArgs, report: &mut PruneReport) -> miette::Result<()>
     // that was being sent when it died is "gone" if the destination no
     // longer has it.
     let mut carried = Vec::new();
-    if let Some(previous) = saved.prune.as_ref().filter(|p| {
-        p.unfinished_plan(&image_text, rules.keep, rules.keep_days)
-            .is_some()
-    }) {
+    if let Some(previous) = saved.prune.as_ref().filter(|_| unfinished.is_some()) {
         for d in &previous.deletes {
             if plan.deletes.iter().any(|p| p.digest == d.digest) {
                 continue;

@@ -210,12 +210,12 @@ pub fn proxy_one(
         counters.denied.fetch_add(1, Ordering::SeqCst);
         drain_body(&mut client, &text)?;
         let msg = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":"injected fault: these credentials may pull but not push"}]}"#;
-        let resp = format!(
-            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nWww-Authenticate: Basic realm=\"runnerctl-tests\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-            msg.len()
-        );
-        client.write_all(resp.as_bytes())?;
-        let _ = client.shutdown(Shutdown::Both);
+        refuse(
+            &mut client,
+            "401 Unauthorized",
+            "Www-Authenticate: Basic realm=\"runnerctl-tests\"\r\n",
+            msg,
+        )?;
         return Ok(());
     }
     let blob_upload = path.starts_with("/v2/") && path.contains("/blobs/uploads/");
@@ -234,12 +234,7 @@ pub fn proxy_one(
         if counters.refuse_patches.load(Ordering::SeqCst) {
             drain_body(&mut client, &text)?;
             let msg = r#"{"errors":[{"code":"UNSUPPORTED","message":"injected: chunked uploads are not supported"}]}"#;
-            let resp = format!(
-                "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-                msg.len()
-            );
-            client.write_all(resp.as_bytes())?;
-            let _ = client.shutdown(Shutdown::Both);
+            refuse(&mut client, "405 Method Not Allowed", "", msg)?;
             return Ok(());
         }
         if counters.patch_hold.load(Ordering::SeqCst) == nth {
@@ -260,12 +255,7 @@ pub fn proxy_one(
         counters.blob_injected.fetch_add(1, Ordering::SeqCst);
         drain_body(&mut client, &text)?;
         let msg = r#"{"errors":[{"code":"UNKNOWN","message":"injected fault: blob storage unavailable"}]}"#;
-        let resp = format!(
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-            msg.len()
-        );
-        client.write_all(resp.as_bytes())?;
-        let _ = client.shutdown(Shutdown::Both);
+        refuse(&mut client, "500 Internal Server Error", "", msg)?;
         return Ok(());
     }
     if method == "PUT" && path.starts_with("/v2/") && path.contains("/manifests/") {
@@ -287,12 +277,7 @@ pub fn proxy_one(
             let mut body = vec![0u8; len];
             let _ = client.read_exact(&mut body);
             let msg = r#"{"errors":[{"code":"UNKNOWN","message":"injected fault: storage backend unavailable"}]}"#;
-            let resp = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-                msg.len()
-            );
-            client.write_all(resp.as_bytes())?;
-            let _ = client.shutdown(Shutdown::Both);
+            refuse(&mut client, "500 Internal Server Error", "", msg)?;
             return Ok(());
         }
         if counters.hold.load(Ordering::SeqCst) == nth {
@@ -328,6 +313,18 @@ pub fn proxy_one(
     let _ = std::io::copy(&mut client, &mut upstream);
     let _ = upstream.shutdown(Shutdown::Write);
     let _ = down.join();
+    Ok(())
+}
+
+/// Answers an injected fault: `status` (e.g. `500 Internal Server Error`),
+/// `headers` (whole lines), the registry-style JSON `msg`; then closes.
+fn refuse(client: &mut TcpStream, status: &str, headers: &str, msg: &str) -> std::io::Result<()> {
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    client.write_all(resp.as_bytes())?;
+    let _ = client.shutdown(Shutdown::Both);
     Ok(())
 }
 

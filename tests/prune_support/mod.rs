@@ -15,56 +15,38 @@ pub use helpers::*;
 pub use images::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 pub struct PagingProxy {
-    port: u16,
+    service: crate::common::TcpService,
     log: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl PagingProxy {
     /// Listens on a free port of 127.0.0.1, forwarding to `upstream_port`.
     pub fn start(upstream_port: u16) -> PagingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the paging proxy");
-        let port = listener.local_addr().expect("proxy address").port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (log2, stop2) = (log.clone(), stop.clone());
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let log = log2.clone();
-                thread::spawn(move || {
-                    let _ = serve(conn, upstream_port, &log);
-                });
-            }
+        let kept = log.clone();
+        let service = crate::common::TcpService::start(move |conn| {
+            let log = kept.clone();
+            thread::spawn(move || {
+                let _ = serve(conn, upstream_port, &log);
+            });
         });
-        PagingProxy { port, log, stop }
+        PagingProxy { service, log }
     }
 
     /// `127.0.0.1:PORT`
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.service.host()
     }
 
     /// `GET TARGET -> STATUS [link]` for each tags/list request answered.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for PagingProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -37,7 +37,6 @@ pub struct Registry {
     tls_verify: bool,
 }
 
-// --- prune and status --max-age (issue 14) ---
 impl Registry {
     /// The registry client, for what only prune and status ask of a
     /// registry (every tag, in pages; a tag's digest; a config blob).
@@ -45,7 +44,6 @@ impl Registry {
         &self.client
     }
 }
-// --- end prune ---
 
 /// How the image reaches skopeo.
 struct Source {
@@ -432,8 +430,6 @@ impl Registry {
         })
     }
 
-    /// The upload's lines for the plan: the layout write and the `skopeo
-    /// copy` [`upload`](Self::upload) runs.
     /// The upload's lines for the plan.
     pub(super) fn plan(&self, tools: &Tools, out: &str, first: &Tag, codec: Codec) -> Vec<String> {
         if tools.skopeo.user_policy {

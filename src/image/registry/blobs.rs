@@ -110,43 +110,43 @@ impl BlobUpload<'_> {
     /// Close the upload as blob `digest`, with `last` as its body (all of
     /// a monolithic upload; nothing after [`stream`](Self::stream)).
     pub fn finish(self, digest: &str, last: &[u8]) -> Result<(), RegistryError> {
-        let sep = if self.location.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let response = self.registry.execute(Request {
-            content_type: Some("application/octet-stream"),
-            body: Some(last),
-            ..Request::new("PUT", format!("{}{sep}digest={digest}", self.location))
-        })?;
-        match response {
-            Some(_) => Ok(()),
-            None => Err(self.gone("PUT")),
-        }
+        self.close(
+            digest,
+            Request {
+                body: Some(last),
+                ..Request::new("PUT", String::new())
+            },
+        )
     }
 
     /// Close a fresh upload with the whole blob, streamed from `path`
     /// (monolithic: one `PUT` with a `Content-Length`), as blob `digest`.
     pub fn finish_file(self, digest: &str, path: &std::path::Path) -> Result<(), RegistryError> {
+        self.close(
+            digest,
+            Request {
+                file: Some(path),
+                ..Request::new("PUT", String::new())
+            },
+        )
+    }
+
+    /// `PUT <location>?digest=…` with the body of `put`: the registry
+    /// checks the digest against everything it received.
+    fn close(self, digest: &str, put: Request) -> Result<(), RegistryError> {
         let sep = if self.location.contains('?') {
             '&'
         } else {
             '?'
         };
         let response = self.registry.execute(Request {
+            path: format!("{}{sep}digest={digest}", self.location),
             content_type: Some("application/octet-stream"),
-            file: Some(path),
-            ..Request::new("PUT", format!("{}{sep}digest={digest}", self.location))
+            ..put
         })?;
         match response {
             Some(_) => Ok(()),
-            None => Err(RegistryError::Http {
-                method: "PUT",
-                url: self.location.clone(),
-                status: 404,
-                body: "the upload session is unknown to the registry".into(),
-            }),
+            None => Err(self.gone("PUT")),
         }
     }
 
